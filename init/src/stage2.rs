@@ -1,0 +1,322 @@
+//! Stage 2, run as `/sbin/init` in the verified root: bring the system up, keep the agent
+//! running, and take the machine down in order.
+//!
+//! Start-up steps, in order (each logged; none is fatal except what PID 1 cannot live
+//! without):
+//! 1. mount `/run`, `/tmp`, `/dev/pts`, `/dev/shm`, cgroup2 and efivarfs;
+//! 2. load the root's modules (network, ACPI button, input, EFI variables, FAT);
+//! 3. route ctrl-alt-del to PID 1 as SIGINT, set a default hostname;
+//! 4. grow STATE to the end of the disk;
+//! 5. listen for signals, sd_notify datagrams and the power button;
+//! 6. supervise `keelsond` until a poweroff or reboot is asked for.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use keelson_disk::layout::STATE_LABEL;
+use nix::mount::MsFlags;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::power::{self, PowerAction};
+use crate::supervisor::{Action, Event, NotifyMessage, Supervisor, WATCHDOG_INTERVAL};
+use crate::{block, grow, modules, mounts, AGENT_PATH, NOTIFY_SOCKET_PATH};
+
+/// Runs stage 2. Never returns.
+pub fn run() -> ! {
+    crate::notice!("stage 2 (keelson-init {})", env!("CARGO_PKG_VERSION"));
+    mount_runtime_filesystems();
+    load_root_modules();
+    configure_kernel();
+    grow_state();
+    let signals = match SignalFd::new() {
+        Ok(signals) => signals,
+        Err(error) => {
+            crate::error!("cannot receive signals ({error}); rebooting");
+            power::shut_down(PowerAction::Reboot);
+        }
+    };
+    let notify = open_notify_socket();
+    let buttons = power::open_power_buttons();
+    crate::notice!("listening for the power button on {} device(s)", buttons.len());
+    let action = supervise(&signals, notify.as_ref(), buttons);
+    power::shut_down(action)
+}
+
+fn mount_runtime_filesystems() {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let steps: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
+        ("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=0620,ptmxmode=0666")),
+        ("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | MsFlags::MS_NOEXEC, Some("nsdelegate")),
+        ("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", nosuid_nodev | MsFlags::MS_NOEXEC, None),
+    ];
+    for (source, target, fstype, flags, data) in steps {
+        if fstype == "efivarfs" {
+            // Needs its module, and only exists on UEFI machines.
+            load_root_modules();
+            if !std::path::Path::new("/sys/firmware/efi").exists() {
+                continue;
+            }
+        }
+        if mounts::is_mount_point(target) {
+            continue;
+        }
+        if let Err(error) = mounts::mount_fs(source, target, fstype, flags, data) {
+            crate::warning!("{error}");
+        }
+    }
+}
+
+fn load_root_modules() {
+    let Ok(release) = nix::sys::utsname::uname() else { return };
+    let directory = std::path::Path::new("/lib/modules").join(release.release());
+    let loaded = modules::load_all(&directory);
+    if !loaded.is_empty() {
+        crate::notice!("loaded {} modules: {}", loaded.len(), loaded.join(" "));
+    }
+}
+
+fn configure_kernel() {
+    // With ctrl-alt-del disabled in the kernel, it sends SIGINT to PID 1 instead of
+    // rebooting at once, so the reboot goes through the orderly path.
+    if let Err(errno) = nix::sys::reboot::set_cad_enabled(false) {
+        crate::warning!("cannot route ctrl-alt-del to PID 1: {}", errno.desc());
+    }
+    let current = nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    if current.is_empty() || current == "(none)" {
+        let _ = nix::unistd::sethostname("keelson");
+    }
+}
+
+fn grow_state() {
+    let Some(state) = block::find_partition(STATE_LABEL) else {
+        crate::warning!("no {STATE_LABEL} partition; not growing it");
+        return;
+    };
+    match grow::grow_state(&state, "/var") {
+        Ok(grow::GrowOutcome::AlreadyFull { bytes }) => {
+            crate::notice!("{STATE_LABEL} already fills its disk ({} MiB)", bytes >> 20)
+        }
+        Ok(grow::GrowOutcome::Grown { from, to }) => {
+            crate::notice!("grew {STATE_LABEL} from {} MiB to {} MiB", from >> 20, to >> 20)
+        }
+        Err(error) => crate::warning!("growing {STATE_LABEL} failed: {error}"),
+    }
+}
+
+fn open_notify_socket() -> Option<UnixDatagram> {
+    let _ = std::fs::create_dir_all("/run/keelson");
+    let _ = std::fs::remove_file(NOTIFY_SOCKET_PATH);
+    let socket = match UnixDatagram::bind(NOTIFY_SOCKET_PATH) {
+        Ok(socket) => socket,
+        Err(error) => {
+            crate::warning!("cannot open {NOTIFY_SOCKET_PATH}: {error}; the agent cannot report readiness");
+            return None;
+        }
+    };
+    let _ = socket.set_nonblocking(true);
+    if let Err(errno) = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true) {
+        crate::warning!("cannot ask for sender credentials on {NOTIFY_SOCKET_PATH}: {}", errno.desc());
+    }
+    Some(socket)
+}
+
+/// Monotonic time since boot.
+fn now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|spec| Duration::new(spec.tv_sec() as u64, spec.tv_nsec() as u32))
+        .unwrap_or_default()
+}
+
+/// The main loop. Returns the power action that ended it, after asking the agent to stop.
+fn supervise(signals: &SignalFd, notify: Option<&UnixDatagram>, mut buttons: Vec<std::fs::File>) -> PowerAction {
+    let mut supervisor = Supervisor::new(now());
+    let mut pending = supervisor.handle(now(), Event::Tick);
+    loop {
+        let mut requested = None;
+        while let Some(action) = pending.pop() {
+            pending.extend(perform(&mut supervisor, action));
+        }
+
+        let timeout = supervisor
+            .next_deadline()
+            .map(|deadline| deadline.saturating_sub(now()))
+            .map(|wait| PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1).unwrap_or(PollTimeout::MAX))
+            .unwrap_or(PollTimeout::from(60_000u16));
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(socket) = notify {
+            fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+        }
+        for button in &buttons {
+            fds.push(PollFd::new(button.as_fd(), PollFlags::POLLIN));
+        }
+        if let Err(errno) = poll(&mut fds, timeout) {
+            if errno != nix::errno::Errno::EINTR {
+                crate::warning!("poll failed: {}", errno.desc());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        for signal in signals.drain() {
+            if signal == libc::SIGCHLD {
+                continue; // reaped below in every iteration
+            }
+            match power::action_for_signal(signal) {
+                Some(action) => {
+                    crate::notice!("received signal {signal}: {action}");
+                    requested = Some(action);
+                }
+                None => crate::notice!("ignoring signal {signal}"),
+            }
+        }
+        for (pid, how) in power::reap_children() {
+            pending.extend(supervisor.handle(now(), Event::Exited { pid, how }));
+        }
+        if let Some(socket) = notify {
+            for (pid, message) in read_notifications(socket) {
+                pending.extend(supervisor.handle(now(), Event::Notify { pid, message }));
+            }
+        }
+        for button in &mut buttons {
+            if power::power_button_pressed(button) {
+                crate::notice!("power button pressed: poweroff");
+                requested = Some(PowerAction::PowerOff);
+            }
+        }
+        pending.extend(supervisor.handle(now(), Event::Tick));
+
+        if let Some(action) = requested {
+            for action in supervisor.handle(now(), Event::Stop) {
+                perform(&mut supervisor, action);
+            }
+            return action;
+        }
+    }
+}
+
+/// Carries out one supervisor action; returns the follow-up actions.
+fn perform(supervisor: &mut Supervisor, action: Action) -> Vec<Action> {
+    match action {
+        Action::Log(line) => {
+            crate::notice!("{line}");
+            Vec::new()
+        }
+        Action::Kill { pid, signal } => {
+            if let Ok(signal) = Signal::try_from(signal) {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            Vec::new()
+        }
+        Action::Spawn { previous_starts } => {
+            let event = match spawn_agent(previous_starts + 1) {
+                Ok(pid) => Event::Spawned { pid },
+                Err(error) => Event::SpawnFailed { error },
+            };
+            supervisor.handle(now(), event)
+        }
+    }
+}
+
+fn spawn_agent(start_number: u32) -> Result<i32, String> {
+    let mut command = std::process::Command::new(AGENT_PATH);
+    command
+        .env_clear()
+        .env("PATH", "/usr/bin:/usr/sbin")
+        .env("NOTIFY_SOCKET", NOTIFY_SOCKET_PATH)
+        .env("WATCHDOG_USEC", WATCHDOG_INTERVAL.as_micros().to_string())
+        .env("KEELSON_AGENT_START", start_number.to_string())
+        .current_dir("/");
+    // SAFETY: only async-signal-safe calls between fork and exec: unblock the signals PID 1
+    // blocked for its signalfd, and start a new session.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::setsid();
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .map(|child| child.id() as i32)
+        .map_err(|error| format!("{AGENT_PATH}: {error}"))
+}
+
+/// Reads every pending sd_notify datagram with its sender's pid.
+fn read_notifications(socket: &UnixDatagram) -> Vec<(i32, NotifyMessage)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
+    let mut messages = Vec::new();
+    loop {
+        let mut buffer = [0u8; 4096];
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
+        let received = recvmsg::<UnixAddr>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT);
+        let Ok(received) = received else { return messages };
+        let mut sender = 0;
+        if let Ok(cmsgs) = received.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::ScmCredentials(credentials) = cmsg {
+                    sender = credentials.pid();
+                }
+            }
+        }
+        let length = received.bytes;
+        let text = String::from_utf8_lossy(buffer.get(..length).unwrap_or_default()).into_owned();
+        messages.push((sender, NotifyMessage::parse(&text)));
+    }
+}
+
+/// A signalfd for the signals PID 1 acts on (which are blocked for normal delivery).
+struct SignalFd {
+    fd: OwnedFd,
+}
+
+impl SignalFd {
+    fn new() -> Result<SignalFd, std::io::Error> {
+        // SAFETY: plain libc calls on a local sigset_t; the returned fd is owned here.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+                libc::sigaddset(&mut set, signal);
+            }
+            for offset in 0..=8 {
+                libc::sigaddset(&mut set, libc::SIGRTMIN() + offset);
+            }
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(SignalFd { fd: OwnedFd::from_raw_fd(fd) })
+        }
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Every pending signal number.
+    fn drain(&self) -> Vec<i32> {
+        let mut signals = Vec::new();
+        loop {
+            // SAFETY: signalfd_siginfo is plain data; read() fills at most its size.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            let read = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            if read != size as isize {
+                return signals;
+            }
+            signals.push(info.ssi_signo as i32);
+        }
+    }
+}
