@@ -138,9 +138,15 @@ impl Gpt {
     pub fn new(disk_sectors: u64, disk_guid: Uuid) -> Result<Gpt, GptError> {
         // MBR + header + 2 arrays + backup header, plus at least one aligned MiB.
         if disk_sectors < 2 * (ENTRY_ARRAY_SECTORS + 1) + 1 + ALIGNMENT_SECTORS * 2 {
-            return Err(GptError::DiskTooSmall { sectors: disk_sectors });
+            return Err(GptError::DiskTooSmall {
+                sectors: disk_sectors,
+            });
         }
-        Ok(Gpt { disk_guid, disk_sectors, partitions: Vec::new() })
+        Ok(Gpt {
+            disk_guid,
+            disk_sectors,
+            partitions: Vec::new(),
+        })
     }
 
     /// First sector a partition may use.
@@ -155,7 +161,9 @@ impl Gpt {
 
     /// The partition with this name (PARTLABEL), if any.
     pub fn find(&self, name: &str) -> Option<&Partition> {
-        self.partitions.iter().find(|partition| partition.name == name)
+        self.partitions
+            .iter()
+            .find(|partition| partition.name == name)
     }
 
     /// Appends a partition of `bytes` bytes (rounded up to whole sectors) after the last
@@ -176,7 +184,11 @@ impl Gpt {
         let after = self.partitions.iter().map(|p| p.last_lba + 1).max();
         let start = align_up(after.unwrap_or(self.first_usable_lba()), ALIGNMENT_SECTORS);
         let sectors = bytes.div_ceil(SECTOR_SIZE);
-        let no_space = |reason: String| GptError::NoSpace { name: name.to_owned(), bytes, reason };
+        let no_space = |reason: String| GptError::NoSpace {
+            name: name.to_owned(),
+            bytes,
+            reason,
+        };
         if sectors == 0 {
             return Err(no_space("a partition needs at least one sector".into()));
         }
@@ -203,9 +215,16 @@ impl Gpt {
     /// Records that the disk now has `disk_sectors` sectors (it was grown, e.g. a VM disk
     /// resized or an image written to a larger drive). The backup table moves to the new end.
     pub fn set_disk_sectors(&mut self, disk_sectors: u64) -> Result<(), GptError> {
-        let highest_used = self.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
+        let highest_used = self
+            .partitions
+            .iter()
+            .map(|p| p.last_lba)
+            .max()
+            .unwrap_or(0);
         if disk_sectors < highest_used + 2 + ENTRY_ARRAY_SECTORS {
-            return Err(GptError::DiskTooSmall { sectors: disk_sectors });
+            return Err(GptError::DiskTooSmall {
+                sectors: disk_sectors,
+            });
         }
         self.disk_sectors = disk_sectors;
         Ok(())
@@ -215,7 +234,12 @@ impl Gpt {
     /// Returns the new size in bytes, or `None` when it already reaches the end (so that
     /// calling it on every boot is harmless).
     pub fn grow_to_end(&mut self, number: u32) -> Result<Option<u64>, GptError> {
-        let highest_end = self.partitions.iter().map(|p| p.last_lba).max().unwrap_or(0);
+        let highest_end = self
+            .partitions
+            .iter()
+            .map(|p| p.last_lba)
+            .max()
+            .unwrap_or(0);
         let last_usable = self.last_usable_lba();
         let partition = self
             .partitions
@@ -251,7 +275,11 @@ impl Gpt {
         header_sector[..header.len()].copy_from_slice(&header);
         backup.extend_from_slice(&header_sector);
 
-        EncodedGpt { primary, backup, backup_offset: backup_entries_lba * SECTOR_SIZE }
+        EncodedGpt {
+            primary,
+            backup,
+            backup_offset: backup_entries_lba * SECTOR_SIZE,
+        }
     }
 
     /// Decodes the primary table from the first 34 sectors of a disk of `disk_sectors`
@@ -259,7 +287,9 @@ impl Gpt {
     /// still carries the old one until [`write_table`] rewrites it.
     pub fn decode(first_sectors: &[u8], disk_sectors: u64) -> Result<Gpt, GptError> {
         let needed = ((2 + ENTRY_ARRAY_SECTORS) * SECTOR_SIZE) as usize;
-        let bad = |reason: &str| GptError::BadHeader { reason: reason.to_owned() };
+        let bad = |reason: &str| GptError::BadHeader {
+            reason: reason.to_owned(),
+        };
         let header = first_sectors
             .get(SECTOR_SIZE as usize..SECTOR_SIZE as usize + HEADER_SIZE as usize)
             .ok_or_else(|| bad("the disk is shorter than one header"))?;
@@ -314,8 +344,16 @@ impl Gpt {
                 name: String::from_utf16_lossy(&units),
             });
         }
-        let gpt = Gpt { disk_guid: Uuid::from_bytes_le(disk_guid_bytes), disk_sectors, partitions };
-        if gpt.partitions.iter().any(|p| p.last_lba > gpt.disk_sectors.saturating_sub(1)) {
+        let gpt = Gpt {
+            disk_guid: Uuid::from_bytes_le(disk_guid_bytes),
+            disk_sectors,
+            partitions,
+        };
+        if gpt
+            .partitions
+            .iter()
+            .any(|p| p.last_lba > gpt.disk_sectors.saturating_sub(1))
+        {
             return Err(bad("a partition ends past the end of the disk"));
         }
         Ok(gpt)
@@ -331,14 +369,23 @@ impl Gpt {
             entry[32..40].copy_from_slice(&partition.first_lba.to_le_bytes());
             entry[40..48].copy_from_slice(&partition.last_lba.to_le_bytes());
             entry[48..56].copy_from_slice(&partition.attributes.to_le_bytes());
-            for (slot, unit) in entry[56..128].chunks_exact_mut(2).zip(partition.name.encode_utf16()) {
+            for (slot, unit) in entry[56..128]
+                .chunks_exact_mut(2)
+                .zip(partition.name.encode_utf16())
+            {
                 slot.copy_from_slice(&unit.to_le_bytes());
             }
         }
         entries
     }
 
-    fn encode_header(&self, my_lba: u64, alternate_lba: u64, entries_lba: u64, entries_crc: u32) -> Vec<u8> {
+    fn encode_header(
+        &self,
+        my_lba: u64,
+        alternate_lba: u64,
+        entries_lba: u64,
+        entries_crc: u32,
+    ) -> Vec<u8> {
         let mut header = vec![0u8; HEADER_SIZE as usize];
         header[0..8].copy_from_slice(SIGNATURE);
         header[8..12].copy_from_slice(&REVISION_1_0.to_le_bytes());
@@ -423,8 +470,20 @@ mod tests {
 
     fn sample(disk_bytes: u64) -> Gpt {
         let mut gpt = Gpt::new(disk_bytes / SECTOR_SIZE, Uuid::from_u128(7)).unwrap();
-        gpt.append(layout::ESP_LABEL, layout::ESP_TYPE, Uuid::from_u128(1), 8 * MIB).unwrap();
-        gpt.append(layout::STATE_LABEL, layout::LINUX_DATA_TYPE, Uuid::from_u128(2), 4 * MIB).unwrap();
+        gpt.append(
+            layout::ESP_LABEL,
+            layout::ESP_TYPE,
+            Uuid::from_u128(1),
+            8 * MIB,
+        )
+        .unwrap();
+        gpt.append(
+            layout::STATE_LABEL,
+            layout::LINUX_DATA_TYPE,
+            Uuid::from_u128(2),
+            4 * MIB,
+        )
+        .unwrap();
         gpt
     }
 
@@ -435,7 +494,10 @@ mod tests {
         write_table(&mut disk, &gpt).unwrap();
         let read = read_table(&mut disk, 32 * MIB).unwrap();
         assert_eq!(read, gpt);
-        assert_eq!(read.find(layout::STATE_LABEL).unwrap().first_lba, 2048 + 8 * 2048);
+        assert_eq!(
+            read.find(layout::STATE_LABEL).unwrap().first_lba,
+            2048 + 8 * 2048
+        );
     }
 
     #[test]
@@ -473,7 +535,10 @@ mod tests {
     fn only_the_last_partition_may_grow() {
         let mut gpt = sample(32 * MIB);
         assert!(matches!(gpt.grow_to_end(1), Err(GptError::NotLast(1))));
-        assert!(matches!(gpt.grow_to_end(9), Err(GptError::NoSuchPartition(9))));
+        assert!(matches!(
+            gpt.grow_to_end(9),
+            Err(GptError::NoSuchPartition(9))
+        ));
     }
 
     #[test]
@@ -481,16 +546,27 @@ mod tests {
         let mut disk = Cursor::new(vec![0u8; 32 * MIB as usize]);
         write_table(&mut disk, &sample(32 * MIB)).unwrap();
         disk.get_mut()[2 * SECTOR_SIZE as usize + 60] ^= 1;
-        assert!(matches!(read_table(&mut disk, 32 * MIB), Err(GptError::BadEntries { .. })));
+        assert!(matches!(
+            read_table(&mut disk, 32 * MIB),
+            Err(GptError::BadEntries { .. })
+        ));
         disk.get_mut()[SECTOR_SIZE as usize + 40] ^= 1;
-        assert!(matches!(read_table(&mut disk, 32 * MIB), Err(GptError::BadHeader { .. })));
+        assert!(matches!(
+            read_table(&mut disk, 32 * MIB),
+            Err(GptError::BadHeader { .. })
+        ));
     }
 
     #[test]
     fn a_partition_that_does_not_fit_is_refused() {
         let mut gpt = Gpt::new(16 * MIB / SECTOR_SIZE, Uuid::nil()).unwrap();
-        let error = gpt.append("big", layout::LINUX_DATA_TYPE, Uuid::nil(), 64 * MIB).unwrap_err();
-        assert!(error.to_string().contains("past the last usable LBA"), "{error}");
+        let error = gpt
+            .append("big", layout::LINUX_DATA_TYPE, Uuid::nil(), 64 * MIB)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("past the last usable LBA"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ impl VerityParams {
             blocks = self.data_blocks,
             start = self.hash_start_block(),
             root = hex(&self.root_hash),
-            salt = if self.salt.is_empty() { "-".to_owned() } else { hex(&self.salt) },
+            salt = if self.salt.is_empty() {
+                "-".to_owned()
+            } else {
+                hex(&self.salt)
+            },
         )
     }
 
@@ -102,7 +106,11 @@ pub fn build_hash_tree<R: Read, W: Write>(
         tree.write_all(level)?;
     }
     tree.flush()?;
-    Ok(VerityParams { data_blocks, salt: salt.to_vec(), root_hash })
+    Ok(VerityParams {
+        data_blocks,
+        salt: salt.to_vec(),
+        root_hash,
+    })
 }
 
 fn salted_digest(salt: &[u8], block: &[u8]) -> [u8; DIGEST_SIZE] {
@@ -131,7 +139,10 @@ pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     }
     (0..text.len())
         .step_by(2)
-        .map(|at| text.get(at..at + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .map(|at| {
+            text.get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
         .collect()
 }
 
@@ -141,7 +152,9 @@ mod tests {
     use std::process::Command;
 
     fn sample_data(blocks: u64) -> Vec<u8> {
-        (0..blocks * BLOCK_SIZE).map(|i| (i * 7 % 251) as u8).collect()
+        (0..blocks * BLOCK_SIZE)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect()
     }
 
     #[test]
@@ -149,7 +162,11 @@ mod tests {
         for blocks in [2, 127, 128, 129, 128 * 128, 128 * 128 + 1] {
             let mut tree = Vec::new();
             build_hash_tree(&sample_data(blocks)[..], blocks, b"salt", &mut tree).unwrap();
-            assert_eq!(tree.len() as u64, tree_blocks(blocks) * BLOCK_SIZE, "{blocks} blocks");
+            assert_eq!(
+                tree.len() as u64,
+                tree_blocks(blocks) * BLOCK_SIZE,
+                "{blocks} blocks"
+            );
         }
     }
 
@@ -164,7 +181,11 @@ mod tests {
 
     #[test]
     fn table_names_the_device_twice_and_starts_hashes_after_the_data() {
-        let params = VerityParams { data_blocks: 10, salt: vec![0xab], root_hash: [0; 32] };
+        let params = VerityParams {
+            data_blocks: 10,
+            salt: vec![0xab],
+            root_hash: [0; 32],
+        };
         assert_eq!(
             params.table_params("259:2"),
             format!("1 259:2 259:2 4096 4096 10 10 sha256 {} ab", "0".repeat(64))
@@ -201,7 +222,11 @@ mod tests {
                 .arg(&hash_path)
                 .output()
                 .unwrap();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             let stdout = String::from_utf8_lossy(&output.stdout);
             let expected_root = stdout
                 .lines()
@@ -210,8 +235,13 @@ mod tests {
                 .trim()
                 .to_owned();
             let mut tree = Vec::new();
-            let params =
-                build_hash_tree(&std::fs::read(&data_path).unwrap()[..], blocks, &salt, &mut tree).unwrap();
+            let params = build_hash_tree(
+                &std::fs::read(&data_path).unwrap()[..],
+                blocks,
+                &salt,
+                &mut tree,
+            )
+            .unwrap();
             assert_eq!(params.root_hash_hex(), expected_root, "{blocks} blocks");
             assert_eq!(tree, std::fs::read(&hash_path).unwrap(), "{blocks} blocks");
         }

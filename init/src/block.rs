@@ -41,7 +41,10 @@ impl PartitionDevice {
 /// Parses a `uevent` file into the fields stage 1 needs; `None` unless it is a partition.
 pub fn parse_uevent(text: &str) -> Option<(String, u32, u32, String)> {
     let field = |key: &str| {
-        text.lines().find_map(|line| line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+        text.lines().find_map(|line| {
+            line.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('='))
+        })
     };
     if field("DEVTYPE")? != "partition" {
         return None;
@@ -59,16 +62,30 @@ pub fn find_partition(label: &str) -> Option<PartitionDevice> {
     let entries = std::fs::read_dir("/sys/class/block").ok()?;
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(text) = std::fs::read_to_string(path.join("uevent")) else { continue };
-        let Some((name, major, minor, partname)) = parse_uevent(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(path.join("uevent")) else {
+            continue;
+        };
+        let Some((name, major, minor, partname)) = parse_uevent(&text) else {
+            continue;
+        };
         if partname != label {
             continue;
         }
-        let number = std::fs::read_to_string(path.join("partition")).ok()?.trim().parse().ok()?;
+        let number = std::fs::read_to_string(path.join("partition"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         // /sys/class/block/vda2 links to .../block/vda/vda2: the parent directory is the disk.
         let resolved = std::fs::canonicalize(&path).ok()?;
         let disk = resolved.parent()?.file_name()?.to_str()?.to_owned();
-        return Some(PartitionDevice { name, major, minor, number, disk });
+        return Some(PartitionDevice {
+            name,
+            major,
+            minor,
+            number,
+            disk,
+        });
     }
     None
 }
@@ -90,7 +107,10 @@ pub fn wait_for_partition(label: &str, timeout: Duration) -> Result<PartitionDev
             ));
         }
         if !announced && Instant::now() + timeout - Duration::from_secs(2) > deadline {
-            crate::notice!("waiting up to {} s for partition {label}", timeout.as_secs());
+            crate::notice!(
+                "waiting up to {} s for partition {label}",
+                timeout.as_secs()
+            );
             announced = true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -105,7 +125,13 @@ mod tests {
     #[test]
     fn partitions_are_recognised_by_their_uevent() {
         let text = "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nDISKSEQ=9\nPARTN=2\nPARTNAME=KEELSON-ROOT-A\n";
-        assert_eq!(parse_uevent(text).unwrap(), ("vda2".into(), 254, 2, "KEELSON-ROOT-A".into()));
-        assert_eq!(parse_uevent("MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n"), None);
+        assert_eq!(
+            parse_uevent(text).unwrap(),
+            ("vda2".into(), 254, 2, "KEELSON-ROOT-A".into())
+        );
+        assert_eq!(
+            parse_uevent("MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n"),
+            None
+        );
     }
 }

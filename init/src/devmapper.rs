@@ -65,7 +65,12 @@ impl std::fmt::Display for DmError {
 
 /// Creates `name` as a read-only dm-verity device over `device` (`MAJOR:MINOR`), whose
 /// data and hash tree are both on that device as described by `verity`.
-pub fn create_verity(name: &str, uuid: &str, device: &str, verity: &VerityParams) -> Result<MappedDevice, DmError> {
+pub fn create_verity(
+    name: &str,
+    uuid: &str,
+    device: &str,
+    verity: &VerityParams,
+) -> Result<MappedDevice, DmError> {
     let control = open_control()?;
     let created = run(&control, Command::DevCreate, name, uuid, 0, &[])?;
     let dev = read_u64(&created, 40);
@@ -74,13 +79,24 @@ pub fn create_verity(name: &str, uuid: &str, device: &str, verity: &VerityParams
     let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
     let sectors = verity.data_blocks * (keelson_disk::verity::BLOCK_SIZE / 512);
     let table = target_spec(0, sectors, "verity", &verity.table_params(device));
-    let loaded = run(&control, Command::TableLoad, name, "", DM_READONLY_FLAG, &table)
-        .and_then(|_| run(&control, Command::DevSuspend, name, "", 0, &[])); // resume
+    let loaded = run(
+        &control,
+        Command::TableLoad,
+        name,
+        "",
+        DM_READONLY_FLAG,
+        &table,
+    )
+    .and_then(|_| run(&control, Command::DevSuspend, name, "", 0, &[])); // resume
     if let Err(error) = loaded {
         let _ = run(&control, Command::DevRemove, name, "", 0, &[]);
         return Err(error);
     }
-    Ok(MappedDevice { name: name.to_owned(), major, minor })
+    Ok(MappedDevice {
+        name: name.to_owned(),
+        major,
+        minor,
+    })
 }
 
 /// The status line of a verity device: `V` while every block read so far verified, `C`
@@ -94,7 +110,14 @@ pub fn verity_status(name: &str) -> Result<String, DmError> {
 /// The loaded table of a device (its parameters), for reporting.
 pub fn table(name: &str) -> Result<String, DmError> {
     let control = open_control()?;
-    let reply = run(&control, Command::TableStatus, name, "", DM_STATUS_TABLE_FLAG, &[])?;
+    let reply = run(
+        &control,
+        Command::TableStatus,
+        name,
+        "",
+        DM_STATUS_TABLE_FLAG,
+        &[],
+    )?;
     Ok(first_target_text(&reply))
 }
 
@@ -103,7 +126,10 @@ fn open_control() -> Result<File, DmError> {
         .read(true)
         .write(true)
         .open("/dev/mapper/control")
-        .map_err(|source| DmError { step: "open /dev/mapper/control (is dm_mod loaded?)".into(), source })
+        .map_err(|source| DmError {
+            step: "open /dev/mapper/control (is dm_mod loaded?)".into(),
+            source,
+        })
 }
 
 /// Builds a `dm_target_spec` followed by its NUL-terminated, 8-byte-padded parameters.
@@ -121,7 +147,14 @@ fn target_spec(start_sector: u64, sectors: u64, target: &str, params: &str) -> V
 }
 
 /// Sends one command; returns the whole reply buffer (header plus data).
-fn run(control: &File, command: Command, name: &str, uuid: &str, flags: u32, payload: &[u8]) -> Result<Vec<u8>, DmError> {
+fn run(
+    control: &File,
+    command: Command,
+    name: &str,
+    uuid: &str,
+    flags: u32,
+    payload: &[u8],
+) -> Result<Vec<u8>, DmError> {
     // Room for the kernel's reply (status text) beyond what is sent.
     let size = DM_IOCTL_SIZE + payload.len().max(16 * 1024);
     let mut buffer = vec![0u8; size];
@@ -131,16 +164,32 @@ fn run(control: &File, command: Command, name: &str, uuid: &str, flags: u32, pay
     let targets = u32::from(!payload.is_empty());
     write_bytes(&mut buffer, 20, &targets.to_le_bytes()); // target_count
     write_bytes(&mut buffer, 28, &flags.to_le_bytes());
-    write_bytes(&mut buffer, NAME_OFFSET, name.as_bytes().get(..DM_NAME_LEN - 1).unwrap_or(name.as_bytes()));
-    write_bytes(&mut buffer, UUID_OFFSET, uuid.as_bytes().get(..DM_UUID_LEN - 1).unwrap_or(uuid.as_bytes()));
+    write_bytes(
+        &mut buffer,
+        NAME_OFFSET,
+        name.as_bytes()
+            .get(..DM_NAME_LEN - 1)
+            .unwrap_or(name.as_bytes()),
+    );
+    write_bytes(
+        &mut buffer,
+        UUID_OFFSET,
+        uuid.as_bytes()
+            .get(..DM_UUID_LEN - 1)
+            .unwrap_or(uuid.as_bytes()),
+    );
     write_bytes(&mut buffer, DM_IOCTL_SIZE, payload);
 
     // _IOWR(0xfd, nr, struct dm_ioctl): direction read|write, size 312.
-    let request = ((3u64 << 30) | ((DM_IOCTL_SIZE as u64) << 16) | (0xfd << 8) | command as u64) as libc::c_ulong;
+    let request = ((3u64 << 30) | ((DM_IOCTL_SIZE as u64) << 16) | (0xfd << 8) | command as u64)
+        as libc::c_ulong;
     // SAFETY: the buffer is a valid, writable dm_ioctl of `size` bytes as announced in data_size.
     let result = unsafe { libc::ioctl(control.as_raw_fd(), request as _, buffer.as_mut_ptr()) };
     if result < 0 {
-        return Err(DmError { step: format!("{command:?} {name}"), source: std::io::Error::last_os_error() });
+        return Err(DmError {
+            step: format!("{command:?} {name}"),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(buffer)
 }
@@ -148,13 +197,19 @@ fn run(control: &File, command: Command, name: &str, uuid: &str, flags: u32, pay
 fn first_target_text(reply: &[u8]) -> String {
     let data_start = read_u32(reply, 16) as usize;
     let text_start = data_start + TARGET_SPEC_SIZE;
-    let target = reply.get(data_start + 24..data_start + 40).map(c_text).unwrap_or_default();
+    let target = reply
+        .get(data_start + 24..data_start + 40)
+        .map(c_text)
+        .unwrap_or_default();
     let params = reply.get(text_start..).map(c_text).unwrap_or_default();
     format!("{target} {params}").trim().to_owned()
 }
 
 fn c_text(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&byte| byte == 0).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(bytes.len());
     String::from_utf8_lossy(bytes.get(..end).unwrap_or_default()).into_owned()
 }
 

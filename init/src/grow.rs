@@ -60,14 +60,30 @@ pub fn grow_state(state: &PartitionDevice, mount_point: &str) -> Result<GrowOutc
         .write(true)
         .open(&disk_path)
         .map_err(|error| format!("cannot open {}: {error}", disk_path.display()))?;
-    let disk_bytes = block_size_bytes(&disk).map_err(|error| format!("cannot size {}: {error}", disk_path.display()))?;
-    let mut table = gpt::read_table(&mut disk, disk_bytes)
-        .map_err(|error| format!("reading the partition table of {}: {error}", disk_path.display()))?;
-    table.set_disk_sectors(disk_bytes / gpt::SECTOR_SIZE).map_err(|error| error.to_string())?;
-    if table.grow_to_end(state.number).map_err(|error| error.to_string())?.is_some() {
-        gpt::write_table(&mut disk, &table)
-            .map_err(|error| format!("writing the partition table of {}: {error}", disk_path.display()))?;
-        disk.sync_all().map_err(|error| format!("syncing {}: {error}", disk_path.display()))?;
+    let disk_bytes = block_size_bytes(&disk)
+        .map_err(|error| format!("cannot size {}: {error}", disk_path.display()))?;
+    let mut table = gpt::read_table(&mut disk, disk_bytes).map_err(|error| {
+        format!(
+            "reading the partition table of {}: {error}",
+            disk_path.display()
+        )
+    })?;
+    table
+        .set_disk_sectors(disk_bytes / gpt::SECTOR_SIZE)
+        .map_err(|error| error.to_string())?;
+    if table
+        .grow_to_end(state.number)
+        .map_err(|error| error.to_string())?
+        .is_some()
+    {
+        gpt::write_table(&mut disk, &table).map_err(|error| {
+            format!(
+                "writing the partition table of {}: {error}",
+                disk_path.display()
+            )
+        })?;
+        disk.sync_all()
+            .map_err(|error| format!("syncing {}: {error}", disk_path.display()))?;
     }
     let partition = table
         .partitions
@@ -81,35 +97,61 @@ pub fn grow_state(state: &PartitionDevice, mount_point: &str) -> Result<GrowOutc
         .map(|sectors| sectors * 512)
         .unwrap_or(0);
     if kernel_bytes != partition_bytes {
-        resize_kernel_partition(&disk, state.number, partition.offset_bytes(), partition_bytes)?;
+        resize_kernel_partition(
+            &disk,
+            state.number,
+            partition.offset_bytes(),
+            partition_bytes,
+        )?;
     }
 
     let (block_size, blocks) = ext4_geometry(&state.path().to_string_lossy())?;
     let wanted_blocks = partition_bytes / block_size;
     if wanted_blocks <= blocks {
-        return Ok(GrowOutcome::AlreadyFull { bytes: partition_bytes });
+        return Ok(GrowOutcome::AlreadyFull {
+            bytes: partition_bytes,
+        });
     }
-    let mount = File::open(mount_point).map_err(|error| format!("cannot open {mount_point}: {error}"))?;
+    let mount =
+        File::open(mount_point).map_err(|error| format!("cannot open {mount_point}: {error}"))?;
     let count: u64 = wanted_blocks;
     // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer.
-    let result = unsafe { libc::ioctl(mount.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &count as *const u64) };
+    let result = unsafe {
+        libc::ioctl(
+            mount.as_raw_fd(),
+            EXT4_IOC_RESIZE_FS as _,
+            &count as *const u64,
+        )
+    };
     if result < 0 {
-        return Err(format!("online resize of ext4 on {mount_point} failed: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "online resize of ext4 on {mount_point} failed: {}",
+            std::io::Error::last_os_error()
+        ));
     }
-    Ok(GrowOutcome::Grown { from: blocks * block_size, to: wanted_blocks * block_size })
+    Ok(GrowOutcome::Grown {
+        from: blocks * block_size,
+        to: wanted_blocks * block_size,
+    })
 }
 
 fn block_size_bytes(file: &File) -> std::io::Result<u64> {
     let mut bytes: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64.
-    let result = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut bytes as *mut u64) };
+    let result =
+        unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut bytes as *mut u64) };
     if result < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(bytes)
 }
 
-fn resize_kernel_partition(disk: &File, number: u32, start: u64, length: u64) -> Result<(), String> {
+fn resize_kernel_partition(
+    disk: &File,
+    number: u32,
+    start: u64,
+    length: u64,
+) -> Result<(), String> {
     let mut partition = BlkpgPartition {
         start: start as libc::c_longlong,
         length: length as libc::c_longlong,
@@ -124,7 +166,8 @@ fn resize_kernel_partition(disk: &File, number: u32, start: u64, length: u64) ->
         data: (&mut partition as *mut BlkpgPartition).cast(),
     };
     // SAFETY: arg and the partition it points to live across the call, laid out as <linux/blkpg.h>.
-    let result = unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG as _, &mut arg as *mut BlkpgIoctlArg) };
+    let result =
+        unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG as _, &mut arg as *mut BlkpgIoctlArg) };
     if result < 0 {
         return Err(format!(
             "telling the kernel partition {number} is now {length} bytes failed: {}",
@@ -141,19 +184,28 @@ pub fn ext4_geometry(device: &str) -> Result<(u64, u64), String> {
     file.seek(SeekFrom::Start(1024))
         .and_then(|_| file.read_exact(&mut superblock))
         .map_err(|error| format!("cannot read the ext4 superblock of {device}: {error}"))?;
-    parse_ext4_geometry(&superblock).ok_or_else(|| format!("{device} does not hold an ext4 filesystem"))
+    parse_ext4_geometry(&superblock)
+        .ok_or_else(|| format!("{device} does not hold an ext4 filesystem"))
 }
 
 /// (block size, block count) from a 1024-byte ext4 superblock.
 pub fn parse_ext4_geometry(superblock: &[u8]) -> Option<(u64, u64)> {
-    let u32_at = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(superblock.get(at..at + 4)?.try_into().ok()?)) };
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            superblock.get(at..at + 4)?.try_into().ok()?,
+        ))
+    };
     let magic = u16::from_le_bytes(superblock.get(0x38..0x3a)?.try_into().ok()?);
     if magic != 0xEF53 {
         return None;
     }
     let block_size = 1024u64 << u32_at(0x18)?.min(16);
     let incompat = u32_at(0x60)?;
-    let high = if incompat & 0x80 != 0 { u64::from(u32_at(0x150)?) } else { 0 };
+    let high = if incompat & 0x80 != 0 {
+        u64::from(u32_at(0x150)?)
+    } else {
+        0
+    };
     Some((block_size, (high << 32) | u64::from(u32_at(0x04)?)))
 }
 

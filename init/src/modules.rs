@@ -20,7 +20,10 @@ impl ModuleIndex {
             .lines()
             .filter_map(|line| line.split_once(':'))
             .map(|(module, deps)| {
-                (module.trim().to_owned(), deps.split_ascii_whitespace().map(str::to_owned).collect())
+                (
+                    module.trim().to_owned(),
+                    deps.split_ascii_whitespace().map(str::to_owned).collect(),
+                )
             })
             .filter(|(module, _): &(String, Vec<String>)| !module.is_empty())
             .collect();
@@ -65,7 +68,10 @@ pub fn load_all(modules_dir: &Path) -> Vec<String> {
     let index = match std::fs::read_to_string(&index_path) {
         Ok(text) => ModuleIndex::parse(&text),
         Err(error) => {
-            crate::warning!("cannot read {}: {error}; loading no modules", index_path.display());
+            crate::warning!(
+                "cannot read {}: {error}; loading no modules",
+                index_path.display()
+            );
             return Vec::new();
         }
     };
@@ -131,18 +137,21 @@ kernel/lib/crc16.ko:
 
     #[test]
     fn order_is_a_permutation_with_dependencies_first_for_any_input() {
-        bolero::check!().with_type::<Vec<(u8, Vec<u8>)>>().for_each(|graph| {
-            let text: String = graph
-                .iter()
-                .map(|(module, deps)| {
-                    let deps: Vec<String> = deps.iter().map(|d| format!("m{}.ko", d % 8)).collect();
-                    format!("m{}.ko: {}\n", module % 8, deps.join(" "))
-                })
-                .collect();
-            let index = ModuleIndex::parse(&text);
-            let order = index.load_order();
-            let unique: BTreeSet<_> = order.iter().collect();
-            assert_eq!(unique.len(), order.len());
-        });
+        bolero::check!()
+            .with_type::<Vec<(u8, Vec<u8>)>>()
+            .for_each(|graph| {
+                let text: String = graph
+                    .iter()
+                    .map(|(module, deps)| {
+                        let deps: Vec<String> =
+                            deps.iter().map(|d| format!("m{}.ko", d % 8)).collect();
+                        format!("m{}.ko: {}\n", module % 8, deps.join(" "))
+                    })
+                    .collect();
+                let index = ModuleIndex::parse(&text);
+                let order = index.load_order();
+                let unique: BTreeSet<_> = order.iter().collect();
+                assert_eq!(unique.len(), order.len());
+            });
     }
 }

@@ -5,21 +5,37 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 
 /// Mounts `source` of type `fstype` on `target` (created if missing).
-pub fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+pub fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     if let Err(error) = std::fs::create_dir_all(target) {
         // A read-only root already has its mount points; only complain if it is missing.
         if !Path::new(target).is_dir() {
             return Err(format!("cannot create mount point {target}: {error}"));
         }
     }
-    mount(Some(source), target, Some(fstype), flags, data)
-        .map_err(|errno| format!("mounting {source} ({fstype}) on {target} failed: {}", errno.desc()))
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|errno| {
+        format!(
+            "mounting {source} ({fstype}) on {target} failed: {}",
+            errno.desc()
+        )
+    })
 }
 
 /// Mounts the kernel's own filesystems that stage 1 needs before anything else.
 pub fn mount_kernel_filesystems() -> Result<(), String> {
     let nosuid_noexec_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     mount_fs("proc", "/proc", "proc", nosuid_noexec_nodev, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nosuid_noexec_nodev, None)?;
     Ok(())

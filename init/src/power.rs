@@ -43,7 +43,9 @@ pub fn action_for_signal(signal: i32) -> Option<PowerAction> {
     match signal {
         libc::SIGTERM | libc::SIGPWR => Some(PowerAction::PowerOff),
         libc::SIGINT => Some(PowerAction::Reboot),
-        other if other == libc::SIGRTMIN() + 3 || other == poweroff_signal() => Some(PowerAction::PowerOff),
+        other if other == libc::SIGRTMIN() + 3 || other == poweroff_signal() => {
+            Some(PowerAction::PowerOff)
+        }
         other if other == reboot_signal() => Some(PowerAction::Reboot),
         _ => None,
     }
@@ -52,7 +54,9 @@ pub fn action_for_signal(signal: i32) -> Option<PowerAction> {
 /// Opens every input device named "Power Button" (the ACPI button driver creates one per
 /// button; QEMU's `system_powerdown` presses it).
 pub fn open_power_buttons() -> Vec<File> {
-    let Ok(entries) = std::fs::read_dir("/sys/class/input") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/sys/class/input") else {
+        return Vec::new();
+    };
     let mut buttons = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -65,11 +69,16 @@ pub fn open_power_buttons() -> Vec<File> {
         }
         match nix::fcntl::open(
             format!("/dev/input/{name}").as_str(),
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         ) {
             Ok(fd) => buttons.push(File::from(fd)),
-            Err(errno) => crate::warning!("cannot open power button /dev/input/{name}: {}", errno.desc()),
+            Err(errno) => crate::warning!(
+                "cannot open power button /dev/input/{name}: {}",
+                errno.desc()
+            ),
         }
     }
     buttons
@@ -87,11 +96,23 @@ pub fn power_button_pressed(button: &mut File) -> bool {
         if read == 0 {
             break;
         }
-        for event in buffer.get(..read).unwrap_or_default().chunks_exact(EVENT_SIZE) {
+        for event in buffer
+            .get(..read)
+            .unwrap_or_default()
+            .chunks_exact(EVENT_SIZE)
+        {
             let field = |at: usize| {
-                event.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes).unwrap_or(0)
+                event
+                    .get(at..at + 2)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u16::from_le_bytes)
+                    .unwrap_or(0)
             };
-            let value = event.get(20..24).and_then(|b| b.try_into().ok()).map(i32::from_le_bytes).unwrap_or(0);
+            let value = event
+                .get(20..24)
+                .and_then(|b| b.try_into().ok())
+                .map(i32::from_le_bytes)
+                .unwrap_or(0);
             if field(16) == EV_KEY && field(18) == KEY_POWER && value == 1 {
                 pressed = true;
             }
@@ -105,8 +126,12 @@ pub fn reap_children() -> Vec<(i32, String)> {
     let mut reaped = Vec::new();
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => reaped.push((pid.as_raw(), format!("exited with status {code}"))),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => reaped.push((pid.as_raw(), format!("was killed by {signal}"))),
+            Ok(WaitStatus::Exited(pid, code)) => {
+                reaped.push((pid.as_raw(), format!("exited with status {code}")))
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                reaped.push((pid.as_raw(), format!("was killed by {signal}")))
+            }
             Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
             Ok(_) => continue,
         }
@@ -115,7 +140,10 @@ pub fn reap_children() -> Vec<(i32, String)> {
 
 /// True while PID 1 still has children.
 fn has_children() -> bool {
-    !matches!(waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)), Err(nix::errno::Errno::ECHILD))
+    !matches!(
+        waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)),
+        Err(nix::errno::Errno::ECHILD)
+    )
 }
 
 /// Waits up to `limit` for every child to exit, reaping as they go.
@@ -181,7 +209,11 @@ pub fn unmount_all() {
                 None::<&str>,
             );
             if point == "/var" || remounted.is_err() {
-                crate::warning!("unmounting {point} failed ({}); remounted read-only: {}", errno.desc(), remounted.is_ok());
+                crate::warning!(
+                    "unmounting {point} failed ({}); remounted read-only: {}",
+                    errno.desc(),
+                    remounted.is_ok()
+                );
             }
         }
     }

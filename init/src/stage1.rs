@@ -36,9 +36,11 @@ pub fn run() -> Result<Infallible, String> {
     mounts::mount_kernel_filesystems()?;
     crate::notice!("stage 1 (keelson-init {})", env!("CARGO_PKG_VERSION"));
 
-    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|error| format!("cannot read /proc/cmdline: {error}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|error| format!("cannot read /proc/cmdline: {error}"))?;
     let params = parse_boot_params(&cmdline).map_err(|error| error.to_string())?;
-    let release = nix::sys::utsname::uname().map_err(|errno| format!("uname failed: {}", errno.desc()))?;
+    let release =
+        nix::sys::utsname::uname().map_err(|errno| format!("uname failed: {}", errno.desc()))?;
     let release = release.release().to_string_lossy().into_owned();
 
     let loaded = modules::load_all(&std::path::Path::new("/lib/modules").join(&release));
@@ -46,20 +48,47 @@ pub fn run() -> Result<Infallible, String> {
 
     let root_label = params.slot.root_label();
     let root = block::wait_for_partition(root_label, PARTITION_TIMEOUT)?;
-    crate::notice!("slot {}: {root_label} is {} ({})", params.slot, root.path().display(), root.dev_t_text());
-    let uuid = format!("KEELSON-VERITY-{}", params.slot.letter().to_ascii_uppercase());
+    crate::notice!(
+        "slot {}: {root_label} is {} ({})",
+        params.slot,
+        root.path().display(),
+        root.dev_t_text()
+    );
+    let uuid = format!(
+        "KEELSON-VERITY-{}",
+        params.slot.letter().to_ascii_uppercase()
+    );
     let mapped = devmapper::create_verity(ROOT_DM_NAME, &uuid, &root.dev_t_text(), &params.verity)
         .map_err(|error| format!("dm-verity setup for {root_label} failed: {error}"))?;
     wait_for_node(&mapped.path())?;
-    crate::notice!("dm-verity: {} verifies {root_label} against root hash {}", mapped.path(), params.verity.root_hash_hex());
+    crate::notice!(
+        "dm-verity: {} verifies {root_label} against root hash {}",
+        mapped.path(),
+        params.verity.root_hash_hex()
+    );
 
-    mounts::mount_fs(&mapped.path(), NEW_ROOT, "squashfs", MsFlags::MS_RDONLY | MsFlags::MS_NODEV, None)
-        .map_err(|error| explain_verity(error, root_label))?;
+    mounts::mount_fs(
+        &mapped.path(),
+        NEW_ROOT,
+        "squashfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )
+    .map_err(|error| explain_verity(error, root_label))?;
 
     let state = block::wait_for_partition(STATE_LABEL, PARTITION_TIMEOUT)?;
     let var = format!("{NEW_ROOT}/var");
-    mounts::mount_fs(&state.path().to_string_lossy(), &var, "ext4", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None)?;
-    crate::notice!("mounted {root_label} read-only at / and {STATE_LABEL} ({}) at /var", state.path().display());
+    mounts::mount_fs(
+        &state.path().to_string_lossy(),
+        &var,
+        "ext4",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )?;
+    crate::notice!(
+        "mounted {root_label} read-only at / and {STATE_LABEL} ({}) at /var",
+        state.path().display()
+    );
 
     switch_root(NEW_ROOT, "/sbin/init").map_err(|error| explain_verity(error, root_label))
 }
@@ -98,7 +127,8 @@ fn switch_root(new_root: &str, init: &str) -> Result<Infallible, String> {
     nix::unistd::chroot(".").map_err(|errno| format!("chroot {new_root}: {}", errno.desc()))?;
     nix::unistd::chdir("/").map_err(|errno| format!("chdir /: {}", errno.desc()))?;
     let program = CString::new(init).map_err(|_| format!("bad init path {init}"))?;
-    nix::unistd::execv(&program, &[&program]).map_err(|errno| format!("cannot execute {init} in the new root: {}", errno.desc()))
+    nix::unistd::execv(&program, &[&program])
+        .map_err(|errno| format!("cannot execute {init} in the new root: {}", errno.desc()))
 }
 
 /// Prints the cause of a failed boot and reboots after [`FAILURE_REBOOT_DELAY`].

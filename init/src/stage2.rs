@@ -41,7 +41,10 @@ pub fn run() -> ! {
     };
     let notify = open_notify_socket();
     let buttons = power::open_power_buttons();
-    crate::notice!("listening for the power button on {} device(s)", buttons.len());
+    crate::notice!(
+        "listening for the power button on {} device(s)",
+        buttons.len()
+    );
     let action = supervise(&signals, notify.as_ref(), buttons);
     power::shut_down(action)
 }
@@ -51,10 +54,34 @@ fn mount_runtime_filesystems() {
     let steps: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
         ("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
         ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=0620,ptmxmode=0666")),
-        ("tmpfs", "/dev/shm", "tmpfs", nosuid_nodev, Some("mode=1777")),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | MsFlags::MS_NOEXEC, Some("nsdelegate")),
-        ("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", nosuid_nodev | MsFlags::MS_NOEXEC, None),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=0620,ptmxmode=0666"),
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            nosuid_nodev,
+            Some("mode=1777"),
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            Some("nsdelegate"),
+        ),
+        (
+            "efivarfs",
+            "/sys/firmware/efi/efivars",
+            "efivarfs",
+            nosuid_nodev | MsFlags::MS_NOEXEC,
+            None,
+        ),
     ];
     for (source, target, fstype, flags, data) in steps {
         if fstype == "efivarfs" {
@@ -74,7 +101,9 @@ fn mount_runtime_filesystems() {
 }
 
 fn load_root_modules() {
-    let Ok(release) = nix::sys::utsname::uname() else { return };
+    let Ok(release) = nix::sys::utsname::uname() else {
+        return;
+    };
     let directory = std::path::Path::new("/lib/modules").join(release.release());
     let loaded = modules::load_all(&directory);
     if !loaded.is_empty() {
@@ -88,7 +117,9 @@ fn configure_kernel() {
     if let Err(errno) = nix::sys::reboot::set_cad_enabled(false) {
         crate::warning!("cannot route ctrl-alt-del to PID 1: {}", errno.desc());
     }
-    let current = nix::unistd::gethostname().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let current = nix::unistd::gethostname()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if current.is_empty() || current == "(none)" {
         let _ = nix::unistd::sethostname("keelson");
     }
@@ -104,7 +135,11 @@ fn grow_state() {
             crate::notice!("{STATE_LABEL} already fills its disk ({} MiB)", bytes >> 20)
         }
         Ok(grow::GrowOutcome::Grown { from, to }) => {
-            crate::notice!("grew {STATE_LABEL} from {} MiB to {} MiB", from >> 20, to >> 20)
+            crate::notice!(
+                "grew {STATE_LABEL} from {} MiB to {} MiB",
+                from >> 20,
+                to >> 20
+            )
         }
         Err(error) => crate::warning!("growing {STATE_LABEL} failed: {error}"),
     }
@@ -116,13 +151,20 @@ fn open_notify_socket() -> Option<UnixDatagram> {
     let socket = match UnixDatagram::bind(NOTIFY_SOCKET_PATH) {
         Ok(socket) => socket,
         Err(error) => {
-            crate::warning!("cannot open {NOTIFY_SOCKET_PATH}: {error}; the agent cannot report readiness");
+            crate::warning!(
+                "cannot open {NOTIFY_SOCKET_PATH}: {error}; the agent cannot report readiness"
+            );
             return None;
         }
     };
     let _ = socket.set_nonblocking(true);
-    if let Err(errno) = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true) {
-        crate::warning!("cannot ask for sender credentials on {NOTIFY_SOCKET_PATH}: {}", errno.desc());
+    if let Err(errno) =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+    {
+        crate::warning!(
+            "cannot ask for sender credentials on {NOTIFY_SOCKET_PATH}: {}",
+            errno.desc()
+        );
     }
     Some(socket)
 }
@@ -135,7 +177,11 @@ fn now() -> Duration {
 }
 
 /// The main loop. Returns the power action that ended it, after asking the agent to stop.
-fn supervise(signals: &SignalFd, notify: Option<&UnixDatagram>, mut buttons: Vec<std::fs::File>) -> PowerAction {
+fn supervise(
+    signals: &SignalFd,
+    notify: Option<&UnixDatagram>,
+    mut buttons: Vec<std::fs::File>,
+) -> PowerAction {
     let mut supervisor = Supervisor::new(now());
     let mut pending = supervisor.handle(now(), Event::Tick);
     loop {
@@ -147,7 +193,10 @@ fn supervise(signals: &SignalFd, notify: Option<&UnixDatagram>, mut buttons: Vec
         let timeout = supervisor
             .next_deadline()
             .map(|deadline| deadline.saturating_sub(now()))
-            .map(|wait| PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1).unwrap_or(PollTimeout::MAX))
+            .map(|wait| {
+                PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
+                    .unwrap_or(PollTimeout::MAX)
+            })
             .unwrap_or(PollTimeout::from(60_000u16));
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         if let Some(socket) = notify {
@@ -257,8 +306,15 @@ fn read_notifications(socket: &UnixDatagram) -> Vec<(i32, NotifyMessage)> {
         let mut buffer = [0u8; 4096];
         let mut space = nix::cmsg_space!(UnixCredentials);
         let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
-        let received = recvmsg::<UnixAddr>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT);
-        let Ok(received) = received else { return messages };
+        let received = recvmsg::<UnixAddr>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT,
+        );
+        let Ok(received) = received else {
+            return messages;
+        };
         let mut sender = 0;
         if let Ok(cmsgs) = received.cmsgs() {
             for cmsg in cmsgs {
@@ -284,7 +340,15 @@ impl SignalFd {
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
-            for signal in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+            for signal in [
+                libc::SIGCHLD,
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGPWR,
+                libc::SIGHUP,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+            ] {
                 libc::sigaddset(&mut set, signal);
             }
             for offset in 0..=8 {
@@ -297,7 +361,9 @@ impl SignalFd {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(SignalFd { fd: OwnedFd::from_raw_fd(fd) })
+            Ok(SignalFd {
+                fd: OwnedFd::from_raw_fd(fd),
+            })
         }
     }
 
@@ -312,7 +378,13 @@ impl SignalFd {
             // SAFETY: signalfd_siginfo is plain data; read() fills at most its size.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
             let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            let read = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            let read = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
             if read != size as isize {
                 return signals;
             }

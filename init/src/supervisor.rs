@@ -33,7 +33,12 @@ impl Backoff {
     /// A backoff starting at `initial`, doubling to `max`, reset after `reset_after` of uptime.
     pub fn new(initial: Duration, max: Duration, reset_after: Duration) -> Backoff {
         debug_assert!(initial <= max);
-        Backoff { initial, max, reset_after, next: initial }
+        Backoff {
+            initial,
+            max,
+            reset_after,
+            next: initial,
+        }
     }
 
     /// The delay before restarting a service that ran for `ran_for` and then exited.
@@ -189,7 +194,10 @@ impl Supervisor {
     pub fn next_deadline(&self) -> Option<Duration> {
         match self.state {
             AgentState::WaitingToStart { at } => Some(at),
-            AgentState::Running { alive_at: Some(alive_at), .. } => Some(alive_at + self.watchdog),
+            AgentState::Running {
+                alive_at: Some(alive_at),
+                ..
+            } => Some(alive_at + self.watchdog),
             AgentState::Running { alive_at: None, .. } | AgentState::Stopped => None,
         }
     }
@@ -198,26 +206,53 @@ impl Supervisor {
     pub fn handle(&mut self, now: Duration, event: Event) -> Vec<Action> {
         match (&self.state, event) {
             (AgentState::WaitingToStart { at }, Event::Tick) if now >= *at => {
-                vec![Action::Spawn { previous_starts: self.starts }]
+                vec![Action::Spawn {
+                    previous_starts: self.starts,
+                }]
             }
             (AgentState::WaitingToStart { .. }, Event::Spawned { pid }) => {
                 self.starts += 1;
-                self.state = AgentState::Running { pid, started_at: now, alive_at: None };
+                self.state = AgentState::Running {
+                    pid,
+                    started_at: now,
+                    alive_at: None,
+                };
                 vec![Action::Log(format!("started keelsond as pid {pid}"))]
             }
             (AgentState::WaitingToStart { .. }, Event::SpawnFailed { error }) => {
                 let delay = self.backoff.delay_after_exit(Duration::ZERO);
                 self.state = AgentState::WaitingToStart { at: now + delay };
-                vec![Action::Log(format!("cannot start keelsond: {error}; retrying in {} s", delay.as_secs()))]
+                vec![Action::Log(format!(
+                    "cannot start keelsond: {error}; retrying in {} s",
+                    delay.as_secs()
+                ))]
             }
-            (&AgentState::Running { pid, started_at, .. }, Event::Exited { pid: exited, how }) if exited == pid => {
-                let delay = self.backoff.delay_after_exit(now.saturating_sub(started_at));
+            (
+                &AgentState::Running {
+                    pid, started_at, ..
+                },
+                Event::Exited { pid: exited, how },
+            ) if exited == pid => {
+                let delay = self
+                    .backoff
+                    .delay_after_exit(now.saturating_sub(started_at));
                 self.state = AgentState::WaitingToStart { at: now + delay };
-                vec![Action::Log(format!("keelsond (pid {pid}) {how}; restarting in {} s", delay.as_secs()))]
+                vec![Action::Log(format!(
+                    "keelsond (pid {pid}) {how}; restarting in {} s",
+                    delay.as_secs()
+                ))]
             }
-            (&AgentState::Running { pid, started_at, alive_at }, Event::Notify { pid: sender, message })
-                if sender == pid =>
-            {
+            (
+                &AgentState::Running {
+                    pid,
+                    started_at,
+                    alive_at,
+                },
+                Event::Notify {
+                    pid: sender,
+                    message,
+                },
+            ) if sender == pid => {
                 let mut actions = Vec::new();
                 if let Some(status) = message.status {
                     self.status = Some(status);
@@ -226,15 +261,28 @@ impl Supervisor {
                     actions.push(Action::Log(format!("keelsond is ready (pid {pid})")));
                 }
                 if message.ready || (message.watchdog && alive_at.is_some()) {
-                    self.state = AgentState::Running { pid, started_at, alive_at: Some(now) };
+                    self.state = AgentState::Running {
+                        pid,
+                        started_at,
+                        alive_at: Some(now),
+                    };
                 }
                 actions
             }
-            (&AgentState::Running { pid, alive_at: Some(alive_at), .. }, Event::Tick)
-                if now >= alive_at + self.watchdog =>
-            {
+            (
+                &AgentState::Running {
+                    pid,
+                    alive_at: Some(alive_at),
+                    ..
+                },
+                Event::Tick,
+            ) if now >= alive_at + self.watchdog => {
                 // Kill once; the exit that follows restarts it with backoff.
-                self.state = AgentState::Running { pid, started_at: now, alive_at: None };
+                self.state = AgentState::Running {
+                    pid,
+                    started_at: now,
+                    alive_at: None,
+                };
                 vec![
                     Action::Log(format!(
                         "keelsond (pid {pid}) missed its watchdog ({} s without WATCHDOG=1); killing it",
@@ -245,7 +293,10 @@ impl Supervisor {
             }
             (&AgentState::Running { pid, .. }, Event::Stop) => {
                 self.state = AgentState::Stopped;
-                vec![Action::Kill { pid, signal: libc::SIGTERM }]
+                vec![Action::Kill {
+                    pid,
+                    signal: libc::SIGTERM,
+                }]
             }
             (_, Event::Stop) => {
                 self.state = AgentState::Stopped;
@@ -268,7 +319,12 @@ mod tests {
     }
 
     fn running(supervisor: &mut Supervisor, now: Duration, pid: i32) {
-        assert_eq!(supervisor.handle(now, Event::Tick)[0], Action::Spawn { previous_starts: supervisor.starts() });
+        assert_eq!(
+            supervisor.handle(now, Event::Tick)[0],
+            Action::Spawn {
+                previous_starts: supervisor.starts()
+            }
+        );
         supervisor.handle(now, Event::Spawned { pid });
     }
 
@@ -278,9 +334,18 @@ mod tests {
         running(&mut supervisor, secs(0), 10);
         let mut now = secs(1);
         for expected in [1, 2, 4, 8] {
-            supervisor.handle(now, Event::Exited { pid: supervisor_pid(&supervisor), how: "exited 1".into() });
+            supervisor.handle(
+                now,
+                Event::Exited {
+                    pid: supervisor_pid(&supervisor),
+                    how: "exited 1".into(),
+                },
+            );
             assert_eq!(supervisor.next_deadline(), Some(now + secs(expected)));
-            assert!(supervisor.handle(now, Event::Tick).is_empty(), "must not restart early");
+            assert!(
+                supervisor.handle(now, Event::Tick).is_empty(),
+                "must not restart early"
+            );
             now += secs(expected);
             running(&mut supervisor, now, 10 + expected as i32);
         }
@@ -308,7 +373,15 @@ mod tests {
     fn orphans_exiting_do_not_disturb_the_agent() {
         let mut supervisor = Supervisor::new(secs(0));
         running(&mut supervisor, secs(0), 10);
-        assert!(supervisor.handle(secs(3), Event::Exited { pid: 99, how: "exited 0".into() }).is_empty());
+        assert!(supervisor
+            .handle(
+                secs(3),
+                Event::Exited {
+                    pid: 99,
+                    how: "exited 0".into()
+                }
+            )
+            .is_empty());
         assert_eq!(supervisor_pid(&supervisor), 10);
     }
 
@@ -317,21 +390,45 @@ mod tests {
         let mut supervisor = Supervisor::new(secs(0));
         running(&mut supervisor, secs(0), 10);
         let ready = NotifyMessage::parse("READY=1\nSTATUS=serving");
-        supervisor.handle(secs(5), Event::Notify { pid: 10, message: ready });
+        supervisor.handle(
+            secs(5),
+            Event::Notify {
+                pid: 10,
+                message: ready,
+            },
+        );
         assert_eq!(supervisor.status(), Some("serving"));
         let ping = NotifyMessage::parse("WATCHDOG=1");
-        supervisor.handle(secs(20), Event::Notify { pid: 10, message: ping });
+        supervisor.handle(
+            secs(20),
+            Event::Notify {
+                pid: 10,
+                message: ping,
+            },
+        );
         assert!(supervisor.handle(secs(49), Event::Tick).is_empty());
         let actions = supervisor.handle(secs(50), Event::Tick);
-        assert!(actions.contains(&Action::Kill { pid: 10, signal: libc::SIGKILL }));
-        assert!(supervisor.handle(secs(51), Event::Tick).is_empty(), "kill only once");
+        assert!(actions.contains(&Action::Kill {
+            pid: 10,
+            signal: libc::SIGKILL
+        }));
+        assert!(
+            supervisor.handle(secs(51), Event::Tick).is_empty(),
+            "kill only once"
+        );
     }
 
     #[test]
     fn notifications_from_other_processes_are_ignored() {
         let mut supervisor = Supervisor::new(secs(0));
         running(&mut supervisor, secs(0), 10);
-        supervisor.handle(secs(1), Event::Notify { pid: 11, message: NotifyMessage::parse("READY=1") });
+        supervisor.handle(
+            secs(1),
+            Event::Notify {
+                pid: 11,
+                message: NotifyMessage::parse("READY=1"),
+            },
+        );
         assert_eq!(supervisor.next_deadline(), None);
     }
 
@@ -339,8 +436,20 @@ mod tests {
     fn stop_terminates_and_never_restarts() {
         let mut supervisor = Supervisor::new(secs(0));
         running(&mut supervisor, secs(0), 10);
-        assert_eq!(supervisor.handle(secs(1), Event::Stop), vec![Action::Kill { pid: 10, signal: libc::SIGTERM }]);
-        supervisor.handle(secs(2), Event::Exited { pid: 10, how: "exited 0".into() });
+        assert_eq!(
+            supervisor.handle(secs(1), Event::Stop),
+            vec![Action::Kill {
+                pid: 10,
+                signal: libc::SIGTERM
+            }]
+        );
+        supervisor.handle(
+            secs(2),
+            Event::Exited {
+                pid: 10,
+                how: "exited 0".into(),
+            },
+        );
         assert!(supervisor.handle(secs(100), Event::Tick).is_empty());
         assert_eq!(supervisor.state(), &AgentState::Stopped);
     }

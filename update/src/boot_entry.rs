@@ -32,12 +32,21 @@ pub struct BootCounter {
 impl EntryName {
     /// A new, untried entry for `slot` with `tries` attempts.
     pub fn counted(slot: Slot, tries: u32) -> EntryName {
-        EntryName { slot, counter: Some(BootCounter { tries_left: tries, tries_done: 0 }) }
+        EntryName {
+            slot,
+            counter: Some(BootCounter {
+                tries_left: tries,
+                tries_done: 0,
+            }),
+        }
     }
 
     /// The entry after blessing: no counter.
     pub fn blessed(slot: Slot) -> EntryName {
-        EntryName { slot, counter: None }
+        EntryName {
+            slot,
+            counter: None,
+        }
     }
 
     /// The entry identifier without counter (`keelson-a`), which loader.conf's `default`
@@ -50,8 +59,14 @@ impl EntryName {
     pub fn file_name(&self) -> String {
         match self.counter {
             None => format!("{}.conf", self.id()),
-            Some(BootCounter { tries_left, tries_done: 0 }) => format!("{}+{tries_left}.conf", self.id()),
-            Some(BootCounter { tries_left, tries_done }) => {
+            Some(BootCounter {
+                tries_left,
+                tries_done: 0,
+            }) => format!("{}+{tries_left}.conf", self.id()),
+            Some(BootCounter {
+                tries_left,
+                tries_done,
+            }) => {
                 format!("{}+{tries_left}-{tries_done}.conf", self.id())
             }
         }
@@ -68,11 +83,17 @@ impl EntryName {
                     None => (counter, "0"),
                     Some(pair) => pair,
                 };
-                let counter = BootCounter { tries_left: parse_count(left)?, tries_done: parse_count(done)? };
+                let counter = BootCounter {
+                    tries_left: parse_count(left)?,
+                    tries_done: parse_count(done)?,
+                };
                 (letter, Some(counter))
             }
         };
-        Some(EntryName { slot: Slot::from_letter(letter)?, counter })
+        Some(EntryName {
+            slot: Slot::from_letter(letter)?,
+            counter,
+        })
     }
 
     /// True when the loader will no longer pick this entry on its own.
@@ -116,7 +137,10 @@ pub fn entry_text(slot: Slot, version: &str, options: &str) -> String {
 /// The text of `/loader/loader.conf`, booting `default` without showing a menu.
 pub fn loader_conf(default: Slot) -> String {
     // `timeout 0` boots at once; holding a key at power-on still shows the menu.
-    format!("default {}\ntimeout 0\nconsole-mode keep\neditor no\n", EntryName::blessed(default).id())
+    format!(
+        "default {}\ntimeout 0\nconsole-mode keep\neditor no\n",
+        EntryName::blessed(default).id()
+    )
 }
 
 #[cfg(test)]
@@ -127,12 +151,21 @@ mod tests {
     fn names_round_trip() {
         for name in [
             EntryName::counted(Slot::A, 3),
-            EntryName { slot: Slot::B, counter: Some(BootCounter { tries_left: 1, tries_done: 2 }) },
+            EntryName {
+                slot: Slot::B,
+                counter: Some(BootCounter {
+                    tries_left: 1,
+                    tries_done: 2,
+                }),
+            },
             EntryName::blessed(Slot::B),
         ] {
             assert_eq!(EntryName::parse(&name.file_name()), Some(name));
         }
-        assert_eq!(EntryName::counted(Slot::A, 3).file_name(), "keelson-a+3.conf");
+        assert_eq!(
+            EntryName::counted(Slot::A, 3).file_name(),
+            "keelson-a+3.conf"
+        );
     }
 
     #[test]
@@ -146,7 +179,14 @@ mod tests {
 
     #[test]
     fn foreign_names_are_not_slot_entries() {
-        for name in ["debian.conf", "keelson-c.conf", "keelson-a+.conf", "keelson-a+x.conf", "keelson-a+1-.conf", "keelson-a"] {
+        for name in [
+            "debian.conf",
+            "keelson-c.conf",
+            "keelson-a+.conf",
+            "keelson-a+x.conf",
+            "keelson-a+1-.conf",
+            "keelson-a",
+        ] {
             assert_eq!(EntryName::parse(name), None, "{name}");
         }
     }

@@ -1,0 +1,54 @@
+//! `keelsond`: the Keelson node agent. A thin shell over [`keelson_agent::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Keelson's node agent. PID 1 starts it; it is not meant to be run by hand on a node.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Arguments {
+    /// Address to serve the API on.
+    #[arg(long, default_value = "0.0.0.0:50000")]
+    listen: SocketAddr,
+    /// Directory for the agent's state on STATE.
+    #[arg(long, default_value = "/var/lib/keelson")]
+    state_dir: PathBuf,
+    /// Leave the network alone (for running the agent on a development host).
+    #[arg(long)]
+    no_network: bool,
+}
+
+fn main() {
+    let arguments = Arguments::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(std::io::stderr)
+        .init();
+    let options = keelson_agent::AgentOptions {
+        listen: arguments.listen,
+        state_dir: arguments.state_dir,
+        manage_network: !arguments.no_network,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keelsond: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(keelson_agent::run(options)) {
+        eprintln!("keelsond: {error:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,79 @@
+//! `keelson-image`: the command line over [`keelson_image`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Builds Keelson disk images. Runs as an ordinary user: no root, mounts or loop devices.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Arguments {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Build DIR/keelson.raw: a GPT disk with ESP, ROOT-A, ROOT-B and STATE.
+    Build {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// OS version to stamp into the root (default: the workspace version).
+        #[arg(long)]
+        version: Option<String>,
+        /// Directory with prebuilt static keelson-init and keelsond (default: build them).
+        #[arg(long)]
+        binaries: Option<PathBuf>,
+        /// Where to cache Debian packages (default: ~/.cache/keelson).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Build DIR/baseline.raw: the same firmware, boot loader and kernel with an initramfs
+    /// that powers off at once (the boot benchmark's baseline).
+    #[command(hide = true)]
+    Baseline {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Directory with a prebuilt static keelson-init.
+        #[arg(long)]
+        binaries: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    if let Err(error) = run(Arguments::parse()) {
+        eprintln!("keelson-image: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(arguments: Arguments) -> anyhow::Result<()> {
+    match arguments.command {
+        Verb::Build {
+            out,
+            version,
+            binaries,
+            cache,
+        } => {
+            let mut options = keelson_image::BuildOptions::new(out);
+            if let Some(version) = version {
+                options.version = version;
+            }
+            options.binaries = binaries;
+            if let Some(cache) = cache {
+                options.cache_dir = cache;
+            }
+            let summary = keelson_image::build(&options)?;
+            print!("{}", keelson_image::describe(&summary));
+        }
+        Verb::Baseline { out, binaries } => {
+            let mut options = keelson_image::BuildOptions::new(out);
+            options.binaries = binaries;
+            let image = keelson_image::build_baseline(&options)?;
+            println!("built {}", image.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! `keelson-qemu`: boots Keelson disk images in QEMU, for people and for tests.
+//!
+//! A [`Vm`] boots under OVMF (UEFI) with its own copy of the firmware variables and a qcow2
+//! overlay over the image, so the image itself is never written and a test can make the
+//! overlay larger than the image (to watch STATE grow). The serial console goes to a file
+//! that [`Vm::wait_for_console`] watches; QMP ([`Vm::qmp`]) presses the power button,
+//! resets or quits; [`Vm::kill`] is the power cut; [`Vm::restart`] boots the same disk again.
+//!
+//! Networking is QEMU's user mode with `restrict=on` (the guest reaches nothing outside)
+//! and one explicit forward from `127.0.0.1:<api_port>` to the guest's API port. No root is
+//! needed. Acceleration is TCG unless KVM is asked for (`KEELSON_QEMU_ACCEL=kvm`), because
+//! KVM hangs in early boot on some build machines.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// The console line the agent prints when it is serving.
+pub const READY_PATTERN: &str = "keelson: ready ";
+
+/// How QEMU runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation: slow, works everywhere.
+    Tcg,
+    /// Hardware virtualisation.
+    Kvm,
+}
+
+impl Accel {
+    /// TCG, unless `KEELSON_QEMU_ACCEL=kvm`.
+    pub fn from_env() -> Accel {
+        match std::env::var("KEELSON_QEMU_ACCEL").as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            _ => Accel::Tcg,
+        }
+    }
+}
+
+/// How to boot a VM.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// The base disk image (raw); never modified.
+    pub image: PathBuf,
+    /// Virtual size of the overlay disk in bytes; the image's size if unset.
+    pub disk_bytes: Option<u64>,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Guest CPUs.
+    pub cpus: u32,
+    /// Host port on 127.0.0.1 forwarded to the guest's API (50000).
+    pub api_port: Option<u16>,
+    /// Where the console log goes; inside the work directory if unset.
+    pub console: Option<PathBuf>,
+    /// Where the VM keeps its overlay, firmware variables and sockets; a temporary
+    /// directory (removed on drop) if unset.
+    pub work_dir: Option<PathBuf>,
+    /// Acceleration.
+    pub accel: Accel,
+}
+
+impl VmOptions {
+    /// Defaults for booting `image`.
+    pub fn new(image: impl Into<PathBuf>) -> VmOptions {
+        VmOptions {
+            image: image.into(),
+            disk_bytes: None,
+            memory_mib: 1024,
+            cpus: 2,
+            api_port: None,
+            console: None,
+            work_dir: None,
+            accel: Accel::from_env(),
+        }
+    }
+}
+
+/// OVMF's code and variable-template files.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    /// Read-only firmware code.
+    pub code: PathBuf,
+    /// Template for the per-VM variable store.
+    pub vars: PathBuf,
+}
+
+impl Firmware {
+    /// Finds OVMF (Debian's `ovmf` package), or `KEELSON_OVMF_CODE`/`KEELSON_OVMF_VARS`.
+    pub fn locate() -> anyhow::Result<Firmware> {
+        if let (Some(code), Some(vars)) = (
+            std::env::var_os("KEELSON_OVMF_CODE"),
+            std::env::var_os("KEELSON_OVMF_VARS"),
+        ) {
+            return Ok(Firmware {
+                code: code.into(),
+                vars: vars.into(),
+            });
+        }
+        for (code, vars) in [
+            (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+            ),
+            (
+                "/usr/share/OVMF/OVMF_CODE.fd",
+                "/usr/share/OVMF/OVMF_VARS.fd",
+            ),
+        ] {
+            if Path::new(code).is_file() && Path::new(vars).is_file() {
+                return Ok(Firmware {
+                    code: code.into(),
+                    vars: vars.into(),
+                });
+            }
+        }
+        bail!("OVMF firmware not found in /usr/share/OVMF. Install it with: sudo apt-get install ovmf")
+    }
+}
+
+/// A running (or stopped) virtual machine.
+pub struct Vm {
+    options: VmOptions,
+    firmware: Firmware,
+    _temporary: Option<tempfile::TempDir>,
+    dir: PathBuf,
+    console: PathBuf,
+    child: Option<Child>,
+    qmp: Option<BufReader<UnixStream>>,
+    keep: bool,
+}
+
+impl Vm {
+    /// Creates the overlay and variable store, and boots.
+    pub fn start(options: VmOptions) -> anyhow::Result<Vm> {
+        let firmware = Firmware::locate()?;
+        ensure_program("qemu-system-x86_64", "qemu-system-x86")?;
+        ensure_program("qemu-img", "qemu-utils")?;
+        let image = std::fs::canonicalize(&options.image)
+            .with_context(|| format!("disk image {} not found", options.image.display()))?;
+        let (temporary, dir) = match &options.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                (None, dir.clone())
+            }
+            None => {
+                let temporary = tempfile::Builder::new().prefix("keelson-vm-").tempdir()?;
+                let dir = temporary.path().to_owned();
+                (Some(temporary), dir)
+            }
+        };
+        let overlay = dir.join("disk.qcow2");
+        let mut create = Command::new("qemu-img");
+        create
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&image)
+            .arg(&overlay);
+        if let Some(bytes) = options.disk_bytes {
+            create.arg(bytes.to_string());
+        }
+        run_quietly(&mut create)?;
+        std::fs::copy(&firmware.vars, dir.join("vars.fd"))
+            .context("copying the UEFI variable store")?;
+        let console = options
+            .console
+            .clone()
+            .unwrap_or_else(|| dir.join("console.log"));
+        std::fs::write(&console, b"").with_context(|| format!("creating {}", console.display()))?;
+        let mut vm = Vm {
+            options,
+            firmware,
+            _temporary: temporary,
+            dir,
+            console,
+            child: None,
+            qmp: None,
+            keep: false,
+        };
+        vm.boot()?;
+        Ok(vm)
+    }
+
+    fn boot(&mut self) -> anyhow::Result<()> {
+        let qmp_socket = self.dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp_socket);
+        let mut netdev = "user,id=net0,restrict=on".to_owned();
+        if let Some(port) = self.options.api_port {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:50000"));
+        }
+        let mut command = Command::new("qemu-system-x86_64");
+        command
+            .args([
+                "-machine",
+                "q35",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+            ])
+            .args([
+                "-accel",
+                if self.options.accel == Accel::Kvm {
+                    "kvm"
+                } else {
+                    "tcg"
+                },
+            ])
+            .args([
+                "-m",
+                &self.options.memory_mib.to_string(),
+                "-smp",
+                &self.options.cpus.to_string(),
+            ])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                self.firmware.code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                self.dir.join("vars.fd").display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=virtio,format=qcow2,file={}",
+                self.dir.join("disk.qcow2").display()
+            ))
+            .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"])
+            .args(["-device", "virtio-rng-pci"])
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=console,path={},append=on",
+                self.console.display()
+            ))
+            .args(["-serial", "chardev:console"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("qemu.stderr"))?);
+        let child = command.spawn().context("cannot start qemu-system-x86_64")?;
+        self.child = Some(child);
+        self.qmp = None;
+        Ok(())
+    }
+
+    /// Keeps the VM running after this value is dropped (for `--keep`).
+    pub fn keep_running(&mut self) {
+        self.keep = true;
+    }
+
+    /// The VM's work directory (overlay, variables, sockets).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The qcow2 overlay that holds every write the guest made.
+    pub fn overlay(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+
+    /// The console log file.
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    /// QEMU's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the console has printed so far (across restarts).
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    /// Bytes of console output so far: pass it to [`Vm::wait_for_console_from`] to wait
+    /// only for output that comes after this moment.
+    pub fn console_mark(&self) -> usize {
+        std::fs::metadata(&self.console)
+            .map(|meta| meta.len() as usize)
+            .unwrap_or(0)
+    }
+
+    /// The last `lines` lines of the console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let text = self.console_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits for a console line containing `pattern`, anywhere in the log.
+    pub fn wait_for_console(&mut self, pattern: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_for_console_from(0, pattern, timeout)
+    }
+
+    /// Waits for a console line containing `pattern` printed after byte `mark` of the log.
+    /// Fails if QEMU exits first or `timeout` passes, with the console's tail in the error.
+    pub fn wait_for_console_from(
+        &mut self,
+        mark: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut file = std::fs::File::open(&self.console)?;
+        file.seek(SeekFrom::Start(mark as u64))?;
+        let mut pending = String::new();
+        loop {
+            let mut chunk = Vec::new();
+            file.read_to_end(&mut chunk)?;
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = pending.find('\n') {
+                let line: String = pending.drain(..=end).collect();
+                if line.contains(pattern) {
+                    return Ok(line.trim_end().to_owned());
+                }
+            }
+            if let Some(status) = self.try_exit_status()? {
+                bail!(
+                    "QEMU exited ({status}) before the console showed {pattern:?}. Last console lines:\n{}",
+                    self.console_tail(30)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the console did not show {pattern:?} within {} s. Last console lines:\n{}",
+                    timeout.as_secs(),
+                    self.console_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => bail!("the VM is not running"),
+        }
+    }
+
+    /// True while QEMU runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Waits up to `timeout` for QEMU to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "QEMU still running after {} s. Last console lines:\n{}",
+                    timeout.as_secs(),
+                    self.console_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends a QMP command and returns its `return` value.
+    pub fn qmp(&mut self, command: &str, arguments: Value) -> anyhow::Result<Value> {
+        if self.qmp.is_none() {
+            let socket = self.dir.join("qmp.sock");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let stream = loop {
+                match UnixStream::connect(&socket) {
+                    Ok(stream) => break stream,
+                    Err(error) if Instant::now() >= deadline => {
+                        return Err(error)
+                            .with_context(|| format!("connecting to QMP at {}", socket.display()))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            let mut reader = BufReader::new(stream);
+            let mut greeting = String::new();
+            reader.read_line(&mut greeting)?;
+            self.qmp = Some(reader);
+            self.qmp("qmp_capabilities", json!({}))?;
+        }
+        let reader = self.qmp.as_mut().context("QMP is not connected")?;
+        let mut request = json!({ "execute": command });
+        if arguments
+            .as_object()
+            .is_some_and(|object| !object.is_empty())
+        {
+            request["arguments"] = arguments;
+        }
+        writeln!(reader.get_mut(), "{request}")?;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("QMP closed the connection during {command}");
+            }
+            let reply: Value =
+                serde_json::from_str(&line).with_context(|| format!("bad QMP reply {line:?}"))?;
+            if let Some(result) = reply.get("return") {
+                return Ok(result.clone());
+            }
+            if let Some(error) = reply.get("error") {
+                bail!("QMP {command} failed: {error}");
+            }
+            // Asynchronous events ({"event": …}) are skipped.
+        }
+    }
+
+    /// Presses the ACPI power button.
+    pub fn powerdown(&mut self) -> anyhow::Result<()> {
+        self.qmp("system_powerdown", json!({})).map(drop)
+    }
+
+    /// Resets the machine (like the reset button).
+    pub fn reset(&mut self) -> anyhow::Result<()> {
+        self.qmp("system_reset", json!({})).map(drop)
+    }
+
+    /// Asks QEMU to quit.
+    pub fn quit(&mut self) -> anyhow::Result<()> {
+        let _ = self.qmp("quit", json!({}));
+        self.wait_exit(Duration::from_secs(10)).map(drop)
+    }
+
+    /// Kills QEMU at once: a power cut. Writes the guest had not flushed are lost.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.qmp = None;
+    }
+
+    /// Powers the same disk on again (killing QEMU first if it still runs).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.boot()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.kill();
+        }
+    }
+}
+
+fn ensure_program(program: &str, package: &str) -> anyhow::Result<()> {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|directory| directory.join(program).is_file());
+    if !found {
+        bail!("{program} not found. Install it with: sudo apt-get install {package}");
+    }
+    Ok(())
+}
+
+fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {:?}", command.get_program()))?;
+    if !output.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            command.get_program(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; another process could take it after).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
