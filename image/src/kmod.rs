@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use object::{Object, ObjectSection};
 
+/// Chosen modules: name → the names it depends on directly.
+pub type ModuleSelection = BTreeMap<String, Vec<String>>;
+
 /// The modules of one kernel release, by name.
 #[derive(Debug)]
 pub struct KernelModules {
@@ -80,11 +83,8 @@ impl KernelModules {
 
     /// The closure of `wanted` over dependencies, skipping built-in modules. Returns the
     /// names chosen and the wanted names that are built in (for the summary).
-    pub fn closure(
-        &self,
-        wanted: &[&str],
-    ) -> anyhow::Result<(BTreeMap<String, Vec<String>>, Vec<String>)> {
-        let mut chosen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    pub fn closure(&self, wanted: &[&str]) -> anyhow::Result<(ModuleSelection, Vec<String>)> {
+        let mut chosen = ModuleSelection::new();
         let mut builtin = Vec::new();
         let mut pending: Vec<String> = wanted.iter().map(|name| name.replace('-', "_")).collect();
         while let Some(name) = pending.pop() {
@@ -106,7 +106,7 @@ impl KernelModules {
     }
 
     /// `modules.dep` text for `chosen` (from [`KernelModules::closure`]).
-    pub fn modules_dep(&self, chosen: &BTreeMap<String, Vec<String>>) -> String {
+    pub fn modules_dep(&self, chosen: &ModuleSelection) -> String {
         let mut text = String::new();
         for name in chosen.keys() {
             let mut closure = Vec::new();
@@ -123,7 +123,7 @@ impl KernelModules {
 
 fn collect_closure(
     name: &str,
-    chosen: &BTreeMap<String, Vec<String>>,
+    chosen: &ModuleSelection,
     seen: &mut BTreeSet<String>,
     out: &mut Vec<String>,
 ) {

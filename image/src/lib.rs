@@ -88,6 +88,10 @@ pub struct BuildOptions {
     pub binaries: Option<PathBuf>,
     /// The Keelson workspace (for building the binaries).
     pub workspace: PathBuf,
+    /// Cargo's target directory for building the binaries (cargo's default if unset). A
+    /// build started from inside `cargo test` needs its own, since the outer cargo holds
+    /// the lock on the default one.
+    pub cargo_target_dir: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -99,6 +103,7 @@ impl BuildOptions {
             cache_dir: host::default_cache_dir(),
             binaries: None,
             workspace: default_workspace(),
+            cargo_target_dir: None,
         }
     }
 }
@@ -212,7 +217,7 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
     steps.next("building static keelson-init and keelsond");
     let binaries = match &options.binaries {
         Some(directory) => directory.clone(),
-        None => build_binaries(&options.workspace)?,
+        None => build_binaries(options)?,
     };
     let init_binary =
         std::fs::read(binaries.join("keelson-init")).context("reading keelson-init")?;
@@ -377,7 +382,7 @@ pub fn build_baseline(options: &BuildOptions) -> anyhow::Result<PathBuf> {
         .tempdir_in(&options.out_dir)?;
     let binaries = match &options.binaries {
         Some(directory) => directory.clone(),
-        None => build_binaries(&options.workspace)?,
+        None => build_binaries(options)?,
     };
     let init_binary = std::fs::read(binaries.join("keelson-init"))?;
     let packages = PackageCache::new(options.cache_dir.clone());
@@ -421,20 +426,20 @@ pub fn build_baseline(options: &BuildOptions) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs cargo to build the two static binaries; returns the directory holding them.
-fn build_binaries(workspace: &Path) -> anyhow::Result<PathBuf> {
+fn build_binaries(options: &BuildOptions) -> anyhow::Result<PathBuf> {
+    let workspace = &options.workspace;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = options
+        .cargo_target_dir
+        .clone()
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| workspace.join("target"));
     let status = Command::new(&cargo)
         .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "-p",
-            "keelson-init",
-            "-p",
-            "keelson-agent",
-        ])
+        .args(["--quiet", "build", "--release", "--target", TARGET])
+        .args(["-p", "keelson-init", "-p", "keelson-agent"])
+        .arg("--target-dir")
+        .arg(&target_dir)
         // Static glibc binaries: the root has no dynamic loader and no libc.
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .status()
@@ -445,9 +450,6 @@ fn build_binaries(workspace: &Path) -> anyhow::Result<PathBuf> {
         status.success(),
         "building keelson-init and keelsond failed ({status})"
     );
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
     Ok(target_dir.join(TARGET).join("release"))
 }
 
@@ -505,7 +507,7 @@ fn write_initramfs(
     init_binary: &[u8],
     release: &str,
     modules: &KernelModules,
-    chosen: &std::collections::BTreeMap<String, Vec<String>>,
+    chosen: &kmod::ModuleSelection,
     init_name: &str,
 ) -> anyhow::Result<()> {
     let file = BufWriter::new(File::create(path)?);
@@ -572,7 +574,7 @@ fn stage_root(
     agent_binary: &[u8],
     release: &str,
     modules: &KernelModules,
-    chosen: &std::collections::BTreeMap<String, Vec<String>>,
+    chosen: &kmod::ModuleSelection,
     ca_tree: &Path,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::{symlink, PermissionsExt};

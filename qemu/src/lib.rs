@@ -137,6 +137,14 @@ pub struct Vm {
 impl Vm {
     /// Creates the overlay and variable store, and boots.
     pub fn start(options: VmOptions) -> anyhow::Result<Vm> {
+        let mut vm = Vm::prepare(options)?;
+        vm.power_on()?;
+        Ok(vm)
+    }
+
+    /// Creates the overlay and variable store without booting, so that a test can alter
+    /// the overlay first (see [`Vm::write_disk_byte`]); then call [`Vm::power_on`].
+    pub fn prepare(options: VmOptions) -> anyhow::Result<Vm> {
         let firmware = Firmware::locate()?;
         ensure_program("qemu-system-x86_64", "qemu-system-x86")?;
         ensure_program("qemu-img", "qemu-utils")?;
@@ -170,7 +178,7 @@ impl Vm {
             .clone()
             .unwrap_or_else(|| dir.join("console.log"));
         std::fs::write(&console, b"").with_context(|| format!("creating {}", console.display()))?;
-        let mut vm = Vm {
+        Ok(Vm {
             options,
             firmware,
             _temporary: temporary,
@@ -179,12 +187,11 @@ impl Vm {
             child: None,
             qmp: None,
             keep: false,
-        };
-        vm.boot()?;
-        Ok(vm)
+        })
     }
 
-    fn boot(&mut self) -> anyhow::Result<()> {
+    /// Starts QEMU on the prepared disk.
+    pub fn power_on(&mut self) -> anyhow::Result<()> {
         let qmp_socket = self.dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_socket);
         let mut netdev = "user,id=net0,restrict=on".to_owned();
@@ -349,6 +356,9 @@ impl Vm {
 
     /// True while QEMU runs.
     pub fn is_running(&mut self) -> bool {
+        if self.child.is_none() {
+            return false;
+        }
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
@@ -446,7 +456,35 @@ impl Vm {
     /// Powers the same disk on again (killing QEMU first if it still runs).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.boot()
+        self.power_on()
+    }
+
+    /// Overwrites one byte of the VM's disk (in the overlay; the image is untouched) with
+    /// `qemu-io`. Only while QEMU is not running.
+    pub fn write_disk_byte(&mut self, offset: u64, value: u8) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("cannot edit the disk of a running VM");
+        }
+        run_quietly(
+            Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c"])
+                .arg(format!("write -P {value} {offset} 1"))
+                .arg(self.overlay()),
+        )
+    }
+
+    /// Copies the VM's whole disk (image plus overlay) to a raw file, for inspection with
+    /// host tools. Only while QEMU is not running.
+    pub fn export_raw(&mut self, destination: &Path) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("cannot export the disk of a running VM");
+        }
+        run_quietly(
+            Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(self.overlay())
+                .arg(destination),
+        )
     }
 }
 

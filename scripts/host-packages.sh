@@ -1,0 +1,48 @@
+# shellcheck shell=bash
+# Installs (as root) or names (otherwise) the Debian packages Keelson's scripts need.
+# Sourced by scripts/run.sh and scripts/test.sh.
+
+keelson_packages=(
+  qemu-system-x86 qemu-utils ovmf       # boot images (qemu-img, qemu-io come with qemu-utils)
+  dosfstools mtools squashfs-tools e2fsprogs  # make filesystems in plain files, no mounts
+  gdisk cryptsetup-bin cpio              # tests compare against sgdisk, veritysetup, cpio
+  apt dpkg ca-certificates curl gcc libc6-dev pkg-config
+)
+
+ensure_host_packages() {
+  local missing=()
+  for package in "${keelson_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Keelson needs these Debian packages: ${missing[*]}" >&2
+    echo "Install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "==> installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # qemu-system-x86 must match qemu-utils' version; a newer qemu-utils from backports would
+  # otherwise block the install, so pin qemu-utils to the candidate of qemu-system-x86.
+  local qemu_version
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  local pinned=()
+  for package in "${missing[@]}"; do
+    if [ "$package" = qemu-utils ] || [ "$package" = qemu-system-x86 ]; then
+      continue
+    fi
+    pinned+=("$package")
+  done
+  apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    qemu-system-x86 "qemu-utils=${qemu_version}" "${pinned[@]}" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install Rust from https://rustup.rs (stable, 1.85 or newer)" >&2
+    exit 1
+  fi
+}
