@@ -36,6 +36,6 @@ fi
 sgdisk -p "$image_dir/keelson.raw" | tail -5
 
 echo "==> cargo test (unit, property, proofs' property runs, QEMU end-to-end)"
-KEELSON_TEST_IMAGE="$image_dir/keelson.raw" cargo test --workspace -- --test-threads 2
+KEELSON_TEST_IMAGE="$image_dir/keelson.raw" cargo test --workspace --no-fail-fast -- --test-threads 2
 
 echo "==> test suite finished in $((SECONDS - started)) s"

@@ -141,9 +141,10 @@ mod tests {
         let text = String::from_utf8_lossy(&archive);
         assert!(text.contains("dev/console\0"));
         assert!(text.contains("TRAILER!!!\0"));
-        // The file's data follows its name, padded to 4 bytes.
+        // The file's data follows its NUL-terminated name, padded to a multiple of 4.
         let name_at = text.find("init\0").unwrap();
-        assert_eq!(&archive[name_at + 8..name_at + 13], b"abcde");
+        let data_at = (name_at + "init\0".len()).next_multiple_of(4);
+        assert_eq!(&archive[data_at..data_at + 5], b"abcde");
     }
 
     /// The host's own cpio tool must list what we wrote (where installed).

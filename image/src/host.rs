@@ -213,6 +213,26 @@ fn apt_hint(package: &str) -> String {
     )
 }
 
+/// Every file under `directory` (recursively) whose name ends in `.extension`, sorted.
+pub fn files_with_extension(directory: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![directory.to_owned()];
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory)
+            .with_context(|| format!("reading {}", directory.display()))?
+        {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|found| found == extension) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Where downloads are cached by default: `$XDG_CACHE_HOME/keelson` or `~/.cache/keelson`.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(cache) = std::env::var_os("XDG_CACHE_HOME") {

@@ -29,19 +29,9 @@ impl KernelModules {
     /// Indexes the modules under `root`.
     pub fn scan(root: &Path) -> anyhow::Result<KernelModules> {
         let mut paths = BTreeMap::new();
-        let mut pending = vec![root.join("kernel")];
-        while let Some(directory) = pending.pop() {
-            for entry in std::fs::read_dir(&directory)
-                .with_context(|| format!("reading {}", directory.display()))?
-            {
-                let path = entry?.path();
-                if path.is_dir() {
-                    pending.push(path);
-                } else if path.extension().is_some_and(|extension| extension == "ko") {
-                    let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
-                    paths.insert(keelson_init::modules::module_name(&relative), relative);
-                }
-            }
+        for path in crate::host::files_with_extension(&root.join("kernel"), "ko")? {
+            let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            paths.insert(keelson_init::modules::module_name(&relative), relative);
         }
         let builtin = std::fs::read_to_string(root.join("modules.builtin"))
             .unwrap_or_default()

@@ -16,6 +16,7 @@
 
 pub mod cpio;
 pub mod host;
+pub mod inspect;
 pub mod kmod;
 
 use std::fs::File;
@@ -215,10 +216,7 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
         .tempdir_in(out)?;
 
     steps.next("building static keelson-init and keelsond");
-    let binaries = match &options.binaries {
-        Some(directory) => directory.clone(),
-        None => build_binaries(options)?,
-    };
+    let binaries = binaries_dir(options)?;
     let init_binary =
         std::fs::read(binaries.join("keelson-init")).context("reading keelson-init")?;
     let agent_binary = std::fs::read(binaries.join("keelsond")).context("reading keelsond")?;
@@ -380,10 +378,7 @@ pub fn build_baseline(options: &BuildOptions) -> anyhow::Result<PathBuf> {
     let work = tempfile::Builder::new()
         .prefix(".keelson-baseline-")
         .tempdir_in(&options.out_dir)?;
-    let binaries = match &options.binaries {
-        Some(directory) => directory.clone(),
-        None => build_binaries(options)?,
-    };
+    let binaries = binaries_dir(options)?;
     let init_binary = std::fs::read(binaries.join("keelson-init"))?;
     let packages = PackageCache::new(options.cache_dir.clone());
     let kernel = fetch_kernel(&packages)?;
@@ -423,6 +418,14 @@ pub fn build_baseline(options: &BuildOptions) -> anyhow::Result<PathBuf> {
         )],
     )?;
     Ok(image)
+}
+
+/// The directory with the static binaries: the one given, or a fresh cargo build.
+fn binaries_dir(options: &BuildOptions) -> anyhow::Result<PathBuf> {
+    match &options.binaries {
+        Some(directory) => Ok(directory.clone()),
+        None => build_binaries(options),
+    }
 }
 
 /// Runs cargo to build the two static binaries; returns the directory holding them.
@@ -617,21 +620,8 @@ fn stage_root(
     symlink("../run/keelson/resolv.conf", root.join("etc/resolv.conf"))?;
     // Mozilla's CA bundle, concatenated as update-ca-certificates would.
     let mut bundle = Vec::new();
-    let mut certificates: Vec<PathBuf> = Vec::new();
-    let mut pending = vec![ca_tree.join("usr/share/ca-certificates")];
-    while let Some(directory) = pending.pop() {
-        for entry in std::fs::read_dir(&directory)
-            .with_context(|| format!("reading {}", directory.display()))?
-        {
-            let path = entry?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|extension| extension == "crt") {
-                certificates.push(path);
-            }
-        }
-    }
-    certificates.sort();
+    let certificates =
+        host::files_with_extension(&ca_tree.join("usr/share/ca-certificates"), "crt")?;
     for certificate in certificates {
         bundle.extend_from_slice(&std::fs::read(certificate)?);
     }
@@ -807,7 +797,8 @@ fn write_disk(
 }
 
 /// Copies `source` into `disk` at `offset`, seeking over all-zero chunks so that the image
-/// stays sparse. Returns the bytes of the source.
+/// stays sparse. Returns the bytes of data actually written (the non-zero chunks), which
+/// is what the partition holds beyond empty space.
 fn copy_sparse(source: &Path, disk: &mut File, offset: u64, room: u64) -> anyhow::Result<u64> {
     let length = std::fs::metadata(source)?.len();
     ensure!(
@@ -818,16 +809,18 @@ fn copy_sparse(source: &Path, disk: &mut File, offset: u64, room: u64) -> anyhow
     let mut input = File::open(source)?;
     let mut chunk = vec![0u8; 1 << 16];
     let mut position = 0;
+    let mut written = 0;
     while position < length {
         let wanted = chunk.len().min((length - position) as usize);
         input.read_exact(&mut chunk[..wanted])?;
         if chunk[..wanted].iter().any(|&byte| byte != 0) {
             disk.seek(SeekFrom::Start(offset + position))?;
             disk.write_all(&chunk[..wanted])?;
+            written += wanted as u64;
         }
         position += wanted as u64;
     }
-    Ok(length)
+    Ok(written)
 }
 
 /// A human summary of a build.

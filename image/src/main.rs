@@ -29,6 +29,12 @@ enum Verb {
         #[arg(long)]
         cache: Option<PathBuf>,
     },
+    /// Show an image's (or a flashed disk's) partitions, slot entries, versions and root
+    /// hashes. Needs no root.
+    Inspect {
+        /// The image file or block device.
+        image: PathBuf,
+    },
     /// Build DIR/baseline.raw: the same firmware, boot loader and kernel with an initramfs
     /// that powers off at once (the boot benchmark's baseline).
     #[command(hide = true)]
@@ -68,6 +74,7 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
             let summary = keelson_image::build(&options)?;
             print!("{}", keelson_image::describe(&summary));
         }
+        Verb::Inspect { image } => print!("{}", keelson_image::inspect::inspect(&image)?),
         Verb::Baseline { out, binaries } => {
             let mut options = keelson_image::BuildOptions::new(out);
             options.binaries = binaries;
