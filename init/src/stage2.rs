@@ -3,8 +3,8 @@
 //!
 //! Start-up steps, in order (each logged; none is fatal except what PID 1 cannot live
 //! without):
-//! 1. mount `/run`, `/tmp`, `/dev/pts`, `/dev/shm`, cgroup2 and efivarfs;
-//! 2. load the root's modules (network, ACPI button, input, EFI variables, FAT);
+//! 1. load the root's modules (network, ACPI button, input, EFI variables, FAT);
+//! 2. mount `/run`, `/tmp`, `/dev/pts`, `/dev/shm`, cgroup2 and efivarfs;
 //! 3. route ctrl-alt-del to PID 1 as SIGINT, set a default hostname;
 //! 4. grow STATE to the end of the disk;
 //! 5. listen for signals, sd_notify datagrams and the power button;
@@ -28,8 +28,8 @@ use crate::{block, grow, modules, mounts, AGENT_PATH, NOTIFY_SOCKET_PATH};
 /// Runs stage 2. Never returns.
 pub fn run() -> ! {
     crate::notice!("stage 2 (keelson-init {})", env!("CARGO_PKG_VERSION"));
-    mount_runtime_filesystems();
     load_root_modules();
+    mount_runtime_filesystems();
     configure_kernel();
     grow_state();
     let signals = match SignalFd::new() {
@@ -84,12 +84,8 @@ fn mount_runtime_filesystems() {
         ),
     ];
     for (source, target, fstype, flags, data) in steps {
-        if fstype == "efivarfs" {
-            // Needs its module, and only exists on UEFI machines.
-            load_root_modules();
-            if !std::path::Path::new("/sys/firmware/efi").exists() {
-                continue;
-            }
+        if fstype == "efivarfs" && !std::path::Path::new("/sys/firmware/efi").exists() {
+            continue; // not booted through UEFI
         }
         if mounts::is_mount_point(target) {
             continue;
