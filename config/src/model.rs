@@ -1,0 +1,322 @@
+//! The native machine configuration, `keelson.dev/v1alpha1` `MachineConfig`, as serde types.
+//!
+//! These types are the document a user writes: values stay in the form they were written
+//! (addresses as `"10.0.2.50/24"`, modes as `"0644"`), so that an error can quote them back.
+//! [`crate::plan`] checks every value and turns the document into typed values the agent
+//! applies. Unknown keys are rejected: a misspelt key in a native config is a mistake, not
+//! something to skip. The JSON schema in `config/schema/` is generated from these types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The `apiVersion` this crate reads and writes.
+pub const API_VERSION: &str = "keelson.dev/v1alpha1";
+/// The `kind` of a machine configuration.
+pub const KIND: &str = "MachineConfig";
+
+/// A machine's configuration: who it is, how it reaches the network, what files it carries,
+/// and which cluster it joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Always `keelson.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `MachineConfig`.
+    pub kind: String,
+    /// The node's hostname: one or more DNS labels (letters, digits, hyphens), at most 253
+    /// characters. Without it the node is called `keelson`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Interfaces, addresses, routes and DNS. Without it the node takes DHCP on its first
+    /// Ethernet interface.
+    #[serde(default, skip_serializing_if = "Network::is_empty")]
+    pub network: Network,
+    /// Files to write under `/etc` or `/var`, on every boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<File>,
+    /// Directories to create under `/etc` or `/var`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub directories: Vec<Directory>,
+    /// Symbolic or hard links to create under `/etc` or `/var`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+    /// Time servers and time zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// The cluster this node joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+    /// How the node takes updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdatePolicy>,
+    /// Pods the node runs on its own, without the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_pods: Vec<StaticPod>,
+    /// The PKI of the node's mutual-TLS API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiPki>,
+}
+
+impl MachineConfig {
+    /// An empty configuration of the current version: every default.
+    pub fn empty() -> MachineConfig {
+        MachineConfig {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            hostname: None,
+            network: Network::default(),
+            files: Vec::new(),
+            directories: Vec::new(),
+            links: Vec::new(),
+            time: None,
+            cluster: None,
+            update: None,
+            static_pods: Vec::new(),
+            api: None,
+        }
+    }
+}
+
+/// Node networking.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    /// Interfaces to configure. Interfaces that match no entry are left down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    /// DNS servers (IPv4 or IPv6 addresses), written to `/etc/resolv.conf` before any that
+    /// DHCP offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// DNS search domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_domains: Vec<String>,
+}
+
+impl Network {
+    /// True when nothing is configured (the node then uses DHCP on its first interface).
+    pub fn is_empty(&self) -> bool {
+        self == &Network::default()
+    }
+}
+
+/// One network interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Interface {
+    /// Which interface this entry applies to.
+    #[serde(rename = "match")]
+    pub matches: InterfaceMatch,
+    /// Take an IPv4 address, router and DNS servers by DHCP (renewed before the lease ends).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
+    /// Static addresses in CIDR notation, e.g. `10.0.2.50/24` or `fd00::5/64`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Static routes through this interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// MTU in bytes (68 to 65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// How an interface is recognised. When both are given, both must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterfaceMatch {
+    /// Kernel name, e.g. `eth0`; a trailing `*` matches any suffix (`en*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Hardware address, e.g. `52:54:00:12:34:56`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A static route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Destination in CIDR notation, or `default`.
+    pub to: String,
+    /// Next hop; without it the destination is on the link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Route priority; lower wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+/// A file the node writes on every boot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct File {
+    /// Absolute path under `/etc` or `/var` (not `/var/lib/keelson`, which is the agent's).
+    pub path: String,
+    /// The contents as UTF-8 text. At most one of `content`, `contentBase64` and `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The contents, base64-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// Where to fetch the contents: an `http://` URL (fetched once the network is up) or a
+    /// `data:` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `gzip` when the source is gzip-compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Expected digest of what `source` returns, `sha256-<hex>` or `sha512-<hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Permissions as an octal string, e.g. `"0644"` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Numeric owner (default 0). Keelson has no user database, so names are not accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    /// Numeric group (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Append to the file instead of replacing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append: bool,
+}
+
+/// A directory the node creates on every boot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Directory {
+    /// Absolute path under `/etc` or `/var`.
+    pub path: String,
+    /// Permissions as an octal string (default `"0755"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Numeric owner (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
+    /// Numeric group (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+}
+
+/// A link the node creates on every boot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Link {
+    /// Absolute path of the link, under `/etc` or `/var`.
+    pub path: String,
+    /// What it points to. A hard link's target must be under `/etc` or `/var` too.
+    pub target: String,
+    /// A hard link instead of a symbolic one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard: bool,
+}
+
+/// Time keeping.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Time {
+    /// NTP servers (host names or addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// Time zone. Keelson keeps the node in UTC; only `UTC` is honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// The cluster a node joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name: a DNS label.
+    pub name: String,
+    /// Shared secret that authenticates gossip: at least 32 characters.
+    pub secret: String,
+    /// Nodes to contact first, as `host:port`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<String>,
+    /// What this node may become.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Takes part in the control-plane election.
+    ControlPlane,
+    /// Runs pods only.
+    Worker,
+    /// Lets the cluster decide.
+    #[default]
+    Auto,
+}
+
+/// How a node takes updates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePolicy {
+    /// `auto` (install and reboot when an update is found) or `manual` (only when asked).
+    #[serde(default)]
+    pub strategy: UpdateStrategy,
+    /// A FleetLock server that limits how many nodes reboot at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_lock: Option<FleetLock>,
+}
+
+/// When updates are installed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateStrategy {
+    /// Install and reboot without being asked.
+    Auto,
+    /// Install only when an operator asks.
+    #[default]
+    Manual,
+}
+
+/// A FleetLock reboot coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetLock {
+    /// Base URL (`http://` or `https://`).
+    pub url: String,
+    /// Lock group (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A pod the node runs by itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticPod {
+    /// Pod name: a DNS label.
+    pub name: String,
+    /// OCI image reference, e.g. `registry.example/app:1.0`.
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The node API's mutual-TLS material, PEM-encoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiPki {
+    /// The CA that signs client certificates (`-----BEGIN CERTIFICATE-----`).
+    pub ca: String,
+    /// The node's server certificate.
+    pub cert: String,
+    /// The server certificate's private key.
+    pub key: String,
+}

@@ -1,0 +1,329 @@
+//! Translation of each format, read from the fixtures in `tests/data/`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use keelson_config::plan::{Contents, FilePlan};
+use keelson_config::{load, load_nocloud, Diagnostic, Format, Loaded, NoCloudSeed, Severity};
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+fn file<'a>(loaded: &'a Loaded, path: &str) -> &'a FilePlan {
+    loaded
+        .plan
+        .files
+        .iter()
+        .find(|file| file.path == Path::new(path))
+        .unwrap_or_else(|| panic!("{path} is not in the plan: {:#?}", loaded.plan.files))
+}
+
+fn inline(file: &FilePlan) -> &[u8] {
+    match &file.contents {
+        Contents::Inline(bytes) => bytes,
+        other => panic!("expected inline contents, got {other:?}"),
+    }
+}
+
+fn warning_fields(warnings: &[Diagnostic]) -> Vec<&str> {
+    warnings
+        .iter()
+        .filter(|warning| warning.severity == Severity::Warning)
+        .map(|warning| warning.field.as_str())
+        .collect()
+}
+
+#[test]
+fn ignition_3_4_files_directories_links_and_warnings() {
+    let loaded = load("fw_cfg", &fixture("ignition/full-3.4.json")).expect("valid");
+    assert_eq!(loaded.format, Format::Ignition);
+    assert_eq!(loaded.plan.hostname.as_deref(), Some("ign-node"));
+
+    let motd = file(&loaded, "/etc/motd");
+    assert_eq!(inline(motd), b"Configured by Ignition.\n");
+    assert_eq!(motd.mode, 0o644);
+
+    let settings = file(&loaded, "/var/lib/app/settings.conf");
+    assert_eq!(inline(settings), b"compressed=yes\n");
+    assert_eq!(
+        (settings.mode, settings.owner, settings.group),
+        (0o600, 1000, 1000)
+    );
+
+    let log = file(&loaded, "/var/log/app.log");
+    assert!(log.append);
+    assert_eq!(inline(log), b"first line\n");
+
+    assert_eq!(
+        loaded.plan.directories[0].path,
+        PathBuf::from("/var/lib/app/cache")
+    );
+    assert_eq!(loaded.plan.directories[0].mode, 0o700);
+    assert_eq!(
+        loaded.plan.links[0].target,
+        PathBuf::from("/var/lib/app/settings.conf")
+    );
+
+    let warnings = warning_fields(&loaded.warnings);
+    assert_eq!(
+        warnings,
+        ["storage.disks", "passwd.users[0]", "systemd.units[0]"],
+        "{:#?}",
+        loaded.warnings
+    );
+    let user_warning = &loaded.warnings[1];
+    assert!(user_warning.reason.contains("no SSH"), "{user_warning}");
+    assert!(user_warning.reason.contains("API"), "{user_warning}");
+}
+
+#[test]
+fn ignition_3_0_is_read_too() {
+    let loaded = load("fw_cfg", &fixture("ignition/minimal-3.0.json")).expect("valid");
+    assert_eq!(loaded.plan.hostname.as_deref(), Some("old-spec"));
+    assert_eq!(inline(file(&loaded, "/var/lib/note")), b"three-oh");
+}
+
+#[test]
+fn ignition_http_sources_are_fetched_later_with_their_hash() {
+    let text = r#"{"ignition": {"version": "3.2.0"}, "storage": {"files": [{"path": "/var/lib/x",
+        "contents": {"source": "http://10.0.2.2:8080/x", "verification": {"hash":
+        "sha256-2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}}}]}}"#;
+    let loaded = load("test", text.as_bytes()).expect("valid");
+    match &loaded.plan.files[0].contents {
+        Contents::Fetch { url, hash, gzip } => {
+            assert_eq!(url, "http://10.0.2.2:8080/x");
+            assert!(hash.as_ref().unwrap().verify(b"hello").is_ok());
+            assert!(!gzip);
+        }
+        other => panic!("expected a fetch, got {other:?}"),
+    }
+}
+
+#[test]
+fn ignition_errors_name_the_ignition_field() {
+    let rejected = load(
+        "fw_cfg opt/com.coreos/config",
+        &fixture("invalid/outside-tree.ign.json"),
+    )
+    .expect_err("a file outside /etc and /var must be rejected");
+    let errors: Vec<&Diagnostic> = rejected.errors().collect();
+    assert_eq!(errors.len(), 1, "{rejected}");
+    assert_eq!(errors[0].source, "fw_cfg opt/com.coreos/config");
+    assert_eq!(errors[0].field, "storage.files[1].path");
+    assert!(
+        errors[0].reason.contains("outside /etc and /var"),
+        "{}",
+        errors[0]
+    );
+
+    let rejected = load("fw_cfg", &fixture("invalid/spec2.ign.json")).unwrap_err();
+    let error = rejected.errors().next().unwrap();
+    assert_eq!(error.field, "ignition.version");
+    assert!(error.reason.contains("2.3.0 is not supported"), "{error}");
+
+    let rejected = load(
+        "fw_cfg",
+        br#"{"ignition": {"version": "3.4.0"}, "storage": {"files": [{"mode": 420}]}}"#,
+    )
+    .unwrap_err();
+    let error = rejected.errors().next().unwrap();
+    assert_eq!(error.field, "storage.files[0]", "{error}");
+    assert!(error.reason.contains("path"), "{error}");
+
+    let rejected = load(
+        "fw_cfg",
+        br#"{"ignition": {"version": "3.4.0"}, "storage": {"files": [{"path": "/var/x", "mode": 99999}]}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        rejected.errors().next().unwrap().field,
+        "storage.files[0].mode"
+    );
+}
+
+#[test]
+fn nocloud_seed_with_cloud_config_and_static_network() {
+    let (meta, user, network) = (
+        fixture("nocloud/static/meta-data"),
+        fixture("nocloud/static/user-data"),
+        fixture("nocloud/static/network-config"),
+    );
+    let (loaded, meta) = load_nocloud(&NoCloudSeed {
+        meta_data: Some(&meta),
+        user_data: Some(&user),
+        network_config: Some(&network),
+    })
+    .expect("valid");
+    assert_eq!(meta.instance_id.as_deref(), Some("keelson-e2e-1"));
+    assert_eq!(loaded.format, Format::CloudConfig);
+    // `hostname` wins over `fqdn`'s first label and over meta-data's local-hostname.
+    assert_eq!(loaded.plan.hostname.as_deref(), Some("seeded"));
+
+    let plain = file(&loaded, "/etc/keelson-test/plain.txt");
+    assert_eq!(inline(plain), b"written from cloud-config\n");
+    assert_eq!(plain.mode, 0o640);
+    let b64 = file(&loaded, "/var/lib/seeded/b64.txt");
+    assert_eq!(inline(b64), b"b64 content\n");
+    assert_eq!((b64.owner, b64.group), (1000, 1000));
+    assert_eq!(
+        inline(file(&loaded, "/var/lib/seeded/gzip.txt")),
+        b"gzipped content\n"
+    );
+    let hosts = String::from_utf8(inline(file(&loaded, "/etc/hosts")).to_vec()).unwrap();
+    assert!(
+        hosts.contains("127.0.1.1 seeded.example.test seeded"),
+        "{hosts}"
+    );
+
+    let interface = &loaded.plan.network.interfaces[0];
+    assert_eq!(interface.matcher.name.as_deref(), Some("e*"));
+    assert!(!interface.dhcp);
+    assert_eq!(interface.addresses[0].to_string(), "10.0.2.50/24");
+    assert_eq!(interface.routes[0].destination.to_string(), "0.0.0.0/0");
+    assert_eq!(
+        interface.routes[0].via,
+        Some("10.0.2.2".parse::<IpAddr>().unwrap())
+    );
+    assert_eq!(interface.mtu, Some(1400));
+    assert_eq!(
+        loaded.plan.network.nameservers,
+        ["10.0.2.3".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(loaded.plan.network.search_domains, ["example.test"]);
+
+    assert_eq!(
+        warning_fields(&loaded.warnings),
+        [
+            "users",
+            "ssh_authorized_keys",
+            "runcmd",
+            "packages",
+            "ntp.servers"
+        ],
+        "{:#?}",
+        loaded.warnings
+    );
+}
+
+#[test]
+fn nocloud_without_user_data_uses_local_hostname() {
+    let (loaded, _) = load_nocloud(&NoCloudSeed {
+        meta_data: Some(b"instance-id: i-9\nlocal-hostname: meta-host\n"),
+        user_data: None,
+        network_config: None,
+    })
+    .expect("valid");
+    assert_eq!(loaded.plan.hostname.as_deref(), Some("meta-host"));
+}
+
+#[test]
+fn network_config_errors_name_their_document() {
+    let rejected = load_nocloud(&NoCloudSeed {
+        meta_data: Some(b"instance-id: i-1\n"),
+        user_data: Some(b"#cloud-config\nhostname: ok\n"),
+        network_config: Some(b"version: 2\nethernets:\n  eth0:\n    addresses: [10.0.0.1]\n"),
+    })
+    .unwrap_err();
+    let error = rejected.errors().next().unwrap();
+    assert_eq!(error.source, "nocloud network-config");
+    assert_eq!(error.field, "ethernets.eth0.addresses[0]");
+    assert!(error.reason.contains("prefix length"), "{error}");
+
+    let rejected = load_nocloud(&NoCloudSeed {
+        network_config: Some(b"network:\n  version: 1\n  config: []\n"),
+        ..NoCloudSeed::default()
+    })
+    .unwrap_err();
+    assert_eq!(rejected.errors().next().unwrap().field, "network.version");
+}
+
+#[test]
+fn cloud_config_errors_name_the_key() {
+    let rejected = load("nocloud user-data", &fixture("invalid/cloud-config.yaml")).unwrap_err();
+    let fields: Vec<&str> = rejected.errors().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["write_files[1].content"], "{rejected}");
+    let rejected = load("ud", b"#cloud-config\nwrite_files:\n  - content: x\n").unwrap_err();
+    let error = rejected.errors().next().unwrap();
+    assert_eq!(error.field, "write_files[0]");
+    assert!(error.reason.contains("missing field `path`"), "{error}");
+    let rejected = load("ud", b"#cloud-config\nhostname: [a]\n").unwrap_err();
+    assert_eq!(rejected.errors().next().unwrap().field, "hostname");
+    let rejected = load(
+        "ud",
+        b"#cloud-config\nwrite_files:\n - path: /var/x\n   owner: core\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        rejected.errors().next().unwrap().field,
+        "write_files[0].owner"
+    );
+}
+
+#[test]
+fn native_config_with_every_section() {
+    let loaded = load(
+        "fw_cfg opt/dev.keelson/config",
+        &fixture("native/full.yaml"),
+    )
+    .expect("valid");
+    assert_eq!(loaded.format, Format::Native);
+    assert_eq!(loaded.plan.hostname.as_deref(), Some("worker-1"));
+    let interfaces = &loaded.plan.network.interfaces;
+    assert!(interfaces[0].dhcp);
+    assert_eq!(
+        interfaces[1].matcher.mac,
+        Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+    );
+    assert_eq!(interfaces[1].addresses.len(), 2);
+    assert_eq!(interfaces[1].routes[1].metric, Some(50));
+    let token = file(&loaded, "/var/lib/app/token");
+    assert_eq!(inline(token), b"secret\n");
+    assert_eq!(token.mode, 0o600);
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+}
+
+#[test]
+fn native_errors_are_all_reported_at_once() {
+    let rejected = load(
+        "fw_cfg opt/dev.keelson/config",
+        &fixture("invalid/native.yaml"),
+    )
+    .unwrap_err();
+    let fields: Vec<&str> = rejected.errors().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["network.interfaces[0].addresses[0]", "files[0].mode"],
+        "{rejected}"
+    );
+    assert!(rejected
+        .to_string()
+        .contains("error: fw_cfg opt/dev.keelson/config: files[0].mode:"));
+}
+
+#[test]
+fn native_rejects_other_versions_and_short_secrets() {
+    let text =
+        "apiVersion: keelson.dev/v2\nkind: MachineConfig\ncluster: {name: lab, secret: short}\n";
+    let rejected = load("test", text.as_bytes()).unwrap_err();
+    let fields: Vec<&str> = rejected.errors().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["apiVersion", "cluster.secret"]);
+}
+
+#[test]
+fn the_committed_schema_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/machineconfig.v1alpha1.json");
+    let generated = keelson_config::json_schema();
+    if std::env::var_os("KEELSON_UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is out of date; regenerate it with KEELSON_UPDATE_SCHEMA=1 cargo test -p keelson-config",
+        path.display()
+    );
+}
