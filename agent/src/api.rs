@@ -6,35 +6,42 @@ use std::time::Duration;
 
 use keelson_api::machine::machine_server::{Machine, MachineServer};
 use keelson_api::machine::{
-    BootRecord, NetworkAddress, RebootRequest, RebootResponse, RestartAgentRequest,
-    RestartAgentResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
+    BootRecord, ConfigDiagnostic, NetworkAddress, NetworkRoute, NodeConfig, RebootRequest,
+    RebootResponse, RestartAgentRequest, RestartAgentResponse, ShutdownRequest, ShutdownResponse,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::boot_history::BootHistory;
+use crate::machine_config::{ConfigReport, SharedReport};
 use crate::system;
 
 /// The machine service.
 #[derive(Debug, Clone)]
 pub struct MachineService {
     state_dir: PathBuf,
+    config: SharedReport,
 }
 
 impl MachineService {
-    /// A service keeping its state in `state_dir`.
-    pub fn new(state_dir: PathBuf) -> MachineService {
-        MachineService { state_dir }
+    /// A service keeping its state in `state_dir` and reporting `config`.
+    pub fn new(state_dir: PathBuf, config: SharedReport) -> MachineService {
+        MachineService { state_dir, config }
     }
 }
 
 /// Serves the API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, state_dir: PathBuf) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state_dir: PathBuf,
+    config: SharedReport,
+) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     info!(%address, "serving the API");
     tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
-        .add_service(MachineServer::new(MachineService::new(state_dir)))
+        .add_service(MachineServer::new(MachineService::new(state_dir, config)))
         .serve_with_incoming(tokio_stream_from(listener))
         .await?;
     Ok(())
@@ -66,6 +73,29 @@ fn ask_pid1(signal: i32, what: &'static str) -> Result<(), Status> {
     Ok(())
 }
 
+fn node_config(report: &ConfigReport) -> NodeConfig {
+    let diagnostics = |list: &[keelson_config::Diagnostic]| {
+        list.iter()
+            .map(|diagnostic| ConfigDiagnostic {
+                source: diagnostic.source.clone(),
+                field: diagnostic.field.clone(),
+                reason: diagnostic.reason.clone(),
+            })
+            .collect()
+    };
+    NodeConfig {
+        source: report.source.to_string(),
+        location: report.location.clone(),
+        format: report.format.clone(),
+        instance_id: report.instance_id.clone().unwrap_or_default(),
+        maintenance: report.maintenance.is_some(),
+        maintenance_reason: report.maintenance.clone().unwrap_or_default(),
+        errors: diagnostics(&report.errors),
+        warnings: diagnostics(&report.warnings),
+        applied: report.applied.clone(),
+    }
+}
+
 fn pid1_is_keelson() -> bool {
     system::process_info(1).executable.ends_with("keelson-init")
 }
@@ -92,6 +122,18 @@ impl Machine for MachineService {
             .into_iter()
             .map(|(interface, address)| NetworkAddress { interface, address })
             .collect();
+        let routes = crate::network::routes()
+            .await
+            .into_iter()
+            .map(|route| NetworkRoute {
+                destination: route.destination,
+                gateway: route.gateway,
+                interface: route.interface,
+                metric: route.metric,
+            })
+            .collect();
+        let (dns_servers, search_domains) = crate::network::resolver_in_force();
+        let config = self.config.read().ok().map(|report| node_config(&report));
         Ok(Response::new(StatusResponse {
             hostname: system::hostname(),
             slot: identity.slot,
@@ -111,6 +153,10 @@ impl Machine for MachineService {
             root_hash: identity.root_hash,
             boots,
             addresses,
+            config,
+            routes,
+            dns_servers,
+            search_domains,
         }))
     }
 

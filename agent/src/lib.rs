@@ -1,27 +1,33 @@
 //! `keelsond`, the Keelson node agent.
 //!
 //! PID 1 starts it and restarts it if it dies. Start-up reads as a list of steps
-//! ([`run`]): record this boot on STATE, bring up the network (loopback, then DHCP on the
-//! first Ethernet interface), serve the gRPC API on TCP 50000, tell PID 1 it is ready over
-//! sd_notify, print the console ready line, and keep the watchdog fed.
+//! ([`run`]): record this boot on STATE, bring loopback up, acquire and apply the machine
+//! config (or enter maintenance mode), serve the gRPC API on TCP 50000, tell PID 1 it is
+//! ready over sd_notify, print the console ready (or maintenance) line, and keep the
+//! watchdog fed.
 //!
-//! Modules: [`system`] gathers what `Machine.Status` reports (pure parsers over `/proc`,
-//! `/sys` and EFI variables, plus thin readers); [`boot_history`] keeps the list of boots on
-//! STATE; [`dhcp`] and [`network`] configure the node's address through netlink; [`api`]
-//! is the gRPC service, a thin layer over the rest.
+//! Modules: [`machine_config`] finds the config among its sources, has `keelson-config`
+//! translate and validate it, and applies it through [`network`] (rtnetlink, with a
+//! [`dhcp`] client per interface), [`files`] and the hostname; [`seed`] finds NoCloud seeds
+//! and [`fetch`] gets `http://` documents. [`system`] gathers what `Machine.Status` reports;
+//! [`boot_history`] keeps the list of boots on STATE; [`api`] is the gRPC service, a thin
+//! layer over the rest.
 //!
-//! Known limits (later issues): no TLS yet, no machine config (the hostname is PID 1's
-//! default), and the DHCP lease is taken once at start-up without renewal.
+//! Known limit (the API issue): no TLS yet, and no `apply-config` to leave maintenance
+//! mode without a reboot.
 
 pub mod api;
 pub mod boot_history;
 pub mod dhcp;
+pub mod fetch;
+pub mod files;
+pub mod machine_config;
 pub mod network;
+pub mod seed;
 pub mod system;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -32,8 +38,9 @@ pub struct AgentOptions {
     pub listen: SocketAddr,
     /// Where the agent keeps its state (on STATE, under /var).
     pub state_dir: PathBuf,
-    /// Configure the node's network (false when run on a development host).
-    pub manage_network: bool,
+    /// Acquire the machine config and configure the machine (false when the agent runs on
+    /// a development host, which it must leave alone).
+    pub manage_machine: bool,
 }
 
 /// Runs the agent until PID 1 asks it to stop (SIGTERM).
@@ -42,17 +49,32 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     info!(slot = %identity.slot, version = %identity.os_version, "keelsond starting");
 
     record_boot(&options, &identity);
-    if options.manage_network {
-        bring_up_network().await;
+    let report = if options.manage_machine {
+        if let Err(error) = network::loopback_up().await {
+            warn!("network: {error:#}");
+        }
+        let environment = machine_config::Environment::node(&options.state_dir);
+        machine_config::configure(&environment).await
+    } else {
+        machine_config::ConfigReport::unmanaged()
+    };
+    for line in &report.applied {
+        info!("config: {line}");
     }
+    let maintenance = machine_config::announce(&report);
+    let report = std::sync::Arc::new(std::sync::RwLock::new(report));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|error| {
             anyhow::anyhow!("cannot listen on {} for the API: {error}", options.listen)
         })?;
-    let served = tokio::spawn(api::serve(listener, options.state_dir.clone()));
+    let served = tokio::spawn(api::serve(
+        listener,
+        options.state_dir.clone(),
+        report.clone(),
+    ));
 
-    announce_ready(&identity);
+    announce_ready(&identity, &report, maintenance);
     let watchdog = tokio::spawn(feed_watchdog());
     let outcome = tokio::select! {
         result = served => result.map_err(anyhow::Error::from).and_then(|served| served),
@@ -77,32 +99,39 @@ fn record_boot(options: &AgentOptions, identity: &system::Identity) {
     }
 }
 
-async fn bring_up_network() {
-    match network::configure_default(Duration::from_secs(30)).await {
-        Ok(summary) => info!("network: {summary}"),
-        Err(error) => {
-            warn!("network: {error:#}; the API is only reachable on addresses already present")
-        }
-    }
-}
-
-/// Tells PID 1 the agent is serving, and prints the ready line on the console.
-fn announce_ready(identity: &system::Identity) {
+/// Tells PID 1 the agent is serving, and prints the ready line on the console (unless the
+/// node is in maintenance mode, whose lines [`machine_config::announce`] printed).
+fn announce_ready(
+    identity: &system::Identity,
+    report: &machine_config::SharedReport,
+    maintenance: bool,
+) {
     let hostname = system::hostname();
-    let status = format!(
-        "serving the API (slot {}, version {})",
-        identity.slot, identity.os_version
-    );
+    let source = report
+        .read()
+        .map(|report| report.source.to_string())
+        .unwrap_or_default();
+    let status = if maintenance {
+        "maintenance mode: the config was not applied".to_owned()
+    } else {
+        format!(
+            "serving the API (slot {}, version {}, config {source})",
+            identity.slot, identity.os_version
+        )
+    };
     if let Err(error) = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&status),
     ]) {
         warn!("cannot notify PID 1 of readiness: {error}");
     }
+    if maintenance {
+        return;
+    }
     // The one line the QEMU harness and operators wait for. Printed with println! rather
     // than through tracing so that its form never changes with the log format.
     println!(
-        "keelson: ready hostname={hostname} slot={} version={}",
+        "keelson: ready hostname={hostname} slot={} version={} config={source}",
         identity.slot, identity.os_version
     );
 }

@@ -28,7 +28,7 @@ fn start_agent() -> Agent {
     let state = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_keelsond"))
         .args([
-            "--no-network",
+            "--unmanaged",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--state-dir",

@@ -51,7 +51,8 @@ pub const INITRAMFS_MODULES: &[&str] = &[
     "crc32c_generic",
 ];
 /// Modules stage 2 adds: network cards, the ACPI power button and input events, EFI
-/// variables, FAT for the ESP, and the virtio entropy source.
+/// variables, FAT for the ESP and NoCloud seeds, ISO 9660 for NoCloud seeds, QEMU's fw_cfg
+/// (config blobs), overlayfs (the writable `/etc`), and the virtio entropy source.
 pub const ROOT_MODULES: &[&str] = &[
     "virtio_net",
     "e1000e",
@@ -64,6 +65,9 @@ pub const ROOT_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "nls_utf8",
+    "isofs",
+    "qemu_fw_cfg",
+    "overlay",
 ];
 
 /// The Debian packages the image is made from.

@@ -4,7 +4,9 @@
 //! Start-up steps, in order (each logged; none is fatal except what PID 1 cannot live
 //! without):
 //! 1. load the root's modules (network, ACPI button, input, EFI variables, FAT);
-//! 2. mount `/run`, `/tmp`, `/dev/pts`, `/dev/shm`, cgroup2 and efivarfs;
+//! 2. mount `/run`, `/tmp`, `/dev/pts`, `/dev/shm`, cgroup2 and efivarfs, and a writable
+//!    overlay on `/etc` whose upper layer lives in `/run` (so the agent can write the files a
+//!    config asks for, and every boot starts again from the verified root's `/etc`);
 //! 3. route ctrl-alt-del to PID 1 as SIGINT, set a default hostname;
 //! 4. grow STATE to the end of the disk;
 //! 5. listen for signals, sd_notify datagrams and the power button;
@@ -94,6 +96,31 @@ fn mount_runtime_filesystems() {
             crate::warning!("{error}");
         }
     }
+    if let Err(error) = mount_etc_overlay() {
+        crate::warning!("{error}; /etc stays read-only");
+    }
+}
+
+/// Where the `/etc` overlay keeps its writable layer.
+pub const ETC_UPPER: &str = "/run/keelson/etc/upper";
+const ETC_WORK: &str = "/run/keelson/etc/work";
+
+fn mount_etc_overlay() -> Result<(), String> {
+    if mounts::is_mount_point("/etc") {
+        return Ok(()); // already there (PID 1 does not restart, but be safe)
+    }
+    for directory in [ETC_UPPER, ETC_WORK] {
+        std::fs::create_dir_all(directory)
+            .map_err(|error| format!("cannot create {directory}: {error}"))?;
+    }
+    let options = format!("lowerdir=/etc,upperdir={ETC_UPPER},workdir={ETC_WORK}");
+    mounts::mount_fs(
+        "overlay",
+        "/etc",
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&options),
+    )
 }
 
 fn load_root_modules() {

@@ -15,9 +15,10 @@ struct Arguments {
     /// Directory for the agent's state on STATE.
     #[arg(long, default_value = "/var/lib/keelson")]
     state_dir: PathBuf,
-    /// Leave the network alone (for running the agent on a development host).
+    /// Leave the machine alone: no machine config, no network changes (for running the
+    /// agent on a development host).
     #[arg(long)]
-    no_network: bool,
+    unmanaged: bool,
 }
 
 fn main() {
@@ -34,7 +35,7 @@ fn main() {
     let options = keelson_agent::AgentOptions {
         listen: arguments.listen,
         state_dir: arguments.state_dir,
-        manage_network: !arguments.no_network,
+        manage_machine: !arguments.unmanaged,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,0 +1,486 @@
+//! Acquiring and applying the machine config: the shell around `keelson-config`.
+//!
+//! [`configure`] runs once per agent start:
+//! 1. probe the sources (the copy saved on STATE, QEMU fw_cfg, a NoCloud seed, a
+//!    `keelson.config=` URL) and let [`keelson_config::acquire::choose`] pick one;
+//! 2. read it, translate it and validate it whole;
+//! 3. if it is valid, apply it in order (hostname, network, remote file contents, files),
+//!    then save it on STATE; if it is not, or applying fails, enter maintenance mode:
+//!    nothing of the config is applied (or saved), the network comes up by DHCP so the API
+//!    is reachable, and every error is printed and reported by `Machine.Status`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use keelson_config::acquire::{choose, Probe, SavedMeta, SourceKind};
+use keelson_config::plan::{Contents, NetworkPlan, Plan};
+use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
+
+use crate::files::{self, ResolvedFile};
+use crate::{fetch, network, seed};
+
+/// fw_cfg entry holding an Ignition config (the name Fedora CoreOS uses).
+pub const FW_CFG_IGNITION: &str = "opt/com.coreos/config";
+/// fw_cfg entry holding a native config.
+pub const FW_CFG_NATIVE: &str = "opt/dev.keelson/config";
+/// Where the kernel exposes fw_cfg entries.
+pub const FW_CFG_ROOT: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+/// How long DHCP may take for the first lease before the agent moves on.
+const FIRST_LEASE: Duration = Duration::from_secs(30);
+/// How long fetching a config or a file may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the agent did with the config, for the console and `Machine.Status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// The source in force (or that was rejected).
+    pub source: SourceKind,
+    /// The document, e.g. `fw_cfg opt/com.coreos/config`.
+    pub location: String,
+    /// Its format.
+    pub format: String,
+    /// The NoCloud instance-id, if any.
+    pub instance_id: Option<String>,
+    /// Why the node is in maintenance mode; `None` when the config is in force.
+    pub maintenance: Option<String>,
+    /// Errors (only in maintenance mode).
+    pub errors: Vec<Diagnostic>,
+    /// Keys that were not honoured.
+    pub warnings: Vec<Diagnostic>,
+    /// What applying did, one line per step.
+    pub applied: Vec<String>,
+}
+
+impl ConfigReport {
+    fn new(source: SourceKind) -> ConfigReport {
+        ConfigReport {
+            source,
+            location: String::new(),
+            format: String::new(),
+            instance_id: None,
+            maintenance: None,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            applied: Vec::new(),
+        }
+    }
+
+    /// A report for an agent that does not manage the machine it runs on.
+    pub fn unmanaged() -> ConfigReport {
+        ConfigReport::new(SourceKind::None)
+    }
+}
+
+/// The report, shared with the API.
+pub type SharedReport = Arc<RwLock<ConfigReport>>;
+
+/// Where the agent looks for things (the real paths on a node; temporary ones in tests).
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// The agent's directory on STATE; the config is saved in `config/` beneath it.
+    pub state_dir: PathBuf,
+    /// fw_cfg's `by_name` directory.
+    pub fw_cfg_root: PathBuf,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// The root that files are written under (`/`).
+    pub root: PathBuf,
+}
+
+impl Environment {
+    /// The real node.
+    pub fn node(state_dir: &Path) -> Environment {
+        Environment {
+            state_dir: state_dir.to_path_buf(),
+            fw_cfg_root: PathBuf::from(FW_CFG_ROOT),
+            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            root: PathBuf::from("/"),
+        }
+    }
+
+    fn saved_config(&self) -> PathBuf {
+        self.state_dir.join("config/machine.yaml")
+    }
+
+    fn saved_meta(&self) -> PathBuf {
+        self.state_dir.join("config/meta.json")
+    }
+
+    fn cmdline_value(&self, key: &str) -> Option<String> {
+        self.cmdline.split_whitespace().find_map(|word| {
+            let (name, value) = word.split_once('=').unwrap_or((word, ""));
+            (name == key).then(|| value.to_owned())
+        })
+    }
+}
+
+/// Everything the probe read (sources are small, so the chosen one needs no second read).
+#[derive(Debug, Default)]
+struct Found {
+    saved: Option<(Vec<u8>, Option<SavedMeta>)>,
+    fw_cfg: Option<(&'static str, Vec<u8>)>,
+    seed: Option<seed::SeedFiles>,
+    seed_instance: Option<String>,
+    url: Option<String>,
+    reapply: bool,
+}
+
+impl Found {
+    fn probe(&self) -> Probe {
+        Probe {
+            saved: self
+                .saved
+                .as_ref()
+                .map(|(_, meta)| meta.as_ref().and_then(|meta| meta.instance_id.clone())),
+            reapply: self.reapply,
+            fw_cfg: self.fw_cfg.is_some(),
+            nocloud: self.seed.as_ref().map(|_| self.seed_instance.clone()),
+            url: self.url.is_some(),
+        }
+    }
+}
+
+fn look(environment: &Environment) -> Found {
+    let mut found = Found {
+        url: environment.cmdline_value("keelson.config"),
+        reapply: environment
+            .cmdline_value("keelson.config.reapply")
+            .is_some(),
+        ..Found::default()
+    };
+    if let Ok(bytes) = std::fs::read(environment.saved_config()) {
+        let meta = std::fs::read(environment.saved_meta())
+            .ok()
+            .and_then(|meta| serde_json::from_slice(&meta).ok());
+        found.saved = Some((bytes, meta));
+    }
+    for name in [FW_CFG_IGNITION, FW_CFG_NATIVE] {
+        let path = environment.fw_cfg_root.join(name).join("raw");
+        if let Ok(bytes) = std::fs::read(&path) {
+            found.fw_cfg = Some((name, bytes));
+            break;
+        }
+    }
+    if let Some((device, fs)) = seed::find_seed() {
+        match seed::read_seed(&device, fs) {
+            Ok(files) => {
+                found.seed_instance = files
+                    .meta_data
+                    .as_deref()
+                    .and_then(|meta| keelson_config::load::nocloud_meta_data(meta).ok())
+                    .and_then(|meta| meta.instance_id);
+                found.seed = Some(files);
+            }
+            Err(error) => tracing::warn!("{error}"),
+        }
+    }
+    found
+}
+
+/// Acquires, validates and applies the config. Never fails: problems end in maintenance
+/// mode, described by the report.
+pub async fn configure(environment: &Environment) -> ConfigReport {
+    let found = look(environment);
+    let source = choose(&found.probe());
+    let mut report = ConfigReport::new(source);
+    let mut network_up: Vec<tokio::task::AbortHandle> = Vec::new();
+    let loaded = match source {
+        SourceKind::Saved => {
+            let (bytes, meta) = found
+                .saved
+                .as_ref()
+                .map(|(b, m)| (b.as_slice(), m.clone()))
+                .unwrap_or_default();
+            report.location = format!("saved {}", environment.saved_config().display());
+            report.instance_id = meta.as_ref().and_then(|meta| meta.instance_id.clone());
+            keelson_config::load(&report.location, bytes)
+        }
+        SourceKind::FwCfg => {
+            let (name, bytes) = found
+                .fw_cfg
+                .as_ref()
+                .map(|(n, b)| (*n, b.as_slice()))
+                .unwrap_or_default();
+            report.location = format!("fw_cfg {name}");
+            keelson_config::load(&report.location, bytes)
+        }
+        SourceKind::NoCloud => {
+            let files = found.seed.clone().unwrap_or_default();
+            report.location = format!("nocloud {}", files.device.display());
+            report.instance_id = found.seed_instance.clone();
+            keelson_config::load_nocloud(&NoCloudSeed {
+                meta_data: files.meta_data.as_deref(),
+                user_data: files.user_data.as_deref(),
+                network_config: files.network_config.as_deref(),
+            })
+            .map(|(loaded, _)| loaded)
+        }
+        SourceKind::Url => {
+            let url = found.url.clone().unwrap_or_default();
+            report.location = format!("url {url}");
+            // The URL needs the network first: DHCP on the first interface.
+            network_up = bring_up_default(&mut report).await;
+            match fetch::get(&url, FETCH_TIMEOUT).await {
+                Ok(bytes) => keelson_config::load(&report.location, &bytes),
+                Err(reason) => Err(Rejected {
+                    diagnostics: vec![Diagnostic::error(&report.location, "$", reason)],
+                }),
+            }
+        }
+        SourceKind::None => {
+            report.location = "defaults".into();
+            keelson_config::load(
+                "defaults",
+                keelson_config::native::to_yaml(&MachineConfig::empty()).as_bytes(),
+            )
+        }
+    };
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(rejected) => {
+            report.warnings = rejected
+                .diagnostics
+                .iter()
+                .filter(|d| !d.is_error())
+                .cloned()
+                .collect();
+            report.errors = rejected.errors().cloned().collect();
+            report.maintenance = Some("invalid-config".into());
+            if network_up.is_empty() {
+                bring_up_default(&mut report).await;
+            }
+            return report;
+        }
+    };
+    report.format = loaded.format.to_string();
+    report.warnings = loaded.warnings.clone();
+    for task in network_up {
+        task.abort();
+    }
+    match apply(environment, &loaded.plan, &mut report).await {
+        Ok(fetched) => {
+            if !matches!(source, SourceKind::Saved | SourceKind::None) {
+                match save(
+                    environment,
+                    &loaded,
+                    &fetched,
+                    source,
+                    report.instance_id.clone(),
+                ) {
+                    Ok(()) => report.applied.push("saved the config on STATE".into()),
+                    Err(error) => report.applied.push(format!("not saved: {error}")),
+                }
+            }
+        }
+        Err(error) => {
+            report.errors.push(Diagnostic::error(
+                &report.location,
+                error.step,
+                error.reason,
+            ));
+            report.maintenance = Some("apply-failed".into());
+            if !error.network_applied {
+                bring_up_default(&mut report).await;
+            }
+        }
+    }
+    report
+}
+
+async fn bring_up_default(report: &mut ConfigReport) -> Vec<tokio::task::AbortHandle> {
+    match network::apply(&NetworkPlan::default(), FIRST_LEASE).await {
+        Ok(applied) => {
+            report
+                .applied
+                .extend(applied.lines.iter().map(|line| format!("network {line}")));
+            applied.tasks
+        }
+        Err(error) => {
+            report.applied.push(format!("network: {error:#}"));
+            Vec::new()
+        }
+    }
+}
+
+/// A failure part-way through applying.
+#[derive(Debug)]
+struct ApplyError {
+    step: &'static str,
+    reason: String,
+    network_applied: bool,
+}
+
+/// Applies the plan in order; returns the fetched file contents (by file index).
+async fn apply(
+    environment: &Environment,
+    plan: &Plan,
+    report: &mut ConfigReport,
+) -> Result<Vec<(usize, Vec<u8>)>, ApplyError> {
+    let failed = |step, reason, network_applied| ApplyError {
+        step,
+        reason,
+        network_applied,
+    };
+    if let Some(hostname) = &plan.hostname {
+        set_hostname(environment, hostname).map_err(|reason| failed("hostname", reason, false))?;
+        report.applied.push(format!("hostname {hostname}"));
+    }
+    let applied = network::apply(&plan.network, FIRST_LEASE)
+        .await
+        .map_err(|error| failed("network", format!("{error:#}"), false))?;
+    report
+        .applied
+        .extend(applied.lines.iter().map(|line| format!("network {line}")));
+    for unmatched in &applied.unmatched {
+        report
+            .applied
+            .push(format!("network: no interface matches {unmatched}"));
+    }
+    let mut fetched = Vec::new();
+    let mut resolved = Vec::new();
+    for (index, file) in plan.files.iter().enumerate() {
+        let bytes = match &file.contents {
+            Contents::Inline(bytes) => bytes.clone(),
+            Contents::Fetch { url, hash, gzip } => {
+                let field = format!("files[{index}].source");
+                let raw = fetch::get(url, FETCH_TIMEOUT)
+                    .await
+                    .map_err(|reason| failed("files", format!("{field}: {reason}"), true))?;
+                if let Some(hash) = hash {
+                    hash.verify(&raw).map_err(|reason| {
+                        failed("files", format!("{field}: {url}: {reason}"), true)
+                    })?;
+                }
+                let bytes = if *gzip {
+                    keelson_config::plan::gunzip(&raw)
+                        .map_err(|reason| failed("files", format!("{field}: {reason}"), true))?
+                } else {
+                    raw
+                };
+                fetched.push((index, bytes.clone()));
+                bytes
+            }
+        };
+        resolved.push(ResolvedFile { plan: file, bytes });
+    }
+    let written = files::write_all(&environment.root, &plan.directories, &resolved, &plan.links)
+        .map_err(|reason| failed("files", reason, true))?;
+    report.applied.extend(written);
+    Ok(fetched)
+}
+
+fn set_hostname(environment: &Environment, hostname: &str) -> Result<(), String> {
+    nix::unistd::sethostname(hostname)
+        .map_err(|errno| format!("cannot set the hostname to {hostname}: {}", errno.desc()))?;
+    let path = environment.root.join("etc/hostname");
+    if let Err(error) = std::fs::write(&path, format!("{hostname}\n")) {
+        tracing::warn!("cannot write {}: {error}", path.display());
+    }
+    Ok(())
+}
+
+/// Saves the config in force (fetched contents inlined, so later boots need no server)
+/// with its origin, atomically.
+fn save(
+    environment: &Environment,
+    loaded: &Loaded,
+    fetched: &[(usize, Vec<u8>)],
+    source: SourceKind,
+    instance_id: Option<String>,
+) -> Result<(), String> {
+    let mut config = loaded.config.clone();
+    for (index, bytes) in fetched {
+        if let Some(file) = config.files.get_mut(*index) {
+            file.source = None;
+            file.hash = None;
+            file.compression = None;
+            file.content_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+    let meta = SavedMeta {
+        source,
+        format: loaded.format.to_string(),
+        instance_id,
+        saved_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs() as i64)
+            .unwrap_or_default(),
+    };
+    let meta = serde_json::to_vec_pretty(&meta).map_err(|error| error.to_string())?;
+    // The YAML goes last: its presence is what marks a saved config.
+    write_atomically(&environment.saved_meta(), &meta)?;
+    write_atomically(
+        &environment.saved_config(),
+        keelson_config::native::to_yaml(&config).as_bytes(),
+    )
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(|error| format!("{}: {error}", parent.display()))?;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)
+        .map_err(|error| format!("{}: {error}", temporary.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| format!("{}: {error}", temporary.display()))?;
+    std::fs::rename(&temporary, path).map_err(|error| format!("{}: {error}", path.display()))?;
+    if let Ok(directory) = std::fs::File::open(parent) {
+        let _ = directory.sync_all();
+    }
+    Ok(())
+}
+
+/// Prints the outcome on the console: warnings, and in maintenance mode the reason and
+/// every error. Returns true when the node is in maintenance mode.
+pub fn announce(report: &ConfigReport) -> bool {
+    for warning in &report.warnings {
+        println!("keelson: {warning}");
+    }
+    let Some(reason) = &report.maintenance else {
+        return false;
+    };
+    println!(
+        "keelson: maintenance reason={reason} source={} errors={}",
+        report.source,
+        report.errors.len()
+    );
+    for error in &report.errors {
+        println!("keelson: {error}");
+    }
+    println!(
+        "keelson: nothing of the config was applied; the API is up and waits for a valid config"
+    );
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_values_are_found() {
+        let environment = Environment {
+            state_dir: PathBuf::new(),
+            fw_cfg_root: PathBuf::new(),
+            cmdline:
+                "console=ttyS0 keelson.config=http://10.0.2.2:8000/c.yaml keelson.config.reapply"
+                    .into(),
+            root: PathBuf::new(),
+        };
+        assert_eq!(
+            environment.cmdline_value("keelson.config").as_deref(),
+            Some("http://10.0.2.2:8000/c.yaml")
+        );
+        assert_eq!(
+            environment
+                .cmdline_value("keelson.config.reapply")
+                .as_deref(),
+            Some("")
+        );
+        assert_eq!(environment.cmdline_value("keelson.slot"), None);
+    }
+}
