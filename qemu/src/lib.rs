@@ -12,6 +12,7 @@
 //! KVM hangs in early boot on some build machines.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -22,6 +23,10 @@ use serde_json::{json, Value};
 
 /// The console line the agent prints when it is serving.
 pub const READY_PATTERN: &str = "keelson: ready ";
+/// The console line of a node that rejected its config.
+pub const MAINTENANCE_PATTERN: &str = "keelson: maintenance ";
+/// The guest address QEMU's user network hands out first by DHCP.
+pub const DEFAULT_GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 
 /// How QEMU runs guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +67,15 @@ pub struct VmOptions {
     pub work_dir: Option<PathBuf>,
     /// Acceleration.
     pub accel: Accel,
+    /// A machine config handed over by fw_cfg: Ignition JSON as `opt/com.coreos/config`,
+    /// anything else as `opt/dev.keelson/config` (the agent detects the format).
+    pub config: Option<PathBuf>,
+    /// A directory with `meta-data`, `user-data` and `network-config`, attached as a NoCloud
+    /// seed (a FAT filesystem labelled `cidata`, built without root).
+    pub seed: Option<PathBuf>,
+    /// The guest address the API forward goes to; set it when the config gives the guest
+    /// a static address.
+    pub guest_address: Ipv4Addr,
 }
 
 impl VmOptions {
@@ -76,6 +90,9 @@ impl VmOptions {
             console: None,
             work_dir: None,
             accel: Accel::from_env(),
+            config: None,
+            seed: None,
+            guest_address: DEFAULT_GUEST_ADDRESS,
         }
     }
 }
@@ -178,6 +195,9 @@ impl Vm {
             .clone()
             .unwrap_or_else(|| dir.join("console.log"));
         std::fs::write(&console, b"").with_context(|| format!("creating {}", console.display()))?;
+        if let Some(seed) = &options.seed {
+            build_seed(seed, &dir.join(SEED_IMAGE))?;
+        }
         Ok(Vm {
             options,
             firmware,
@@ -196,9 +216,20 @@ impl Vm {
         let _ = std::fs::remove_file(&qmp_socket);
         let mut netdev = "user,id=net0,restrict=on".to_owned();
         if let Some(port) = self.options.api_port {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:50000"));
+            netdev.push_str(&format!(
+                ",hostfwd=tcp:127.0.0.1:{port}-{}:50000",
+                self.options.guest_address
+            ));
         }
         let mut command = Command::new("qemu-system-x86_64");
+        if let Some(config) = &self.options.config {
+            let bytes = std::fs::read(config)
+                .with_context(|| format!("reading the config {}", config.display()))?;
+            let name = fw_cfg_name(&bytes);
+            command
+                .arg("-fw_cfg")
+                .arg(format!("name={name},file={}", config.display()));
+        }
         command
             .args([
                 "-machine",
@@ -239,6 +270,7 @@ impl Vm {
                 "if=virtio,format=qcow2,file={}",
                 self.dir.join("disk.qcow2").display()
             ))
+            .args(seed_drive(&self.dir, self.options.seed.is_some()))
             .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"])
             .args(["-device", "virtio-rng-pci"])
             .arg("-chardev")
@@ -316,6 +348,27 @@ impl Vm {
         pattern: &str,
         timeout: Duration,
     ) -> anyhow::Result<String> {
+        self.wait_for_any_from(mark, &[pattern], timeout)
+            .map(|(_, line)| line)
+    }
+
+    /// Waits for the first console line containing any of `patterns`; returns which one
+    /// matched and the line.
+    pub fn wait_for_any(
+        &mut self,
+        patterns: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, String)> {
+        self.wait_for_any_from(0, patterns, timeout)
+    }
+
+    /// [`Vm::wait_for_any`], looking only after byte `mark` of the log.
+    pub fn wait_for_any_from(
+        &mut self,
+        mark: usize,
+        patterns: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, String)> {
         let deadline = Instant::now() + timeout;
         let mut file = std::fs::File::open(&self.console)?;
         file.seek(SeekFrom::Start(mark as u64))?;
@@ -326,19 +379,19 @@ impl Vm {
             pending.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = pending.find('\n') {
                 let line: String = pending.drain(..=end).collect();
-                if line.contains(pattern) {
-                    return Ok(line.trim_end().to_owned());
+                if let Some(which) = patterns.iter().position(|pattern| line.contains(pattern)) {
+                    return Ok((which, line.trim_end().to_owned()));
                 }
             }
             if let Some(status) = self.try_exit_status()? {
                 bail!(
-                    "QEMU exited ({status}) before the console showed {pattern:?}. Last console lines:\n{}",
+                    "QEMU exited ({status}) before the console showed {patterns:?}. Last console lines:\n{}",
                     self.console_tail(30)
                 );
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "the console did not show {pattern:?} within {} s. Last console lines:\n{}",
+                    "the console did not show {patterns:?} within {} s. Last console lines:\n{}",
                     timeout.as_secs(),
                     self.console_tail(30)
                 );
@@ -453,6 +506,13 @@ impl Vm {
         self.qmp = None;
     }
 
+    /// Removes the NoCloud seed and the fw_cfg config from the next power-on (a machine
+    /// whose seed disk was taken out).
+    pub fn detach_config(&mut self) {
+        self.options.seed = None;
+        self.options.config = None;
+    }
+
     /// Powers the same disk on again (killing QEMU first if it still runs).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
@@ -494,6 +554,80 @@ impl Drop for Vm {
             self.kill();
         }
     }
+}
+
+/// The fw_cfg entry a config goes to: Ignition's own name for Ignition JSON, Keelson's
+/// for anything else.
+pub fn fw_cfg_name(bytes: &[u8]) -> &'static str {
+    match keelson_config::detect(bytes) {
+        Ok(keelson_config::Format::Ignition) => "opt/com.coreos/config",
+        _ => "opt/dev.keelson/config",
+    }
+}
+
+const SEED_IMAGE: &str = "seed.img";
+
+fn seed_drive(dir: &Path, attached: bool) -> Vec<String> {
+    if !attached {
+        return Vec::new();
+    }
+    vec![
+        "-drive".into(),
+        format!(
+            "if=virtio,format=raw,readonly=on,file={}",
+            dir.join(SEED_IMAGE).display()
+        ),
+    ]
+}
+
+/// Builds a NoCloud seed image from `directory` with `mkfs.vfat` and `mcopy`: a FAT
+/// filesystem labelled `CIDATA` holding the directory's regular files. Needs no root.
+pub fn build_seed(directory: &Path, image: &Path) -> anyhow::Result<()> {
+    ensure_program("mkfs.vfat", "dosfstools")?;
+    ensure_program("mcopy", "mtools")?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory)
+        .with_context(|| format!("reading the seed directory {}", directory.display()))?
+    {
+        let path = entry?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    let known = ["meta-data", "user-data", "network-config", "vendor-data"];
+    if !files.iter().any(|path| {
+        path.file_name()
+            .is_some_and(|name| name == "meta-data" || name == "user-data")
+    }) {
+        bail!(
+            "{} holds neither meta-data nor user-data; a NoCloud seed needs {}",
+            directory.display(),
+            known.join(", ")
+        );
+    }
+    let _ = std::fs::remove_file(image);
+    // 2 MiB is plenty for configs and small enough to build in milliseconds.
+    run_quietly(
+        Command::new("mkfs.vfat")
+            .args(["-n", "CIDATA", "-C"])
+            .arg(image)
+            .arg("2048"),
+    )?;
+    for file in files {
+        let name = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        run_quietly(
+            Command::new("mcopy")
+                .arg("-i")
+                .arg(image)
+                .arg(&file)
+                .arg(format!("::{name}")),
+        )?;
+    }
+    Ok(())
 }
 
 fn ensure_program(program: &str, package: &str) -> anyhow::Result<()> {

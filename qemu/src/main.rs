@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use keelson_qemu::{Accel, Vm, VmOptions, READY_PATTERN};
+use keelson_qemu::{Accel, Vm, VmOptions, MAINTENANCE_PATTERN, READY_PATTERN};
 
 /// Boot Keelson images in QEMU (UEFI, qcow2 overlay, serial console to a file). No root.
 #[derive(Debug, Parser)]
@@ -45,6 +45,17 @@ enum Verb {
         /// Use KVM instead of TCG.
         #[arg(long)]
         kvm: bool,
+        /// Hand the guest this machine config by fw_cfg (Ignition JSON, a MachineConfig or a
+        /// #cloud-config; the format is detected).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Attach a NoCloud seed built from this directory (meta-data, user-data,
+        /// network-config).
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// The guest's address for the API forward, when the config makes it static.
+        #[arg(long, default_value_t = keelson_qemu::DEFAULT_GUEST_ADDRESS)]
+        guest_address: std::net::Ipv4Addr,
     },
 }
 
@@ -85,12 +96,18 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
         disk_size,
         memory,
         kvm,
+        config,
+        seed,
+        guest_address,
     } = arguments.command;
     let mut options = VmOptions::new(image);
     options.console = console;
     options.api_port = Some(api_port);
     options.disk_bytes = disk_size;
     options.memory_mib = memory;
+    options.config = config;
+    options.seed = seed;
+    options.guest_address = guest_address;
     if kvm {
         options.accel = Accel::Kvm;
     }
@@ -106,7 +123,19 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
         vm.console_path().display()
     );
     if wait_ready {
-        let line = vm.wait_for_console(READY_PATTERN, Duration::from_secs(timeout))?;
+        let (which, line) = vm.wait_for_any(
+            &[READY_PATTERN, MAINTENANCE_PATTERN],
+            Duration::from_secs(timeout),
+        )?;
+        if which == 1 {
+            // Give the agent a moment to print every error after the maintenance line.
+            std::thread::sleep(Duration::from_secs(1));
+            let text = vm.console_text();
+            for error in text.lines().filter(|l| l.starts_with("keelson: ")) {
+                eprintln!("{error}");
+            }
+            anyhow::bail!("the node entered maintenance mode: {}", line.trim());
+        }
         println!("{}", line.trim());
         if keep {
             vm.keep_running();
