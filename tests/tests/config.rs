@@ -1,0 +1,302 @@
+//! End-to-end: a node configured on first boot by Ignition, cloud-init NoCloud or a native
+//! config, and a node that rejects a bad config and applies none of it.
+//!
+//! What a user would check: the ready line and `Machine.Status` (hostname, addresses,
+//! routes, DNS, config source and warnings), and the files on STATE, read from the
+//! powered-off disk with e2fsprogs.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use keelson_api::machine::StatusResponse;
+use keelson_qemu::{MAINTENANCE_PATTERN, READY_PATTERN};
+use keelson_tests::{fixture, ExportedState, TestNode, BOOT_TIMEOUT};
+
+fn has_address(status: &StatusResponse, interface: &str, cidr: &str) -> bool {
+    status
+        .addresses
+        .iter()
+        .any(|address| address.interface == interface && address.address == cidr)
+}
+
+fn warning_fields(status: &StatusResponse) -> Vec<String> {
+    let config = status.config.clone().unwrap_or_default();
+    config.warnings.iter().map(|w| w.field.clone()).collect()
+}
+
+fn mode_of(stat: &str) -> String {
+    // debugfs: "Inode: 12   Type: regular    Mode:  0640   Flags: 0x80000"
+    stat.split("Mode:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn owner_of(stat: &str) -> String {
+    // debugfs: "User:  1000   Group:  1000   Project: …"
+    stat.split("User:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn ignition_by_fw_cfg_sets_the_hostname_and_writes_a_file() {
+    let (mut node, line) = TestNode::boot_with(|options| {
+        options.config = Some(fixture("ignition/e2e.json"));
+    })
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "keelson: ready hostname=ignited slot=a version=0.1.0 config=fw_cfg"
+    );
+    let status = node.status().unwrap();
+    assert_eq!(status.hostname, "ignited");
+    let config = status.config.clone().unwrap();
+    assert_eq!(config.source, "fw_cfg");
+    assert_eq!(config.location, "fw_cfg opt/com.coreos/config");
+    assert_eq!(config.format, "ignition");
+    assert!(!config.maintenance);
+    // The user Ignition asked for is reported, not silently dropped.
+    assert_eq!(warning_fields(&status), ["passwd.users[0]"]);
+    assert!(node
+        .vm
+        .console_text()
+        .contains("keelson: warning: fw_cfg opt/com.coreos/config: passwd.users[0]:"));
+    // With no network section, DHCP on the first interface gave QEMU's first address.
+    assert!(
+        has_address(&status, "eth0", "10.0.2.15/24"),
+        "{:?}",
+        status.addresses
+    );
+
+    node.power_off().unwrap();
+    let state = ExportedState::of(&mut node.vm).unwrap();
+    assert_eq!(
+        state.read("/lib/ignition-proof").unwrap().as_deref(),
+        Some(&b"written by ignition\n"[..])
+    );
+    let stat = state.stat("/lib/ignition-proof").unwrap().unwrap();
+    assert_eq!(mode_of(&stat), "0640", "{stat}");
+    // The config in force was saved for later boots.
+    let saved = state
+        .read("/lib/keelson/config/machine.yaml")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&saved).contains("hostname: ignited"));
+}
+
+#[test]
+fn a_nocloud_seed_configures_the_node_and_the_saved_copy_outlives_the_seed() {
+    let (mut node, line) = TestNode::boot_with(|options| {
+        options.seed = Some(fixture("nocloud/static"));
+        options.guest_address = Ipv4Addr::new(10, 0, 2, 50);
+    })
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "keelson: ready hostname=seeded slot=a version=0.1.0 config=nocloud"
+    );
+    let status = node.status().unwrap();
+    assert_eq!(status.hostname, "seeded");
+    // The static address from network-config, and no DHCP address.
+    assert!(
+        has_address(&status, "eth0", "10.0.2.50/24"),
+        "{:?}",
+        status.addresses
+    );
+    assert!(
+        !has_address(&status, "eth0", "10.0.2.15/24"),
+        "{:?}",
+        status.addresses
+    );
+    let default_route = status
+        .routes
+        .iter()
+        .find(|route| route.destination == "0.0.0.0/0")
+        .unwrap_or_else(|| panic!("no default route in {:?}", status.routes));
+    assert_eq!(default_route.gateway, "10.0.2.2");
+    assert_eq!(default_route.interface, "eth0");
+    assert_eq!(status.dns_servers, ["10.0.2.3"]);
+    assert_eq!(status.search_domains, ["example.test"]);
+    let config = status.config.clone().unwrap();
+    assert_eq!(config.source, "nocloud");
+    assert_eq!(config.format, "cloud-config");
+    assert_eq!(config.instance_id, "keelson-e2e-1");
+    let warnings = warning_fields(&status);
+    for key in ["users", "ssh_authorized_keys", "runcmd", "packages"] {
+        assert!(
+            warnings.iter().any(|w| w == key),
+            "no warning for {key}: {warnings:?}"
+        );
+    }
+    assert!(config
+        .applied
+        .iter()
+        .any(|line| line == "file /etc/keelson-test/plain.txt"));
+
+    // Take the seed out and boot again: the copy saved on STATE is used.
+    node.power_off().unwrap();
+    node.vm.detach_config();
+    let mark = node.vm.console_text().len();
+    node.vm.power_on().unwrap();
+    let line = node
+        .vm
+        .wait_for_console_from(mark, READY_PATTERN, BOOT_TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "keelson: ready hostname=seeded slot=a version=0.1.0 config=saved"
+    );
+    let again = node.status().unwrap();
+    assert_eq!(again.hostname, "seeded");
+    assert!(
+        has_address(&again, "eth0", "10.0.2.50/24"),
+        "{:?}",
+        again.addresses
+    );
+    assert_eq!(again.config.unwrap().source, "saved");
+
+    node.power_off().unwrap();
+    let state = ExportedState::of(&mut node.vm).unwrap();
+    assert_eq!(
+        state.read("/lib/seeded/b64.txt").unwrap().as_deref(),
+        Some(&b"b64 content\n"[..])
+    );
+    let stat = state.stat("/lib/seeded/b64.txt").unwrap().unwrap();
+    assert_eq!(owner_of(&stat), "1000", "{stat}");
+    assert_eq!(
+        state.read("/lib/seeded/gzip.txt").unwrap().as_deref(),
+        Some(&b"gzipped content\n"[..])
+    );
+}
+
+#[test]
+fn a_native_config_by_fw_cfg_is_applied() {
+    let (mut node, line) = TestNode::boot_with(|options| {
+        options.config = Some(fixture("native/e2e.yaml"));
+    })
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "keelson: ready hostname=native-node slot=a version=0.1.0 config=fw_cfg"
+    );
+    let status = node.status().unwrap();
+    let config = status.config.clone().unwrap();
+    assert_eq!(config.location, "fw_cfg opt/dev.keelson/config");
+    assert_eq!(config.format, "native");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert!(config
+        .applied
+        .iter()
+        .any(|line| line == "file /etc/keelson-test/native.txt"));
+    // DHCP on QEMU's user network: the lease's address and the lease in the log.
+    assert!(
+        has_address(&status, "eth0", "10.0.2.15/24"),
+        "{:?}",
+        status.addresses
+    );
+    assert!(config
+        .applied
+        .iter()
+        .any(|line| line.starts_with("network eth0: 10.0.2.15/24 from DHCP server 10.0.2.2")));
+
+    node.power_off().unwrap();
+    let state = ExportedState::of(&mut node.vm).unwrap();
+    let stat = state.stat("/lib/native-dir").unwrap().unwrap();
+    assert!(stat.contains("Type: directory"), "{stat}");
+    assert_eq!(mode_of(&stat), "0700", "{stat}");
+}
+
+/// Boots with a bad config and checks that the node says why and applied none of it.
+fn rejected(
+    configure: impl FnOnce(&mut keelson_qemu::VmOptions),
+    source: &str,
+    expected_fields: &[&str],
+) {
+    let (mut node, line) = TestNode::boot_with(configure).unwrap();
+    assert!(line.contains(MAINTENANCE_PATTERN), "{line}");
+    assert!(line.contains("reason=invalid-config"), "{line}");
+    // Every error is printed with its source and field, after the maintenance line.
+    std::thread::sleep(Duration::from_secs(1));
+    let console = node.vm.console_text();
+    for field in expected_fields {
+        let printed = format!("keelson: error: {source}: {field}: ");
+        assert!(
+            console.contains(&printed),
+            "{printed:?} not on the console:\n{console}"
+        );
+    }
+    assert!(
+        !console.contains(READY_PATTERN),
+        "a rejected config must not report ready"
+    );
+
+    let status = node.status().unwrap();
+    let config = status.config.clone().unwrap();
+    assert!(config.maintenance);
+    assert_eq!(config.maintenance_reason, "invalid-config");
+    let fields: Vec<&str> = config.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, expected_fields);
+    assert!(config
+        .errors
+        .iter()
+        .all(|e| e.source == source && !e.reason.is_empty()));
+    // Nothing applied: the default hostname, and the API reachable over DHCP.
+    assert_eq!(status.hostname, "keelson");
+    assert!(
+        has_address(&status, "eth0", "10.0.2.15/24"),
+        "{:?}",
+        status.addresses
+    );
+
+    node.power_off().unwrap();
+    let state = ExportedState::of(&mut node.vm).unwrap();
+    assert_eq!(
+        state.stat("/lib/must-not-exist").unwrap(),
+        None,
+        "a file was written"
+    );
+    assert_eq!(
+        state.stat("/lib/keelson/config/machine.yaml").unwrap(),
+        None,
+        "a rejected config was saved"
+    );
+}
+
+#[test]
+fn an_invalid_ignition_config_enters_maintenance_mode() {
+    rejected(
+        |options| options.config = Some(fixture("invalid/outside-tree.ign.json")),
+        "fw_cfg opt/com.coreos/config",
+        &["storage.files[1].path"],
+    );
+}
+
+#[test]
+fn an_invalid_native_config_enters_maintenance_mode() {
+    rejected(
+        |options| options.config = Some(fixture("invalid/native.yaml")),
+        "fw_cfg opt/dev.keelson/config",
+        &["network.interfaces[0].addresses[0]", "files[0].mode"],
+    );
+}
+
+#[test]
+fn an_invalid_cloud_config_seed_enters_maintenance_mode() {
+    let seed = tempfile::tempdir().unwrap();
+    std::fs::write(seed.path().join("meta-data"), "instance-id: bad-1\n").unwrap();
+    std::fs::copy(
+        fixture("invalid/cloud-config.yaml"),
+        seed.path().join("user-data"),
+    )
+    .unwrap();
+    let path = seed.path().to_owned();
+    rejected(
+        move |options| options.seed = Some(path),
+        "nocloud user-data",
+        &["write_files[1].content"],
+    );
+}
