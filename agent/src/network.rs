@@ -123,7 +123,7 @@ pub struct Applied {
 /// Brings loopback up.
 pub async fn loopback_up() -> anyhow::Result<()> {
     let handle = connect()?;
-    let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+    let links = list_links(&handle).await?;
     for link in links.iter().filter(|link| link_name(link) == Some("lo")) {
         handle
             .link()
@@ -158,13 +158,7 @@ fn default_interfaces(interfaces: &[Interface]) -> Vec<InterfacePlan> {
 /// (their clients keep running in the background either way).
 pub async fn apply(plan: &NetworkPlan, first_lease: Duration) -> anyhow::Result<Applied> {
     let handle = connect()?;
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("listing links")?;
+    let links = list_links(&handle).await.context("listing links")?;
     let mut interfaces: Vec<Interface> = links.iter().filter_map(interface_of).collect();
     interfaces.sort_by_key(|interface| interface.index);
     let wanted = if plan.interfaces.is_empty() {
@@ -476,14 +470,12 @@ pub async fn addresses() -> Vec<(String, String)> {
         .collect()
 }
 
+async fn list_links(handle: &Handle) -> Result<Vec<LinkMessage>, rtnetlink::Error> {
+    handle.link().get().execute().try_collect().await
+}
+
 async fn link_names(handle: &Handle) -> BTreeMap<u32, String> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .unwrap_or_default();
+    let links = list_links(handle).await.unwrap_or_default();
     links
         .iter()
         .filter_map(|link| Some((link.header.index, link_name(link)?.to_owned())))
