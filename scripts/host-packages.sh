@@ -6,6 +6,7 @@ keelson_packages=(
   qemu-system-x86 qemu-utils ovmf       # boot images (qemu-img, qemu-io come with qemu-utils)
   dosfstools mtools squashfs-tools e2fsprogs  # make filesystems in plain files, no mounts
   gdisk cryptsetup-bin cpio              # tests compare against sgdisk, veritysetup, cpio
+  iproute2 dnsmasq-base util-linux       # the DHCP test: a namespace, a tap, a real server
   apt dpkg ca-certificates curl gcc libc6-dev pkg-config
 )
 

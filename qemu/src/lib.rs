@@ -76,6 +76,12 @@ pub struct VmOptions {
     /// The guest address the API forward goes to; set it when the config gives the guest
     /// a static address.
     pub guest_address: Ipv4Addr,
+    /// Attach the NIC to this existing tap device instead of QEMU's user network (for
+    /// tests that put a real DHCP server on the other side). There is then no API forward.
+    pub tap: Option<String>,
+    /// Run QEMU inside this network namespace (`/run/netns/NAME`), through `nsenter`; the
+    /// tap device must live there.
+    pub netns: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -93,6 +99,8 @@ impl VmOptions {
             config: None,
             seed: None,
             guest_address: DEFAULT_GUEST_ADDRESS,
+            tap: None,
+            netns: None,
         }
     }
 }
@@ -214,14 +222,31 @@ impl Vm {
     pub fn power_on(&mut self) -> anyhow::Result<()> {
         let qmp_socket = self.dir.join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_socket);
-        let mut netdev = "user,id=net0,restrict=on".to_owned();
-        if let Some(port) = self.options.api_port {
-            netdev.push_str(&format!(
-                ",hostfwd=tcp:127.0.0.1:{port}-{}:50000",
-                self.options.guest_address
-            ));
-        }
-        let mut command = Command::new("qemu-system-x86_64");
+        let netdev = match &self.options.tap {
+            Some(tap) => format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            None => {
+                let mut netdev = "user,id=net0,restrict=on".to_owned();
+                if let Some(port) = self.options.api_port {
+                    netdev.push_str(&format!(
+                        ",hostfwd=tcp:127.0.0.1:{port}-{}:50000",
+                        self.options.guest_address
+                    ));
+                }
+                netdev
+            }
+        };
+        let mut command = match &self.options.netns {
+            Some(netns) => {
+                ensure_program("nsenter", "util-linux")?;
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg("qemu-system-x86_64");
+                command
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
         if let Some(config) = &self.options.config {
             let bytes = std::fs::read(config)
                 .with_context(|| format!("reading the config {}", config.display()))?;

@@ -4,7 +4,9 @@
 //! The image comes from `KEELSON_TEST_IMAGE` when set (the test script builds it once,
 //! beforehand); otherwise the first test to ask builds it into `target/e2e/`.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,9 @@ pub struct TestNode {
     pub vm: Vm,
     /// Host port forwarded to the API.
     pub api_port: u16,
+    /// Set when the API is reached inside a network namespace instead (the namespace and
+    /// the guest's address there).
+    pub api_in_netns: Option<(PathBuf, SocketAddr)>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -65,6 +70,7 @@ impl TestNode {
         Ok(TestNode {
             vm,
             api_port,
+            api_in_netns: None,
             runtime,
         })
     }
@@ -110,11 +116,7 @@ impl TestNode {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let attempt = async {
-                    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
-                        .connect_timeout(Duration::from_secs(5))
-                        .timeout(Duration::from_secs(30))
-                        .connect()
-                        .await?;
+                    let channel = self.channel(&endpoint).await?;
                     anyhow::Ok(call(MachineClient::new(channel)).await?.into_inner())
                 };
                 match attempt.await {
@@ -126,6 +128,24 @@ impl TestNode {
                 }
             }
         })
+    }
+
+    async fn channel(&self, endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30));
+        let Some((netns, address)) = self.api_in_netns.clone() else {
+            return Ok(endpoint.connect().await?);
+        };
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let netns = netns.clone();
+            async move {
+                let stream = connect_in_netns(&netns, address)?;
+                let stream = tokio::net::TcpStream::from_std(stream)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        Ok(endpoint.connect_with_connector(connector).await?)
     }
 
     /// `Machine.Status`.
@@ -217,5 +237,130 @@ impl ExportedState {
         }
         let (stdout, _) = self.debugfs(&format!("cat {path}"))?;
         Ok(Some(stdout))
+    }
+}
+
+/// Opens a TCP connection from inside the network namespace `netns` (a thread enters it,
+/// connects, and ends; the socket stays in that namespace).
+fn connect_in_netns(netns: &Path, address: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        let namespace = std::fs::File::open(&netns)?;
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        let stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+}
+
+/// A network namespace with a tap device and a real DHCP server (dnsmasq) on it: the other
+/// side of a guest's NIC, for testing DHCP with a router, DNS and short leases. Needs root;
+/// removed on drop.
+pub struct DhcpLab {
+    /// The namespace's name.
+    pub name: String,
+    /// `/run/netns/<name>`, for `VmOptions::netns`.
+    pub netns: PathBuf,
+    dir: tempfile::TempDir,
+    server: Child,
+}
+
+impl DhcpLab {
+    /// The tap device the guest's NIC attaches to.
+    pub const TAP: &'static str = "ktap0";
+    /// The server's (and router's, and DNS server's) address.
+    pub const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+    /// The address dnsmasq gives QEMU's default MAC (52:54:00:12:34:56).
+    pub const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 50);
+
+    /// True when this process may create namespaces (root).
+    pub fn possible() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// Creates the namespace and starts dnsmasq with leases of `lease` (e.g. `2m`).
+    pub fn start(lease: &str) -> anyhow::Result<DhcpLab> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("keelson-{}-{number}", std::process::id());
+        host_command("ip", &["netns", "add", &name])?;
+        let dir = tempfile::tempdir()?;
+        let prepared = (|| {
+            host_command("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+            host_command(
+                "ip",
+                &[
+                    "-n",
+                    &name,
+                    "tuntap",
+                    "add",
+                    "dev",
+                    Self::TAP,
+                    "mode",
+                    "tap",
+                ],
+            )?;
+            let router = format!("{}/24", Self::ROUTER);
+            host_command(
+                "ip",
+                &["-n", &name, "addr", "add", &router, "dev", Self::TAP],
+            )?;
+            host_command("ip", &["-n", &name, "link", "set", Self::TAP, "up"])?;
+            let server = Command::new("ip")
+                .args(["netns", "exec", &name, "dnsmasq", "--keep-in-foreground"])
+                .args(["--no-resolv", "--no-hosts", "--port=0", "--user=root"])
+                .arg(format!("--interface={}", Self::TAP))
+                .arg("--bind-interfaces")
+                .arg(format!(
+                    "--dhcp-range=192.168.77.50,192.168.77.99,255.255.255.0,{lease}"
+                ))
+                .arg(format!("--dhcp-host=52:54:00:12:34:56,{}", Self::GUEST))
+                .arg(format!("--dhcp-option=option:router,{}", Self::ROUTER))
+                .arg(format!("--dhcp-option=option:dns-server,{}", Self::ROUTER))
+                .arg(format!(
+                    "--dhcp-leasefile={}",
+                    dir.path().join("leases").display()
+                ))
+                .arg("--log-dhcp")
+                .arg(format!(
+                    "--log-facility={}",
+                    dir.path().join("dnsmasq.log").display()
+                ))
+                .arg("--pid-file=")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("dnsmasq.stderr"))?)
+                .spawn()
+                .context("cannot start dnsmasq (install dnsmasq-base)")?;
+            anyhow::Ok(server)
+        })();
+        match prepared {
+            Ok(server) => Ok(DhcpLab {
+                netns: PathBuf::from("/run/netns").join(&name),
+                name,
+                dir,
+                server,
+            }),
+            Err(error) => {
+                let _ = host_command("ip", &["netns", "del", &name]);
+                Err(error)
+            }
+        }
+    }
+
+    /// dnsmasq's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dnsmasq.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DhcpLab {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = host_command("ip", &["netns", "del", &self.name]);
     }
 }
