@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Builds the Keelson image and boots it in QEMU until the node is ready.
-#   scripts/run.sh            build out/keelson.raw, boot it, stop at the ready line
-#   KEEP=1 scripts/run.sh     ... and leave the VM running (API on 127.0.0.1:50000)
+# Builds the Keelson image, generates a cluster PKI and machine config, boots the image in
+# QEMU with that config until the node is ready, and asks it for its status over mutual TLS.
+#   scripts/run.sh            ... then powers the node off through the API
+#   KEEP=1 scripts/run.sh     ... and leaves it running (API on 127.0.0.1:50000; run
+#                             `export KEELCONFIG=out/pki/keelctl.yaml` and use keelctl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/host-packages.sh
 ensure_host_packages
 ensure_rust
 
-cargo build --release -q -p keelson-image -p keelson-qemu
+port="${API_PORT:-50000}"
+cargo build --release -q -p keelson-image -p keelson-qemu -p keelson-ctl
 target/release/keelson-image build --out out
-keep=()
-[ "${KEEP:-0}" = 1 ] && keep=(--keep)
+if [ ! -f out/pki/node.yaml ]; then
+  target/release/keelctl gen config --cluster demo --out out/pki --endpoint "127.0.0.1:$port"
+fi
+export KEELCONFIG="$PWD/out/pki/keelctl.yaml"
 target/release/keelson-qemu run --image out/keelson.raw --wait-ready --disk-size 4G \
-  --console out/console.log --api-port "${API_PORT:-50000}" "${keep[@]}"
+  --console out/console.log --api-port "$port" --config out/pki/node.yaml --keep
+target/release/keelctl status
+if [ "${KEEP:-0}" != 1 ]; then
+  target/release/keelctl shutdown
+fi
 echo "console log: out/console.log"

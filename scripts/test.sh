@@ -13,8 +13,8 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (warnings are errors)"
 cargo clippy -q --workspace --all-targets -- -D warnings
 
-echo "==> building the image"
-cargo build -q -p keelson-image
+echo "==> building the image (and keelctl, which the end-to-end tests drive)"
+cargo build -q -p keelson-image -p keelson-ctl
 image_dir="$PWD/target/test-image"
 rm -rf "$image_dir"
 if [ "$(id -u)" -eq 0 ]; then

@@ -2,25 +2,26 @@
 //!
 //! PID 1 starts it and restarts it if it dies. Start-up reads as a list of steps
 //! ([`run`]): record this boot on STATE, bring loopback up, acquire and apply the machine
-//! config (or enter maintenance mode), serve the gRPC API on TCP 50000, tell PID 1 it is
-//! ready over sd_notify, print the console ready (or maintenance) line, and keep the
-//! watchdog fed.
+//! config (or enter maintenance mode), serve the gRPC API on TCP 50000 (mutual TLS with the
+//! config's certificates, or maintenance mode with a self-signed certificate and a
+//! one-time token), tell PID 1 it is ready over sd_notify, print the console ready (or
+//! maintenance) lines, and keep the watchdog fed.
 //!
 //! Modules: [`machine_config`] finds the config among its sources, has `keelson-config`
 //! translate and validate it, and applies it through [`network`] (rtnetlink, with a
 //! [`dhcp`] client per interface), [`files`] and the hostname; [`seed`] finds NoCloud seeds
 //! and [`fetch`] gets `http://` documents. [`system`] gathers what `Machine.Status` reports;
-//! [`boot_history`] keeps the list of boots on STATE; [`api`] is the gRPC service, a thin
-//! layer over the rest.
-//!
-//! Known limit (the API issue): no TLS yet, and no `apply-config` to leave maintenance
-//! mode without a reboot.
+//! [`boot_history`] keeps the list of boots on STATE; [`logs`] keeps the agent's log for
+//! the API and [`kmsg`] reads the kernel's; [`api`] is the gRPC server, a thin layer over
+//! the rest.
 
 pub mod api;
 pub mod boot_history;
 pub mod dhcp;
 pub mod fetch;
 pub mod files;
+pub mod kmsg;
+pub mod logs;
 pub mod machine_config;
 pub mod network;
 pub mod seed;
@@ -28,6 +29,9 @@ pub mod system;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use keelson_api::access::ApiMode;
 
 use tracing::{info, warn};
 
@@ -49,32 +53,49 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     info!(slot = %identity.slot, version = %identity.os_version, "keelsond starting");
 
     record_boot(&options, &identity);
-    let report = if options.manage_machine {
+    let environment = machine_config::Environment::node(&options.state_dir);
+    let configured = if options.manage_machine {
         if let Err(error) = network::loopback_up().await {
             warn!("network: {error:#}");
         }
-        let environment = machine_config::Environment::node(&options.state_dir);
         machine_config::configure(&environment).await
     } else {
-        machine_config::ConfigReport::unmanaged()
+        machine_config::Configured {
+            report: machine_config::ConfigReport::unmanaged(),
+            in_force: None,
+            api: None,
+            maintenance_network: Vec::new(),
+        }
     };
-    for line in &report.applied {
+    for line in &configured.report.applied {
         info!("config: {line}");
     }
-    let maintenance = machine_config::announce(&report);
-    let report = std::sync::Arc::new(std::sync::RwLock::new(report));
+    machine_config::announce(&configured.report);
+    let security = api_security(&configured)?;
+    let report = Arc::new(RwLock::new(configured.report));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|error| {
             anyhow::anyhow!("cannot listen on {} for the API: {error}", options.listen)
         })?;
-    let served = tokio::spawn(api::serve(
-        listener,
-        options.state_dir.clone(),
-        report.clone(),
-    ));
+    let context = Arc::new(api::ApiContext {
+        state_dir: options.state_dir.clone(),
+        environment,
+        report: report.clone(),
+        in_force: tokio::sync::Mutex::new(configured.in_force),
+        security,
+        manage_machine: options.manage_machine,
+        listen: listener.local_addr()?,
+        kmsg: PathBuf::from("/dev/kmsg"),
+        files_root: PathBuf::from("/"),
+    });
+    let served = tokio::spawn(api::serve(listener, context.clone()));
 
-    announce_ready(&identity, &report, maintenance);
+    notify_pid1(&identity, &report, context.security.mode());
+    match context.security.mode() {
+        ApiMode::MutualTls => announce_ready(&report),
+        ApiMode::Maintenance => context.security.announce_maintenance(),
+    }
     let watchdog = tokio::spawn(feed_watchdog());
     let outcome = tokio::select! {
         result = served => result.map_err(anyhow::Error::from).and_then(|served| served),
@@ -85,6 +106,35 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
     watchdog.abort();
     outcome
+}
+
+/// Mutual TLS when a config with API certificates is in force; maintenance mode
+/// otherwise, saying why.
+fn api_security(
+    configured: &machine_config::Configured,
+) -> anyhow::Result<api::security::ApiSecurity> {
+    let report = &configured.report;
+    if let Some(api) = &configured.api {
+        return api::security::ApiSecurity::mutual(api);
+    }
+    let context = match &report.maintenance {
+        Some(reason) => {
+            let errors: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+            if errors.is_empty() {
+                reason.clone()
+            } else {
+                format!("{reason}: {}", errors.join("; "))
+            }
+        }
+        None => {
+            logs::console(
+                "keelson: maintenance reason=no-api-credentials: the config in force has no \
+                 api section, so the API cannot authenticate clients",
+            );
+            "no-api-credentials: the config in force has no api section".into()
+        }
+    };
+    api::security::ApiSecurity::maintenance(context)
 }
 
 fn record_boot(options: &AgentOptions, identity: &system::Identity) {
@@ -99,25 +149,18 @@ fn record_boot(options: &AgentOptions, identity: &system::Identity) {
     }
 }
 
-/// Tells PID 1 the agent is serving, and prints the ready line on the console (unless the
-/// node is in maintenance mode, whose lines [`machine_config::announce`] printed).
-fn announce_ready(
-    identity: &system::Identity,
-    report: &machine_config::SharedReport,
-    maintenance: bool,
-) {
-    let hostname = system::hostname();
+/// Tells PID 1 the agent is serving.
+fn notify_pid1(identity: &system::Identity, report: &machine_config::SharedReport, mode: ApiMode) {
     let source = report
         .read()
         .map(|report| report.source.to_string())
         .unwrap_or_default();
-    let status = if maintenance {
-        "maintenance mode: the config was not applied".to_owned()
-    } else {
-        format!(
+    let status = match mode {
+        ApiMode::Maintenance => "maintenance mode: waiting for apply-config".to_owned(),
+        ApiMode::MutualTls => format!(
             "serving the API (slot {}, version {}, config {source})",
             identity.slot, identity.os_version
-        )
+        ),
     };
     if let Err(error) = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
@@ -125,15 +168,23 @@ fn announce_ready(
     ]) {
         warn!("cannot notify PID 1 of readiness: {error}");
     }
-    if maintenance {
-        return;
-    }
-    // The one line the QEMU harness and operators wait for. Printed with println! rather
-    // than through tracing so that its form never changes with the log format.
-    println!(
-        "keelson: ready hostname={hostname} slot={} version={} config={source}",
-        identity.slot, identity.os_version
-    );
+}
+
+/// Prints the ready line: the one line the QEMU harness and operators wait for. Printed
+/// as a plain line rather than through tracing so that its form never changes with the
+/// log format.
+pub fn announce_ready(report: &machine_config::SharedReport) {
+    let identity = system::Identity::read();
+    let source = report
+        .read()
+        .map(|report| report.source.to_string())
+        .unwrap_or_default();
+    logs::console(&format!(
+        "keelson: ready hostname={} slot={} version={} config={source}",
+        system::hostname(),
+        identity.slot,
+        identity.os_version
+    ));
 }
 
 async fn feed_watchdog() {

@@ -5,9 +5,13 @@
 //!    `keelson.config=` URL) and let [`keelson_config::acquire::choose`] pick one;
 //! 2. read it, translate it and validate it whole;
 //! 3. if it is valid, apply it in order (hostname, network, remote file contents, files),
-//!    then save it on STATE; if it is not, or applying fails, enter maintenance mode:
-//!    nothing of the config is applied (or saved), the network comes up by DHCP so the API
-//!    is reachable, and every error is printed and reported by `Machine.Status`.
+//!    then save it on STATE; if there is none, it is not valid, or applying fails, enter
+//!    maintenance mode: nothing of the config is applied (or saved), the network comes up
+//!    by DHCP so the API is reachable, and every error is printed on the console and
+//!    returned to callers the API refuses.
+//!
+//! [`apply_requested`] is `ApplyConfig`: the same validation, a diff against the config in
+//! force, and then (by mode) a live apply, a save and reboot, or a save for the next boot.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use keelson_config::acquire::{choose, Probe, SavedMeta, SourceKind};
+use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
 use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
 
@@ -75,6 +80,21 @@ impl ConfigReport {
 
 /// The report, shared with the API.
 pub type SharedReport = Arc<RwLock<ConfigReport>>;
+
+/// What [`configure`] leaves behind.
+#[derive(Debug)]
+pub struct Configured {
+    /// What happened, for the console and `Machine.Status`.
+    pub report: ConfigReport,
+    /// The config in force, as saved (`None` in maintenance mode).
+    pub in_force: Option<MachineConfig>,
+    /// Its API credentials (from `api`, or the files Ignition and cloud-init carry them
+    /// in); `None` leaves the API in maintenance mode.
+    pub api: Option<ApiPki>,
+    /// DHCP clients started so that a node in maintenance mode is reachable; they keep
+    /// running until the node reboots or a config takes over the network.
+    pub maintenance_network: Vec<tokio::task::AbortHandle>,
+}
 
 /// Where the agent looks for things (the real paths on a node; temporary ones in tests).
 #[derive(Debug, Clone)]
@@ -181,7 +201,7 @@ fn look(environment: &Environment) -> Found {
 
 /// Acquires, validates and applies the config. Never fails: problems end in maintenance
 /// mode, described by the report.
-pub async fn configure(environment: &Environment) -> ConfigReport {
+pub async fn configure(environment: &Environment) -> Configured {
     let found = look(environment);
     let source = choose(&found.probe());
     let mut report = ConfigReport::new(source);
@@ -229,14 +249,19 @@ pub async fn configure(environment: &Environment) -> ConfigReport {
                 }),
             }
         }
-        SourceKind::None => {
-            report.location = "defaults".into();
-            keelson_config::load(
-                "defaults",
-                keelson_config::native::to_yaml(&MachineConfig::empty()).as_bytes(),
-            )
+        SourceKind::None | SourceKind::Api => {
+            report.location = "none".into();
+            report.maintenance = Some("no-config".into());
+            let maintenance_network = bring_up_default(&mut report).await;
+            return Configured {
+                report,
+                in_force: None,
+                api: None,
+                maintenance_network,
+            };
         }
     };
+    let loaded = loaded.and_then(|loaded| check_api_material(&report.location, loaded));
     let loaded = match loaded {
         Ok(loaded) => loaded,
         Err(rejected) => {
@@ -249,9 +274,14 @@ pub async fn configure(environment: &Environment) -> ConfigReport {
             report.errors = rejected.errors().cloned().collect();
             report.maintenance = Some("invalid-config".into());
             if network_up.is_empty() {
-                bring_up_default(&mut report).await;
+                network_up = bring_up_default(&mut report).await;
             }
-            return report;
+            return Configured {
+                report,
+                in_force: None,
+                api: None,
+                maintenance_network: network_up,
+            };
         }
     };
     report.format = loaded.format.to_string();
@@ -259,19 +289,26 @@ pub async fn configure(environment: &Environment) -> ConfigReport {
     for task in network_up {
         task.abort();
     }
-    match apply(environment, &loaded.plan, &mut report).await {
+    match apply(environment, &loaded.plan, Steps::All, &mut report).await {
         Ok(fetched) => {
-            if !matches!(source, SourceKind::Saved | SourceKind::None) {
-                match save(
-                    environment,
-                    &loaded,
-                    &fetched,
+            let config = with_fetched_inline(&loaded.config, &fetched);
+            if source != SourceKind::Saved {
+                let meta = SavedMeta {
                     source,
-                    report.instance_id.clone(),
-                ) {
+                    format: loaded.format.to_string(),
+                    instance_id: report.instance_id.clone(),
+                    saved_at: unix_now(),
+                };
+                match save(environment, &config, &meta) {
                     Ok(()) => report.applied.push("saved the config on STATE".into()),
                     Err(error) => report.applied.push(format!("not saved: {error}")),
                 }
+            }
+            Configured {
+                report,
+                in_force: Some(config),
+                api: loaded.plan.api.clone(),
+                maintenance_network: Vec::new(),
             }
         }
         Err(error) => {
@@ -281,12 +318,43 @@ pub async fn configure(environment: &Environment) -> ConfigReport {
                 error.reason,
             ));
             report.maintenance = Some("apply-failed".into());
-            if !error.network_applied {
-                bring_up_default(&mut report).await;
+            let maintenance_network = if error.network_applied {
+                Vec::new()
+            } else {
+                bring_up_default(&mut report).await
+            };
+            Configured {
+                report,
+                in_force: None,
+                api: None,
+                maintenance_network,
             }
         }
     }
-    report
+}
+
+/// Checks the API's certificates and key as the node will use them (they parse, the key
+/// goes with the certificate, the certificate is signed by the CA), so that bad material
+/// is a config error rather than an API that cannot start.
+fn check_api_material(location: &str, loaded: Loaded) -> Result<Loaded, Rejected> {
+    let Some(api) = &loaded.plan.api else {
+        return Ok(loaded);
+    };
+    match keelson_api::tls::mutual_server_config(&api.ca, &api.cert, &api.key) {
+        Ok(_) => Ok(loaded),
+        Err(error) => {
+            let mut diagnostics = loaded.warnings.clone();
+            diagnostics.push(Diagnostic::error(location, &error.what, error.reason));
+            Err(Rejected { diagnostics })
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 async fn bring_up_default(report: &mut ConfigReport) -> Vec<tokio::task::AbortHandle> {
@@ -312,10 +380,20 @@ struct ApplyError {
     network_applied: bool,
 }
 
+/// Which parts of a plan to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Steps {
+    /// Everything (at boot).
+    All,
+    /// What can change on a running node: hostname and files (`ApplyConfig`).
+    Live,
+}
+
 /// Applies the plan in order; returns the fetched file contents (by file index).
 async fn apply(
     environment: &Environment,
     plan: &Plan,
+    steps: Steps,
     report: &mut ConfigReport,
 ) -> Result<Vec<(usize, Vec<u8>)>, ApplyError> {
     let failed = |step, reason, network_applied| ApplyError {
@@ -327,16 +405,18 @@ async fn apply(
         set_hostname(environment, hostname).map_err(|reason| failed("hostname", reason, false))?;
         report.applied.push(format!("hostname {hostname}"));
     }
-    let applied = network::apply(&plan.network, FIRST_LEASE)
-        .await
-        .map_err(|error| failed("network", format!("{error:#}"), false))?;
-    report
-        .applied
-        .extend(applied.lines.iter().map(|line| format!("network {line}")));
-    for unmatched in &applied.unmatched {
+    if steps == Steps::All {
+        let applied = network::apply(&plan.network, FIRST_LEASE)
+            .await
+            .map_err(|error| failed("network", format!("{error:#}"), false))?;
         report
             .applied
-            .push(format!("network: no interface matches {unmatched}"));
+            .extend(applied.lines.iter().map(|line| format!("network {line}")));
+        for unmatched in &applied.unmatched {
+            report
+                .applied
+                .push(format!("network: no interface matches {unmatched}"));
+        }
     }
     let mut fetched = Vec::new();
     let mut resolved = Vec::new();
@@ -381,16 +461,9 @@ fn set_hostname(environment: &Environment, hostname: &str) -> Result<(), String>
     Ok(())
 }
 
-/// Saves the config in force (fetched contents inlined, so later boots need no server)
-/// with its origin, atomically.
-fn save(
-    environment: &Environment,
-    loaded: &Loaded,
-    fetched: &[(usize, Vec<u8>)],
-    source: SourceKind,
-    instance_id: Option<String>,
-) -> Result<(), String> {
-    let mut config = loaded.config.clone();
+/// The config with fetched file contents inlined, so that later boots need no server.
+fn with_fetched_inline(config: &MachineConfig, fetched: &[(usize, Vec<u8>)]) -> MachineConfig {
+    let mut config = config.clone();
     for (index, bytes) in fetched {
         if let Some(file) = config.files.get_mut(*index) {
             file.source = None;
@@ -399,22 +472,158 @@ fn save(
             file.content_base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
     }
-    let meta = SavedMeta {
-        source,
-        format: loaded.format.to_string(),
-        instance_id,
-        saved_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs() as i64)
-            .unwrap_or_default(),
-    };
-    let meta = serde_json::to_vec_pretty(&meta).map_err(|error| error.to_string())?;
+    config
+}
+
+/// Saves `config` with its origin, atomically; the next boot finds it first.
+fn save(environment: &Environment, config: &MachineConfig, meta: &SavedMeta) -> Result<(), String> {
+    let meta = serde_json::to_vec_pretty(meta).map_err(|error| error.to_string())?;
     // The YAML goes last: its presence is what marks a saved config.
     write_atomically(&environment.saved_meta(), &meta)?;
     write_atomically(
         &environment.saved_config(),
-        keelson_config::native::to_yaml(&config).as_bytes(),
+        keelson_config::native::to_yaml(config).as_bytes(),
     )
+}
+
+/// How `ApplyConfig` puts a config in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Live when the change allows it, else save and reboot.
+    Auto,
+    /// Live, or refuse.
+    NoReboot,
+    /// Save for the next boot only.
+    Staged,
+}
+
+/// What `ApplyConfig` did (or, for a dry run, would do).
+#[derive(Debug, Clone)]
+pub struct ApplyOutcome {
+    /// Diff against the config in force, keys redacted.
+    pub diff: String,
+    /// One line per step.
+    pub actions: Vec<String>,
+    /// Keys not honoured.
+    pub warnings: Vec<Diagnostic>,
+    /// The node must now reboot to put the config in force.
+    pub reboot: bool,
+    /// Sections whose change needs a reboot.
+    pub reboot_needed_for: Vec<&'static str>,
+    /// The config now in force; `None` when nothing changed on the running node (dry run,
+    /// staged, or a reboot to come).
+    pub in_force: Option<MachineConfig>,
+    /// Its API credentials.
+    pub api: Option<ApiPki>,
+}
+
+/// Why `ApplyConfig` changed nothing.
+#[derive(Debug, Clone)]
+pub enum ApplyRefusal {
+    /// The config is not valid.
+    Invalid(Vec<Diagnostic>),
+    /// `no-reboot` was asked for a change that needs one.
+    NeedsReboot(Vec<&'static str>),
+    /// Applying failed; what had been changed was put back.
+    Failed(String),
+}
+
+/// `ApplyConfig`: validates `bytes` whole, compares it with `current` (the config in
+/// force, `None` in maintenance mode) and puts it in force as `mode` says. Changes nothing
+/// on a dry run or on any refusal.
+pub async fn apply_requested(
+    environment: &Environment,
+    current: Option<&MachineConfig>,
+    report: &SharedReport,
+    bytes: &[u8],
+    mode: ApplyMode,
+    dry_run: bool,
+) -> Result<ApplyOutcome, ApplyRefusal> {
+    let location = "apply-config";
+    let loaded = keelson_config::load(location, bytes)
+        .and_then(|loaded| check_api_material(location, loaded))
+        .map_err(|rejected| ApplyRefusal::Invalid(rejected.errors().cloned().collect()))?;
+    let change = keelson_config::change::compare(current, &loaded.config);
+    let mut outcome = ApplyOutcome {
+        diff: change.diff.clone(),
+        actions: Vec::new(),
+        warnings: loaded.warnings.clone(),
+        reboot: false,
+        reboot_needed_for: change.reboot_needed_for.clone(),
+        in_force: None,
+        api: loaded.plan.api.clone(),
+    };
+    let needs_reboot = !change.reboot_needed_for.is_empty();
+    if mode == ApplyMode::NoReboot && needs_reboot {
+        return Err(ApplyRefusal::NeedsReboot(change.reboot_needed_for));
+    }
+    let would = if dry_run { "would " } else { "" };
+    let instance_id = report.read().ok().and_then(|r| r.instance_id.clone());
+    let meta = SavedMeta {
+        source: SourceKind::Api,
+        format: loaded.format.to_string(),
+        // Kept, so that the NoCloud seed the node was first configured from does not
+        // count as new at the next boot and override this config.
+        instance_id: instance_id.clone(),
+        saved_at: unix_now(),
+    };
+    let saved_path = environment.saved_config();
+    if mode == ApplyMode::Staged || needs_reboot {
+        if !dry_run {
+            save(environment, &loaded.config, &meta).map_err(ApplyRefusal::Failed)?;
+        }
+        outcome.actions.push(format!(
+            "{would}save the config to {}",
+            saved_path.display()
+        ));
+        if mode == ApplyMode::Staged {
+            outcome
+                .actions
+                .push(format!("{would}leave it for the next boot (staged)"));
+        } else {
+            outcome.reboot = !dry_run;
+            outcome.actions.push(format!(
+                "{would}reboot to apply the change to {}",
+                change.reboot_needed_for.join(", ")
+            ));
+        }
+        return Ok(outcome);
+    }
+    if dry_run {
+        outcome
+            .actions
+            .push("would apply the hostname and files now".into());
+        outcome
+            .actions
+            .push(format!("would save the config to {}", saved_path.display()));
+        return Ok(outcome);
+    }
+    let mut applied = ConfigReport::new(SourceKind::Api);
+    applied.location = "api".into();
+    applied.format = loaded.format.to_string();
+    applied.instance_id = instance_id;
+    applied.warnings = loaded.warnings.clone();
+    let hostname_before = crate::system::hostname();
+    let fetched = match apply(environment, &loaded.plan, Steps::Live, &mut applied).await {
+        Ok(fetched) => fetched,
+        Err(error) => {
+            // Files are all-or-nothing already; the hostname is the one step to undo.
+            let _ = set_hostname(environment, &hostname_before);
+            return Err(ApplyRefusal::Failed(format!(
+                "{}: {} (nothing was changed)",
+                error.step, error.reason
+            )));
+        }
+    };
+    let config = with_fetched_inline(&loaded.config, &fetched);
+    save(environment, &config, &meta).map_err(ApplyRefusal::Failed)?;
+    applied.applied.push("saved the config on STATE".into());
+    outcome.actions = applied.applied.clone();
+    outcome.in_force = Some(config);
+    if let Ok(mut report) = report.write() {
+        *report = applied;
+    }
+    Ok(outcome)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -438,21 +647,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// every error. Returns true when the node is in maintenance mode.
 pub fn announce(report: &ConfigReport) -> bool {
     for warning in &report.warnings {
-        println!("keelson: {warning}");
+        crate::logs::console(&format!("keelson: {warning}"));
     }
     let Some(reason) = &report.maintenance else {
         return false;
     };
-    println!(
+    crate::logs::console(&format!(
         "keelson: maintenance reason={reason} source={} errors={}",
         report.source,
         report.errors.len()
-    );
+    ));
     for error in &report.errors {
-        println!("keelson: {error}");
+        crate::logs::console(&format!("keelson: {error}"));
     }
-    println!(
-        "keelson: nothing of the config was applied; the API is up and waits for a valid config"
+    crate::logs::console(
+        "keelson: nothing of the config was applied; the API accepts only apply-config",
     );
     true
 }

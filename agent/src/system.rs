@@ -222,9 +222,59 @@ pub fn root_verity() -> String {
     }
 }
 
+/// How many times PID 1 has started the agent since boot (1 on a clean boot).
+pub fn agent_starts() -> u32 {
+    std::env::var("KEELSON_AGENT_START")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Removes everything in `directory` (not the directory itself, not `lost+found`, and
+/// nothing on another filesystem mounted beneath it); returns how many entries went.
+pub fn wipe_directory(directory: &Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(directory)?.dev();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(directory)? {
+        let entry = entry?;
+        if entry.file_name() == "lost+found" {
+            continue;
+        }
+        let metadata = entry.path().symlink_metadata()?;
+        if metadata.dev() != device {
+            continue;
+        }
+        if metadata.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    // The removals must reach the disk before PID 1 reboots.
+    nix::unistd::sync();
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wiping_keeps_the_directory_and_lost_and_found() {
+        let var = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(var.path().join("lib/keelson/config")).unwrap();
+        std::fs::write(var.path().join("lib/keelson/config/machine.yaml"), "x").unwrap();
+        std::fs::write(var.path().join("log"), "x").unwrap();
+        std::fs::create_dir(var.path().join("lost+found")).unwrap();
+        assert_eq!(wipe_directory(var.path()).unwrap(), 2);
+        let left: Vec<_> = std::fs::read_dir(var.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["lost+found"]);
+    }
 
     #[test]
     fn os_release_values_are_unquoted() {

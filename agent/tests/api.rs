@@ -1,100 +1,535 @@
-//! The agent's API, served by the real `keelsond` binary on 127.0.0.1 of the build host.
+//! The agent's API server, run in-process on 127.0.0.1 with real TLS: every role against
+//! every RPC, the handshake refusals, maintenance mode and its token, and robustness
+//! against bad clients.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use keelson_agent::api::security::ApiSecurity;
+use keelson_agent::api::ApiContext;
+use keelson_agent::machine_config::{ConfigReport, Environment};
+use keelson_api::client::{self, ClientTls};
+use keelson_api::files::files_client::FilesClient;
+use keelson_api::files::{ListRequest, ReadRequest};
 use keelson_api::machine::machine_client::MachineClient;
-use keelson_api::machine::{RebootRequest, ShutdownRequest, StatusRequest};
+use keelson_api::machine::*;
+use keelson_api::pki::{self, CertifiedKey, ClusterCa};
+use keelson_api::roles::{Role, METHOD_ROLES};
+use keelson_config::model::ApiPki;
+use time::OffsetDateTime;
+use tonic::transport::Channel;
+use tonic::Code;
 
-struct Agent {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
+/// A cluster CA with a node certificate and a client certificate per role.
+struct Pki {
+    ca: ClusterCa,
+    node: CertifiedKey,
+    clients: Vec<(Role, CertifiedKey)>,
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Pki {
+    fn new() -> Pki {
+        let now = OffsetDateTime::now_utc();
+        let ca = ClusterCa::generate("test", now).unwrap();
+        let node = ca
+            .issue_node(&[pki::node_server_name("test")], now)
+            .unwrap();
+        let clients = Role::ALL
+            .into_iter()
+            .map(|role| {
+                let client = ca
+                    .issue_client(
+                        role.name(),
+                        role,
+                        now - pki::CLOCK_SKEW,
+                        now + pki::CLIENT_VALIDITY,
+                    )
+                    .unwrap();
+                (role, client)
+            })
+            .collect();
+        Pki { ca, node, clients }
     }
-}
 
-fn start_agent() -> Agent {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let state = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keelsond"))
-        .args([
-            "--unmanaged",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Agent {
-        child,
-        port,
-        _state: state,
-    }
-}
-
-async fn client(port: u16) -> MachineClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match MachineClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(client) => return client,
-            Err(error) if Instant::now() > deadline => panic!("agent never listened: {error}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    fn api(&self) -> ApiPki {
+        ApiPki {
+            ca: self.ca.certified().cert_pem.clone(),
+            cert: self.node.cert_pem.clone(),
+            key: self.node.key_pem.clone(),
         }
     }
+
+    fn tls_for(&self, client: &CertifiedKey) -> ClientTls {
+        let config = keelson_api::tls::client_config(
+            &self.ca.certified().cert_pem,
+            &client.cert_pem,
+            &client.key_pem,
+        )
+        .unwrap();
+        ClientTls::new(config, &pki::node_server_name("test")).unwrap()
+    }
+
+    fn tls(&self, role: Role) -> ClientTls {
+        let client = &self.clients.iter().find(|(r, _)| *r == role).unwrap().1;
+        self.tls_for(client)
+    }
+}
+
+/// An API server on 127.0.0.1, with files under a temporary root.
+struct Server {
+    address: SocketAddr,
+    files: tempfile::TempDir,
+    context: Arc<ApiContext>,
+}
+
+async fn serve(security: ApiSecurity) -> Server {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(files.path().join("etc")).unwrap();
+    std::fs::write(files.path().join("etc/hostname"), "node-1\n").unwrap();
+    std::fs::create_dir_all(files.path().join("var/lib/keelson/config")).unwrap();
+    std::fs::write(
+        files.path().join("var/lib/keelson/config/machine.yaml"),
+        "secret",
+    )
+    .unwrap();
+    std::fs::write(files.path().join("var/big"), vec![7u8; 300_000]).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", files.path().join("var/escape")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let context = Arc::new(ApiContext {
+        state_dir: files.path().join("var/lib/keelson"),
+        environment: Environment {
+            state_dir: files.path().join("var/lib/keelson"),
+            fw_cfg_root: files.path().join("fw_cfg"),
+            cmdline: String::new(),
+            root: files.path().to_path_buf(),
+        },
+        report: Arc::new(RwLock::new(ConfigReport::unmanaged())),
+        in_force: tokio::sync::Mutex::new(None),
+        security,
+        manage_machine: false,
+        listen: address,
+        kmsg: PathBuf::from("/dev/kmsg"),
+        files_root: files.path().to_path_buf(),
+    });
+    tokio::spawn(keelson_agent::api::serve(listener, context.clone()));
+    Server {
+        address,
+        files,
+        context,
+    }
+}
+
+/// Why the first call with `tls` fails: in connect, or (TLS 1.3 lets the client finish
+/// its handshake first) in the first call.
+async fn first_failure(server: &Server, tls: &ClientTls) -> String {
+    match channel(server, tls).await {
+        Err(error) => error,
+        Ok(channel) => match MachineClient::new(channel).version(VersionRequest {}).await {
+            Ok(_) => "the call succeeded".into(),
+            Err(status) => keelson_ctl::describe_status(&status),
+        },
+    }
+}
+
+async fn channel(server: &Server, tls: &ClientTls) -> Result<Channel, String> {
+    client::connect(&server.address.to_string(), tls)
+        .await
+        .map_err(|error| client::root_cause(&error))
+}
+
+const NATIVE: &[u8] = b"apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nhostname: applied\n";
+
+/// Calls `method` (a gRPC path from the role table) with a harmless request.
+async fn call(channel: Channel, method: &str) -> Result<(), tonic::Status> {
+    let mut machine = MachineClient::new(channel.clone());
+    let mut files = FilesClient::new(channel);
+    let name = method.rsplit('/').next().unwrap();
+    match name {
+        "Version" => machine.version(VersionRequest {}).await.map(drop),
+        "Status" => machine.status(StatusRequest {}).await.map(drop),
+        "Services" => machine.services(ServicesRequest {}).await.map(drop),
+        "Logs" => machine
+            .logs(LogsRequest {
+                service: "keelsond".into(),
+                follow: false,
+                tail: 5,
+            })
+            .await
+            .map(drop),
+        "Dmesg" => machine
+            .dmesg(DmesgRequest {
+                follow: false,
+                tail: 5,
+            })
+            .await
+            .map(drop),
+        "Reboot" => machine.reboot(RebootRequest {}).await.map(drop),
+        "Shutdown" => machine.shutdown(ShutdownRequest {}).await.map(drop),
+        "RestartAgent" => machine
+            .restart_agent(RestartAgentRequest {})
+            .await
+            .map(drop),
+        "ApplyConfig" => machine
+            .apply_config(ApplyConfigRequest {
+                config: NATIVE.to_vec(),
+                mode: 0,
+                dry_run: true,
+            })
+            .await
+            .map(drop),
+        "Reset" => machine
+            .reset(ResetRequest { confirm: true })
+            .await
+            .map(drop),
+        "List" => files
+            .list(ListRequest {
+                path: "/etc".into(),
+                recursive: false,
+            })
+            .await
+            .map(drop),
+        "Read" => files
+            .read(ReadRequest {
+                path: "/etc/hostname".into(),
+            })
+            .await
+            .map(drop),
+        other => panic!("the test does not know how to call {other}: add it"),
+    }
 }
 
 #[tokio::test]
-async fn status_reports_this_host_and_records_the_boot() {
-    let agent = start_agent();
-    let mut client = client(agent.port).await;
-    let status = client.status(StatusRequest {}).await.unwrap().into_inner();
-    assert_eq!(
-        status.hostname,
-        nix::unistd::gethostname().unwrap().to_string_lossy()
-    );
-    assert!(!status.kernel_release.is_empty());
-    assert!(status.mounts.iter().any(|mount| mount.mount_point == "/"));
-    let agent_info = status.agent.unwrap();
-    assert_eq!(agent_info.pid as u32, agent.child.id());
-    assert!(agent_info.executable.ends_with("keelsond"));
-    assert!(agent_info.rss_bytes > 0);
-    assert_eq!(
-        status.boots.len(),
-        1,
-        "the boot is recorded in the state directory"
-    );
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    assert_eq!(status.boots[0].boot_id, boot_id.trim());
+async fn every_role_against_every_rpc() {
+    let pki = Pki::new();
+    let server = serve(ApiSecurity::mutual(&pki.api()).unwrap()).await;
+    let mut table = Vec::new();
+    for (method, needed) in METHOD_ROLES {
+        for role in Role::ALL {
+            let channel = channel(&server, &pki.tls(role)).await.unwrap();
+            let outcome = call(channel, method).await;
+            let denied = matches!(&outcome, Err(status) if status.code() == Code::PermissionDenied);
+            table.push(format!(
+                "{method:45} {role:8} {}",
+                if denied { "denied" } else { "allowed" }
+            ));
+            assert_eq!(
+                denied,
+                role < *needed,
+                "{role} calling {method}: {outcome:?}"
+            );
+            if let Err(status) = outcome {
+                if denied {
+                    assert!(
+                        status.message().contains(&format!("needs role {needed}")),
+                        "{}",
+                        status.message()
+                    );
+                } else {
+                    // Allowed, but this agent does not manage the machine it runs on.
+                    assert_eq!(
+                        status.code(),
+                        Code::FailedPrecondition,
+                        "{role} {method}: {status:?}"
+                    );
+                }
+            }
+        }
+    }
+    println!("{}", table.join("\n"));
 }
 
 #[tokio::test]
-async fn power_requests_are_refused_when_pid1_is_not_keelson() {
-    let agent = start_agent();
-    let mut client = client(agent.port).await;
-    for result in [
-        client.reboot(RebootRequest {}).await.map(drop),
-        client.shutdown(ShutdownRequest {}).await.map(drop),
-    ] {
-        let error = result.unwrap_err();
-        assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+async fn clients_without_a_valid_certificate_are_refused_in_the_handshake() {
+    let pki = Pki::new();
+    let server = serve(ApiSecurity::mutual(&pki.api()).unwrap()).await;
+    let now = OffsetDateTime::now_utc();
+
+    let anonymous = rustls::ClientConfig::builder_with_provider(keelson_api::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in
+                keelson_api::tls::certificates("ca", &pki.ca.certified().cert_pem).unwrap()
+            {
+                roots.add(certificate).unwrap();
+            }
+            roots
+        })
+        .with_no_client_auth();
+    let mut anonymous = anonymous;
+    anonymous.alpn_protocols = vec![b"h2".to_vec()];
+    let anonymous = ClientTls::new(anonymous, &pki::node_server_name("test")).unwrap();
+
+    // Another cluster's CA. (One that copies our CA's name fails on the signature instead:
+    // DecryptError / BadSignature.)
+    let foreign_ca = ClusterCa::generate("other", now).unwrap();
+    let foreign = foreign_ca
+        .issue_client(
+            "mallory",
+            Role::Admin,
+            now - pki::CLOCK_SKEW,
+            now + pki::CLIENT_VALIDITY,
+        )
+        .unwrap();
+    let expired = pki
+        .ca
+        .issue_client(
+            "former-admin",
+            Role::Admin,
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    let cases = [
+        ("no certificate", anonymous, &["CertificateRequired"][..]),
+        ("another CA", pki.tls_for(&foreign), &["UnknownCA"][..]),
+        (
+            "expired",
+            pki.tls_for(&expired),
+            &["CertificateExpired"][..],
+        ),
+    ];
+    for (case, tls, alerts) in cases {
+        let error = first_failure(&server, &tls).await;
         assert!(
-            error.message().contains("PID 1 is not keelson-init"),
-            "{}",
-            error.message()
+            error.contains("fatal alert") && alerts.iter().any(|alert| error.contains(alert)),
+            "{case}: {error}"
         );
     }
+    // The node's certificate is verified too: a client trusting another CA refuses it.
+    let misled = ClientTls::new(
+        keelson_api::tls::client_config(
+            &foreign_ca.certified().cert_pem,
+            &foreign.cert_pem,
+            &foreign.key_pem,
+        )
+        .unwrap(),
+        &pki::node_server_name("test"),
+    )
+    .unwrap();
+    let error = first_failure(&server, &misled).await;
+    assert!(error.contains("UnknownIssuer"), "{error}");
+}
+
+fn maintenance_tls(fingerprint: Option<String>) -> ClientTls {
+    ClientTls::new(
+        keelson_api::tls::maintenance_client_config(fingerprint).unwrap(),
+        pki::MAINTENANCE_SERVER_NAME,
+    )
+    .unwrap()
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert(keelson_api::TOKEN_METADATA_KEY, token.parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn maintenance_mode_takes_only_apply_config_with_the_right_token() {
+    let server = serve(ApiSecurity::maintenance("no-config".into()).unwrap()).await;
+    let security = &server.context.security;
+    let fingerprint = security.fingerprint();
+    // The token is read where an operator reads it: the console line.
+    security.announce_maintenance();
+    let line = keelson_agent::logs::ring()
+        .snapshot(0)
+        .0
+        .into_iter()
+        .rev()
+        .find(|entry| entry.message.contains(&fingerprint) && entry.message.contains("token="))
+        .expect("the maintenance line is on the console");
+    let token = line
+        .message
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut machine = MachineClient::new(
+        channel(&server, &maintenance_tls(Some(fingerprint.clone())))
+            .await
+            .unwrap(),
+    );
+    let apply = ApplyConfigRequest {
+        config: NATIVE.to_vec(),
+        mode: 0,
+        dry_run: true,
+    };
+
+    let right = machine
+        .apply_config(with_token(apply.clone(), Some(&token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(right.diff.contains("+hostname: applied"), "{}", right.diff);
+    for (token, case) in [
+        (Some("0123456789abcdef01234567"), "wrong"),
+        (None, "missing"),
+    ] {
+        let status = machine
+            .apply_config(with_token(apply.clone(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{case} token: {status:?}"
+        );
+    }
+    let refused = machine
+        .status(with_token(StatusRequest {}, Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("only apply-config"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("no-config"),
+        "{}",
+        refused.message()
+    );
+
+    // A non-dry run passes the token check and reaches the service, which refuses only
+    // because this agent does not manage the host it runs on.
+    let real = machine
+        .apply_config(with_token(
+            ApplyConfigRequest {
+                dry_run: false,
+                ..apply
+            },
+            Some(&token),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(real.code(), Code::FailedPrecondition, "{real:?}");
+
+    // A pinned fingerprint that does not match stops the handshake.
+    let error = first_failure(&server, &maintenance_tls(Some("00".repeat(32)))).await;
+    assert!(error.contains("fingerprint"), "{error}");
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_refused_with_its_field() {
+    let pki = Pki::new();
+    let server = serve(ApiSecurity::mutual(&pki.api()).unwrap()).await;
+    let mut machine = MachineClient::new(channel(&server, &pki.tls(Role::Admin)).await.unwrap());
+    let status = machine
+        .apply_config(ApplyConfigRequest {
+            config: b"apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nhostname: -bad-\n"
+                .to_vec(),
+            mode: 0,
+            dry_run: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("hostname"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn files_are_served_under_etc_and_var_but_not_the_agent_state() {
+    let pki = Pki::new();
+    let server = serve(ApiSecurity::mutual(&pki.api()).unwrap()).await;
+    let mut files = FilesClient::new(channel(&server, &pki.tls(Role::Reader)).await.unwrap());
+    let listing = files
+        .list(ListRequest {
+            path: "/var".into(),
+            recursive: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let paths: Vec<&str> = listing
+        .entries
+        .iter()
+        .map(|entry| entry.path.as_str())
+        .collect();
+    assert!(paths.contains(&"/var/big"), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|path| path.starts_with("/var/lib/keelson")),
+        "{paths:?}"
+    );
+
+    let mut stream = files
+        .read(ReadRequest {
+            path: "/var/big".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend(chunk.data);
+    }
+    assert_eq!(bytes, vec![7u8; 300_000]);
+
+    for (path, reason) in [
+        ("/var/lib/keelson/config/machine.yaml", "agent's own state"),
+        ("/var/escape", "outside"),
+        ("/proc/self/environ", "No such file"),
+        ("etc/hostname", "absolute"),
+    ] {
+        let status = match files.read(ReadRequest { path: path.into() }).await {
+            Ok(_) => panic!("{path} was served"),
+            Err(status) => status,
+        };
+        assert!(status.message().contains(reason), "{path}: {status:?}");
+    }
+    drop(server.files);
+}
+
+#[tokio::test]
+async fn bad_clients_do_not_affect_others() {
+    let pki = Pki::new();
+    let server = serve(ApiSecurity::mutual(&pki.api()).unwrap()).await;
+    // A connection that never says anything holds a handshake slot, nothing more.
+    let _silent = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    let mut admin = MachineClient::new(channel(&server, &pki.tls(Role::Admin)).await.unwrap());
+    // An oversized message is refused…
+    let oversized = admin
+        .apply_config(ApplyConfigRequest {
+            config: vec![b'#'; keelson_api::MAX_REQUEST_BYTES + 1],
+            mode: 0,
+            dry_run: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), Code::OutOfRange, "{oversized:?}");
+    // …and the same client and others carry on.
+    admin.version(VersionRequest {}).await.unwrap();
+    let mut reader = MachineClient::new(channel(&server, &pki.tls(Role::Reader)).await.unwrap());
+    let version = reader
+        .version(VersionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(version.agent_version, env!("CARGO_PKG_VERSION"));
+    // A deadline the client sets is honoured by the server.
+    let mut request = tonic::Request::new(LogsRequest {
+        service: "keelsond".into(),
+        follow: false,
+        tail: 1,
+    });
+    request.set_timeout(Duration::from_secs(5));
+    reader.logs(request).await.unwrap();
 }

@@ -19,8 +19,11 @@ pub enum SourceKind {
     NoCloud,
     /// The `keelson.config=` URL on the kernel command line.
     Url,
-    /// Nothing was found: defaults (DHCP on the first interface, hostname `keelson`).
+    /// Nothing was found: the node enters maintenance mode and waits for `apply-config`.
     None,
+    /// Applied through the API (`ApplyConfig`). Recorded, never chosen: a config applied
+    /// through the API is saved, and later boots find it as [`SourceKind::Saved`].
+    Api,
 }
 
 impl fmt::Display for SourceKind {
@@ -31,6 +34,7 @@ impl fmt::Display for SourceKind {
             SourceKind::NoCloud => "nocloud",
             SourceKind::Url => "url",
             SourceKind::None => "none",
+            SourceKind::Api => "api",
         })
     }
 }

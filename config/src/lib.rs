@@ -11,11 +11,14 @@
 //! - [`load`]: format detection and the whole pipeline, bytes in, `Loaded` or `Rejected`
 //!   out. Every [`Diagnostic`] names its source document, field path and reason.
 //! - [`acquire`]: the pure choice of which source a boot uses.
+//! - [`change`]: what replacing the config in force would change: a diff with private keys
+//!   redacted, and which sections need a reboot.
 //!
 //! The crate is pure: no I/O, no clock. The agent reads the sources, hands the bytes here,
-//! and applies the plan; `keelctl` (later) uses the same code to check configs offline.
+//! and applies the plan; `keelctl` uses the same code to write and check configs.
 
 pub mod acquire;
+pub mod change;
 pub mod cloud_init;
 pub mod diagnostic;
 pub mod ignition;

@@ -310,7 +310,7 @@ pub struct StaticPod {
 }
 
 /// The node API's mutual-TLS material, PEM-encoded.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiPki {
     /// The CA that signs client certificates (`-----BEGIN CERTIFICATE-----`).

@@ -29,6 +29,8 @@ pub struct Plan {
     pub files: Vec<FilePlan>,
     /// Links, made last.
     pub links: Vec<LinkPlan>,
+    /// The API's mutual-TLS material; `None` leaves the API in maintenance mode.
+    pub api: Option<model::ApiPki>,
 }
 
 /// Node networking in typed form.
@@ -399,12 +401,13 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
             check_directory(&mut check, &format!("directories[{index}]"), directory)
         })
         .collect();
-    let files = config
+    let mut files: Vec<FilePlan> = config
         .files
         .iter()
         .enumerate()
         .filter_map(|(index, file)| check_file(&mut check, &format!("files[{index}]"), file))
         .collect();
+    let api_from_files = take_api_files(&mut check, config, &mut files);
     let links = config
         .links
         .iter()
@@ -428,6 +431,19 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         }
     }
     check_static_pods(&mut check, &config.static_pods);
+    let api = match (&config.api, api_from_files) {
+        (Some(_), Some(_)) => {
+            check.error(
+                "api",
+                format!(
+                    "the API credentials are given twice: in api and as files under {API_FILES_DIRECTORY}; keep one"
+                ),
+            );
+            None
+        }
+        (Some(api), None) => Some(api.clone()),
+        (None, from_files) => from_files,
+    };
     if let Some(api) = &config.api {
         check_pem(&mut check, "api.ca", &api.ca, &["CERTIFICATE"]);
         check_pem(&mut check, "api.cert", &api.cert, &["CERTIFICATE"]);
@@ -447,7 +463,91 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         directories,
         files,
         links,
+        api,
     })
+}
+
+/// Where Ignition and cloud-init configs, which have no place for Keelson's API
+/// credentials, put them as files: the three paths below. They are taken as the `api`
+/// section and never written to disk.
+pub const API_FILES_DIRECTORY: &str = "/etc/keelson/api";
+/// The CA certificate file.
+pub const API_CA_FILE: &str = "/etc/keelson/api/ca.crt";
+/// The node certificate file.
+pub const API_CERT_FILE: &str = "/etc/keelson/api/node.crt";
+/// The node key file.
+pub const API_KEY_FILE: &str = "/etc/keelson/api/node.key";
+
+/// Moves the API credential files out of `files` into an [`model::ApiPki`].
+fn take_api_files(
+    check: &mut Checker<'_>,
+    config: &MachineConfig,
+    files: &mut Vec<FilePlan>,
+) -> Option<model::ApiPki> {
+    let mut found: [Option<String>; 3] = [None, None, None];
+    let paths = [API_CA_FILE, API_CERT_FILE, API_KEY_FILE];
+    for (index, file) in config.files.iter().enumerate() {
+        let Some(slot) = paths.iter().position(|path| file.path == *path) else {
+            continue;
+        };
+        let field = format!("files[{index}]");
+        let Some(plan) = files
+            .iter()
+            .find(|plan| plan.path == std::path::Path::new(paths[slot]))
+        else {
+            continue; // already reported by check_file
+        };
+        match &plan.contents {
+            Contents::Inline(bytes) => match String::from_utf8(bytes.clone()) {
+                Ok(text) => found[slot] = Some(text),
+                Err(_) => check.error(&field, "API credentials must be PEM text"),
+            },
+            Contents::Fetch { .. } => check.error(
+                &format!("{field}.source"),
+                "API credentials must be inline (content, contentBase64 or a data: URL), \
+                 not fetched",
+            ),
+        }
+    }
+    files.retain(|plan| {
+        !paths
+            .iter()
+            .any(|path| plan.path == std::path::Path::new(path))
+    });
+    let [ca, cert, key] = found;
+    match (ca, cert, key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => {
+            check_pem(check, "api.ca", &ca, &["CERTIFICATE"]);
+            check_pem(check, "api.cert", &cert, &["CERTIFICATE"]);
+            check_pem(
+                check,
+                "api.key",
+                &key,
+                &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"],
+            );
+            Some(model::ApiPki { ca, cert, key })
+        }
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [
+                (ca, API_CA_FILE),
+                (cert, API_CERT_FILE),
+                (key, API_KEY_FILE),
+            ]
+            .into_iter()
+            .filter(|(found, _)| found.is_none())
+            .map(|(_, path)| path)
+            .collect();
+            check.error(
+                "files",
+                format!(
+                    "API credentials need all three files; missing {}",
+                    missing.join(", ")
+                ),
+            );
+            None
+        }
+    }
 }
 
 struct Checker<'a> {

@@ -18,6 +18,7 @@ fn check(probe: &Probe) {
         SourceKind::NoCloud => probe.nocloud.is_some(),
         SourceKind::Url => probe.url,
         SourceKind::None => true,
+        SourceKind::Api => false,
     };
     assert!(found, "{chosen:?} chosen but not found in {probe:?}");
     let new_instance = matches!(

@@ -1,8 +1,10 @@
 //! Helpers for Keelson's end-to-end tests: one image per test run, VMs booted from it, and
-//! an API client on the forwarded port.
+//! a mutual-TLS API client (and `keelctl`) on the forwarded port.
 //!
 //! The image comes from `KEELSON_TEST_IMAGE` when set (the test script builds it once,
-//! beforehand); otherwise the first test to ask builds it into `target/e2e/`.
+//! beforehand); otherwise the first test to ask builds it into `target/e2e/`. The cluster
+//! PKI comes from `keelctl gen config`'s own code, once per test process: nodes boot with
+//! its machine config by fw_cfg unless a test gives another.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,8 +13,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use keelson_api::client::ClientTls;
 use keelson_api::machine::machine_client::MachineClient;
 use keelson_api::machine::StatusResponse;
+use keelson_api::roles::Role;
+use keelson_config::model::ApiPki;
 use keelson_qemu::{free_port, Vm, VmOptions, MAINTENANCE_PATTERN, READY_PATTERN};
 
 /// How long a boot to the ready line may take under TCG on a slow, busy machine.
@@ -38,6 +43,146 @@ pub fn test_image() -> PathBuf {
     }
 }
 
+/// The test cluster: what `keelctl gen config` wrote, plus a keelctl config per role.
+pub struct TestCluster {
+    /// The `gen config` directory.
+    pub dir: PathBuf,
+    /// The node machine config (native YAML).
+    pub node_config: PathBuf,
+    /// The node API credentials in it.
+    pub api: ApiPki,
+}
+
+/// The cluster name the tests use.
+pub const CLUSTER: &str = "e2e";
+
+impl TestCluster {
+    /// The process's cluster, generated on first use.
+    pub fn get() -> &'static TestCluster {
+        static CLUSTER_PKI: OnceLock<TestCluster> = OnceLock::new();
+        CLUSTER_PKI.get_or_init(|| {
+            let dir = keelson_image::default_workspace()
+                .join(format!("target/e2e-pki/{}", std::process::id()));
+            let now = time::OffsetDateTime::now_utc();
+            keelson_ctl::generate::gen_config(
+                &keelson_ctl::generate::GenConfig {
+                    cluster: CLUSTER.into(),
+                    out: dir.clone(),
+                    endpoints: vec!["127.0.0.1".into()],
+                    force: true,
+                },
+                now,
+            )
+            .expect("keelctl gen config");
+            for role in [Role::Reader, Role::Operator] {
+                keelson_ctl::generate::gen_client(
+                    &keelson_ctl::generate::GenClient {
+                        pki: dir.clone(),
+                        name: format!("e2e-{role}"),
+                        role,
+                        days: 1,
+                        out: dir.join(format!("{role}.yaml")),
+                        force: true,
+                    },
+                    now,
+                )
+                .expect("keelctl gen client");
+            }
+            let node_config = dir.join(keelson_ctl::generate::NODE_CONFIG);
+            let loaded = keelson_config::load(
+                "node.yaml",
+                &std::fs::read(&node_config).expect("node.yaml"),
+            )
+            .expect("the generated node config is valid");
+            TestCluster {
+                api: loaded.plan.api.expect("the generated node config has api"),
+                node_config,
+                dir,
+            }
+        })
+    }
+
+    /// The keelctl config of `role` (admin: the one `gen config` wrote).
+    pub fn keelconfig(&self, role: Role) -> PathBuf {
+        match role {
+            Role::Admin => self.dir.join(keelson_ctl::generate::KEELCTL_CONFIG),
+            other => self.dir.join(format!("{other}.yaml")),
+        }
+    }
+
+    /// A mutual-TLS client identity of `role`.
+    pub fn tls(&self, role: Role) -> ClientTls {
+        let config = keelson_ctl::keelconfig::Keelconfig::load(&self.keelconfig(role))
+            .expect("keelctl config");
+        let context = config.select(None).expect("context");
+        let tls = keelson_api::tls::client_config(&context.ca, &context.cert, &context.key)
+            .expect("client TLS");
+        ClientTls::new(tls, &context.server_name).expect("server name")
+    }
+}
+
+impl TestCluster {
+    fn derived(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.join("derived").join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.dir)).expect("derived directory");
+        std::fs::write(&path, contents).expect("derived config");
+        path
+    }
+
+    /// An Ignition fixture with the cluster's API credentials added as files.
+    pub fn ignition_fixture(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(fixture(name)).expect("fixture");
+        let mut config: serde_json::Value = serde_json::from_str(&text).expect("Ignition JSON");
+        let files = config["storage"]["files"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut files = files;
+        files.extend(keelson_ctl::generate::ignition_api_files(&self.api));
+        config["storage"]["files"] = serde_json::Value::Array(files);
+        self.derived(&name.replace('/', "-"), config.to_string().as_bytes())
+    }
+
+    /// A native fixture with the cluster's `api` section added.
+    pub fn native_fixture(&self, name: &str) -> PathBuf {
+        let text = std::fs::read(fixture(name)).expect("fixture");
+        let mut findings = keelson_config::diagnostic::Findings::new(name);
+        let mut config = keelson_config::native::parse(&text, &mut findings).expect("native YAML");
+        config.api = Some(self.api.clone());
+        self.derived(
+            &name.replace('/', "-"),
+            keelson_config::native::to_yaml(&config).as_bytes(),
+        )
+    }
+
+    /// A NoCloud seed directory (a fixture's copy) whose `#cloud-config` user-data also
+    /// writes the cluster's API credentials.
+    pub fn nocloud_fixture(&self, name: &str) -> PathBuf {
+        let source = fixture(name);
+        let target = self.dir.join("derived").join(name.replace('/', "-"));
+        std::fs::create_dir_all(&target).expect("seed directory");
+        for entry in std::fs::read_dir(&source).expect("seed fixture") {
+            let entry = entry.expect("seed entry");
+            std::fs::copy(entry.path(), target.join(entry.file_name())).expect("seed copy");
+        }
+        let user_data = std::fs::read_to_string(target.join("user-data")).expect("user-data");
+        let mut document: serde_json::Value =
+            serde_yaml::from_str(&user_data).expect("cloud-config YAML");
+        let mut files = document["write_files"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        files.extend(keelson_ctl::generate::cloud_config_api_files(&self.api));
+        document["write_files"] = serde_json::Value::Array(files);
+        let text = format!(
+            "#cloud-config\n{}",
+            serde_yaml::to_string(&document).expect("YAML")
+        );
+        std::fs::write(target.join("user-data"), text).expect("user-data");
+        target
+    }
+}
+
 /// A booted test machine with its API port.
 pub struct TestNode {
     /// The VM.
@@ -57,11 +202,13 @@ impl TestNode {
     }
 
     /// Prepares (does not boot) a node whose VM options `configure` adjusts (a config by
-    /// fw_cfg, a NoCloud seed, a static guest address…).
+    /// fw_cfg, a NoCloud seed, a static guest address…). By default the node gets the
+    /// test cluster's machine config by fw_cfg.
     pub fn prepare_with(configure: impl FnOnce(&mut VmOptions)) -> anyhow::Result<TestNode> {
         let api_port = free_port()?;
         let mut options = VmOptions::new(test_image());
         options.api_port = Some(api_port);
+        options.config = Some(TestCluster::get().node_config.clone());
         configure(&mut options);
         let vm = Vm::prepare(options)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -104,56 +251,156 @@ impl TestNode {
         Ok(())
     }
 
-    /// Runs `call` with a connected Machine client, retrying the connection for a while
-    /// (the forward only answers once the guest listens).
+    /// Runs `call` as an admin with a connected Machine client, retrying the connection
+    /// for a while (the forward only answers once the guest listens).
     pub fn machine<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
     where
         F: Fn(MachineClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let endpoint = format!("http://127.0.0.1:{}", self.api_port);
+        self.machine_as(Role::Admin, call)
+    }
+
+    /// [`TestNode::machine`] with the identity of `role`. Refusals (a status from the
+    /// node) are returned at once; only failures to reach the node are retried.
+    pub fn machine_as<T, F, Fut>(&self, role: Role, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(MachineClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.machine_with(&TestCluster::get().tls(role), call)
+    }
+
+    /// [`TestNode::machine`] as a client of a node in maintenance mode, accepting only
+    /// the certificate with `fingerprint`.
+    pub fn machine_in_maintenance<T, F, Fut>(&self, fingerprint: &str, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(MachineClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let config = keelson_api::tls::maintenance_client_config(Some(fingerprint.to_owned()))?;
+        let tls = ClientTls::new(config, keelson_api::pki::MAINTENANCE_SERVER_NAME)
+            .map_err(anyhow::Error::msg)?;
+        self.machine_with(&tls, call)
+    }
+
+    fn machine_with<T, F, Fut>(&self, tls: &ClientTls, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(MachineClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         self.runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let attempt = async {
-                    let channel = self.channel(&endpoint).await?;
-                    anyhow::Ok(call(MachineClient::new(channel)).await?.into_inner())
+                let error = match self.channel(tls).await {
+                    Ok(channel) => match call(MachineClient::new(channel)).await {
+                        Ok(response) => return Ok(response.into_inner()),
+                        Err(status) if status.code() != tonic::Code::Unavailable => {
+                            return Err(anyhow::anyhow!(
+                                "{:?}: {}",
+                                status.code(),
+                                keelson_ctl::describe_status(&status)
+                            ))
+                        }
+                        Err(status) => anyhow::anyhow!(keelson_ctl::describe_status(&status)),
+                    },
+                    Err(error) => error,
                 };
-                match attempt.await {
-                    Ok(value) => return Ok(value),
-                    Err(error) if Instant::now() >= deadline => {
-                        return Err(error).with_context(|| format!("calling the API at {endpoint}"))
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                if Instant::now() >= deadline {
+                    return Err(
+                        error.context(format!("calling the API at 127.0.0.1:{}", self.api_port))
+                    );
                 }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
     }
 
-    async fn channel(&self, endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
-        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
-        let Some((netns, address)) = self.api_in_netns.clone() else {
-            return Ok(endpoint.connect().await?);
-        };
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let netns = netns.clone();
-            async move {
-                let stream = connect_in_netns(&netns, address)?;
-                let stream = tokio::net::TcpStream::from_std(stream)?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    async fn channel(&self, tls: &ClientTls) -> anyhow::Result<tonic::transport::Channel> {
+        let connected = match self.api_in_netns.clone() {
+            None => {
+                keelson_api::client::connect(&format!("127.0.0.1:{}", self.api_port), tls).await
             }
-        });
-        Ok(endpoint.connect_with_connector(connector).await?)
+            Some((netns, address)) => {
+                keelson_api::client::connect_with(&address.to_string(), tls, move || {
+                    let netns = netns.clone();
+                    async move {
+                        let stream = connect_in_netns(&netns, address)?;
+                        tokio::net::TcpStream::from_std(stream)
+                    }
+                })
+                .await
+            }
+        };
+        connected.map_err(|error| anyhow::anyhow!(keelson_api::client::root_cause(&error)))
     }
 
-    /// `Machine.Status`.
+    /// `Machine.Status`, as an admin.
     pub fn status(&self) -> anyhow::Result<StatusResponse> {
         self.machine(|mut client| async move {
             client.status(keelson_api::machine::StatusRequest {}).await
         })
     }
+
+    /// Runs the real `keelctl` against this node (through the forwarded port) with the
+    /// keelctl config of `role`; returns its exit success, stdout and stderr.
+    pub fn keelctl(
+        &self,
+        role: Role,
+        arguments: &[&str],
+    ) -> anyhow::Result<(bool, String, String)> {
+        let output = Command::new(keelctl_binary()?)
+            .env("KEELCONFIG", TestCluster::get().keelconfig(role))
+            .arg("-n")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .args(arguments)
+            .stdin(Stdio::null())
+            .output()
+            .context("running keelctl")?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+}
+
+/// The `keelctl` binary of this workspace, built if needed.
+pub fn keelctl_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let workspace = keelson_image::default_workspace();
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "keelson-ctl", "--bin", "keelctl"])
+                .current_dir(&workspace)
+                .status()
+                .map_err(|error| format!("cannot run cargo: {error}"))?;
+            if !status.success() {
+                return Err("cargo build -p keelson-ctl failed".into());
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace.join("target"));
+            Ok(target.join("debug/keelctl"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The fingerprint and token from a node's maintenance line on the console.
+pub fn maintenance_credentials(console: &str) -> Option<(String, String)> {
+    let line = console
+        .lines()
+        .rev()
+        .find(|line| line.contains("keelson: maintenance api "))?;
+    let value = |key: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .map(str::to_owned)
+    };
+    Some((value("fingerprint=")?, value("token=")?))
 }
 
 /// Runs a host command and returns its stdout, failing with its stderr.

@@ -45,7 +45,7 @@ fn first_boot_runs_slot_a_from_a_verified_root_with_state_grown() {
     assert_eq!(
         ready.trim(),
         format!(
-            "keelson: ready hostname={} slot=a version={} config=none",
+            "keelson: ready hostname={} slot=a version={} config=fw_cfg",
             status.hostname, status.os_version
         )
     );

@@ -2,15 +2,18 @@
 //! config, and a node that rejects a bad config and applies none of it.
 //!
 //! What a user would check: the ready line and `Machine.Status` (hostname, addresses,
-//! routes, DNS, config source and warnings), and the files on STATE, read from the
-//! powered-off disk with e2fsprogs.
+//! routes, DNS, config source and warnings), the API's refusal in maintenance mode, and the
+//! files on STATE, read from the powered-off disk with e2fsprogs. Every config carries the
+//! test cluster's API credentials (as files for Ignition and cloud-init).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use keelson_api::machine::StatusResponse;
 use keelson_qemu::{MAINTENANCE_PATTERN, READY_PATTERN};
-use keelson_tests::{fixture, ExportedState, TestNode, BOOT_TIMEOUT};
+use keelson_tests::{
+    fixture, maintenance_credentials, ExportedState, TestCluster, TestNode, BOOT_TIMEOUT,
+};
 
 fn has_address(status: &StatusResponse, interface: &str, cidr: &str) -> bool {
     status
@@ -45,7 +48,7 @@ fn owner_of(stat: &str) -> String {
 #[test]
 fn ignition_by_fw_cfg_sets_the_hostname_and_writes_a_file() {
     let (mut node, line) = TestNode::boot_with(|options| {
-        options.config = Some(fixture("ignition/e2e.json"));
+        options.config = Some(TestCluster::get().ignition_fixture("ignition/e2e.json"));
     })
     .unwrap();
     assert_eq!(
@@ -91,7 +94,8 @@ fn ignition_by_fw_cfg_sets_the_hostname_and_writes_a_file() {
 #[test]
 fn a_nocloud_seed_configures_the_node_and_the_saved_copy_outlives_the_seed() {
     let (mut node, line) = TestNode::boot_with(|options| {
-        options.seed = Some(fixture("nocloud/static"));
+        options.config = None;
+        options.seed = Some(TestCluster::get().nocloud_fixture("nocloud/static"));
         options.guest_address = Ipv4Addr::new(10, 0, 2, 50);
     })
     .unwrap();
@@ -176,7 +180,7 @@ fn a_nocloud_seed_configures_the_node_and_the_saved_copy_outlives_the_seed() {
 #[test]
 fn a_native_config_by_fw_cfg_is_applied() {
     let (mut node, line) = TestNode::boot_with(|options| {
-        options.config = Some(fixture("native/e2e.yaml"));
+        options.config = Some(TestCluster::get().native_fixture("native/e2e.yaml"));
     })
     .unwrap();
     assert_eq!(
@@ -219,8 +223,10 @@ fn rejected(
     let (mut node, line) = TestNode::boot_with(configure).unwrap();
     assert!(line.contains(MAINTENANCE_PATTERN), "{line}");
     assert!(line.contains("reason=invalid-config"), "{line}");
-    // Every error is printed with its source and field, after the maintenance line.
-    std::thread::sleep(Duration::from_secs(1));
+    // Every error is printed with its source and field, then how to reach the API.
+    node.vm
+        .wait_for_console("keelson: maintenance api ", Duration::from_secs(60))
+        .unwrap();
     let console = node.vm.console_text();
     for field in expected_fields {
         let printed = format!("keelson: error: {source}: {field}: ");
@@ -234,23 +240,27 @@ fn rejected(
         "a rejected config must not report ready"
     );
 
-    let status = node.status().unwrap();
-    let config = status.config.clone().unwrap();
-    assert!(config.maintenance);
-    assert_eq!(config.maintenance_reason, "invalid-config");
-    let fields: Vec<&str> = config.errors.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, expected_fields);
-    assert!(config
-        .errors
-        .iter()
-        .all(|e| e.source == source && !e.reason.is_empty()));
-    // Nothing applied: the default hostname, and the API reachable over DHCP.
-    assert_eq!(status.hostname, "keelson");
-    assert!(
-        has_address(&status, "eth0", "10.0.2.15/24"),
-        "{:?}",
-        status.addresses
-    );
+    // The API is up (reached over the DHCP address) but takes only apply-config, and its
+    // refusal says why, with every field.
+    let (fingerprint, token) = maintenance_credentials(&console)
+        .unwrap_or_else(|| panic!("no maintenance credentials on the console:\n{console}"));
+    assert_eq!(fingerprint.len(), 64, "{fingerprint}");
+    assert_eq!(token.len(), 24, "{token}");
+    let refusal = node
+        .machine_in_maintenance(&fingerprint, |mut client| async move {
+            client.status(keelson_api::machine::StatusRequest {}).await
+        })
+        .map(|_| ())
+        .map_err(|error| format!("{error:#}"))
+        .unwrap_err();
+    assert!(refusal.contains("PermissionDenied"), "{refusal}");
+    assert!(refusal.contains("only apply-config"), "{refusal}");
+    for field in expected_fields {
+        assert!(
+            refusal.contains(&format!("{source}: {field}: ")),
+            "{refusal}"
+        );
+    }
 
     node.power_off().unwrap();
     let state = ExportedState::of(&mut node.vm).unwrap();
@@ -295,7 +305,10 @@ fn an_invalid_cloud_config_seed_enters_maintenance_mode() {
     .unwrap();
     let path = seed.path().to_owned();
     rejected(
-        move |options| options.seed = Some(path),
+        move |options| {
+            options.config = None;
+            options.seed = Some(path);
+        },
         "nocloud user-data",
         &["write_files[1].content"],
     );

@@ -25,7 +25,7 @@ fn dhcp_gives_the_address_a_default_route_and_dns_and_renews_the_lease() {
     })
     .unwrap();
     node.api_in_netns = Some((lab.netns.clone(), SocketAddr::from((DhcpLab::GUEST, 50000))));
-    assert!(line.contains("config=none"), "{line}");
+    assert!(line.contains("config=fw_cfg"), "{line}");
 
     let status = node.status().unwrap();
     let cidr = format!("{}/24", DhcpLab::GUEST);

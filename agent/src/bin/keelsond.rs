@@ -23,15 +23,7 @@ struct Arguments {
 
 fn main() {
     let arguments = Arguments::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .with_ansi(false)
-        .without_time()
-        .with_writer(std::io::stderr)
-        .init();
+    keelson_agent::logs::install();
     let options = keelson_agent::AgentOptions {
         listen: arguments.listen,
         state_dir: arguments.state_dir,

@@ -1,0 +1,138 @@
+//! What replacing the config in force with another would change.
+//!
+//! Hostname, files, directories, links and the API's certificates can change on a running
+//! node; the other sections shape how the node boots and joins its cluster, so a change to
+//! them takes a reboot. With no config in force (maintenance mode) nothing has joined a
+//! cluster or started pods yet: only the network, which runs with the defaults (DHCP) so
+//! that the API is reachable, needs a reboot to change.
+
+use crate::model::MachineConfig;
+use crate::native;
+
+/// The difference between two configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Unified diff of the native YAML, private keys redacted; empty when equal.
+    pub diff: String,
+    /// Sections whose change needs a reboot, in document order.
+    pub reboot_needed_for: Vec<&'static str>,
+}
+
+/// Shown in place of private keys.
+pub const REDACTED: &str = "(redacted)";
+
+/// The config as native YAML with private keys replaced by [`REDACTED`].
+pub fn redacted_yaml(config: &MachineConfig) -> String {
+    let mut config = config.clone();
+    if let Some(api) = &mut config.api {
+        api.key = REDACTED.into();
+    }
+    if let Some(cluster) = &mut config.cluster {
+        cluster.secret = REDACTED.into();
+    }
+    for file in &mut config.files {
+        if file.path == crate::plan::API_KEY_FILE {
+            file.content = Some(REDACTED.into());
+            file.content_base64 = None;
+            file.source = None;
+        }
+    }
+    native::to_yaml(&config)
+}
+
+/// Compares `new` with `current` (`None`: nothing in force, so the defaults).
+pub fn compare(in_force: Option<&MachineConfig>, new: &MachineConfig) -> Change {
+    let defaults = MachineConfig::empty();
+    let current = in_force.unwrap_or(&defaults);
+    let old_text = redacted_yaml(current);
+    let new_text = redacted_yaml(new);
+    let diff = if old_text == new_text {
+        String::new()
+    } else {
+        similar::TextDiff::from_lines(&old_text, &new_text)
+            .unified_diff()
+            .context_radius(3)
+            .header("in force", "new")
+            .to_string()
+    };
+    let mut reboot_needed_for = Vec::new();
+    if current.network != new.network {
+        reboot_needed_for.push("network");
+    }
+    if in_force.is_none() {
+        return Change {
+            diff,
+            reboot_needed_for,
+        };
+    }
+    if current.time != new.time {
+        reboot_needed_for.push("time");
+    }
+    if current.cluster != new.cluster {
+        reboot_needed_for.push("cluster");
+    }
+    if current.update != new.update {
+        reboot_needed_for.push("update");
+    }
+    if current.static_pods != new.static_pods {
+        reboot_needed_for.push("staticPods");
+    }
+    Change {
+        diff,
+        reboot_needed_for,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ApiPki;
+
+    #[test]
+    fn a_hostname_change_is_live_and_a_network_change_needs_a_reboot() {
+        let mut old = MachineConfig::empty();
+        old.hostname = Some("one".into());
+        let mut new = old.clone();
+        new.hostname = Some("two".into());
+        let change = compare(Some(&old), &new);
+        assert!(change.diff.contains("-hostname: one"), "{}", change.diff);
+        assert!(change.diff.contains("+hostname: two"), "{}", change.diff);
+        assert!(change.reboot_needed_for.is_empty());
+
+        new.network.nameservers = vec!["10.0.0.53".into()];
+        assert_eq!(compare(Some(&old), &new).reboot_needed_for, ["network"]);
+        assert_eq!(compare(Some(&new), &new).diff, "");
+    }
+
+    #[test]
+    fn in_maintenance_mode_only_the_network_needs_a_reboot() {
+        let mut new = MachineConfig::empty();
+        new.cluster = Some(crate::model::Cluster {
+            name: "lab".into(),
+            secret: "s".repeat(32),
+            seeds: Vec::new(),
+            role: Default::default(),
+        });
+        assert!(compare(None, &new).reboot_needed_for.is_empty());
+        assert_eq!(
+            compare(Some(&MachineConfig::empty()), &new).reboot_needed_for,
+            ["cluster"]
+        );
+        new.network.nameservers = vec!["10.0.0.53".into()];
+        assert_eq!(compare(None, &new).reboot_needed_for, ["network"]);
+    }
+
+    #[test]
+    fn private_keys_never_appear_in_a_diff() {
+        let mut new = MachineConfig::empty();
+        new.api = Some(ApiPki {
+            ca: "CA PEM".into(),
+            cert: "CERT PEM".into(),
+            key: "SECRET KEY PEM".into(),
+        });
+        let change = compare(None, &new);
+        assert!(!change.diff.contains("SECRET"), "{}", change.diff);
+        assert!(change.diff.contains(REDACTED));
+        assert!(change.reboot_needed_for.is_empty());
+    }
+}

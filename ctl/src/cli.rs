@@ -1,0 +1,218 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use keelson_api::roles::Role;
+
+use crate::output::Format;
+
+/// keelctl: manage Keelson nodes through their API.
+#[derive(Debug, Parser)]
+#[command(name = "keelctl", version, propagate_version = true)]
+pub struct Cli {
+    /// The keelctl config (default: $XDG_CONFIG_HOME/keelson/keelctl.yaml).
+    #[arg(long, env = "KEELCONFIG", global = true)]
+    pub keelconfig: Option<PathBuf>,
+    /// The context in the keelctl config (default: its current one).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Nodes to talk to, `host` or `host:port`, comma-separated or repeated (default: the
+    /// context's endpoints).
+    #[arg(short = 'n', long = "nodes", value_delimiter = ',', global = true)]
+    pub nodes: Vec<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
+    pub output: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Client and node versions.
+    Version,
+    /// What each node is: hostname, slot, versions, config, network.
+    Status,
+    /// The node's services and their state.
+    Services,
+    /// A service's log (keelsond or init).
+    Logs(LogsArgs),
+    /// The kernel log.
+    Dmesg(FollowArgs),
+    /// Reboot in order.
+    Reboot(RebootArgs),
+    /// Power off in order.
+    Shutdown,
+    /// Replace the machine config (native YAML, Ignition JSON or #cloud-config).
+    ApplyConfig(ApplyConfigArgs),
+    /// Wipe STATE and reboot into the first-boot state (maintenance mode).
+    Reset(ResetArgs),
+    /// List a directory under /etc or /var.
+    Ls(LsArgs),
+    /// Print a file under /etc or /var.
+    Read(ReadArgs),
+    /// Generate PKI, machine configs and keelctl configs.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Print a shell completion script.
+    Completion(CompletionArgs),
+}
+
+/// `--follow` and `--tail`.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// Keep printing new entries.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N entries (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub tail: u32,
+}
+
+/// `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The service: keelsond (the agent) or init (PID 1).
+    #[arg(default_value = "keelsond")]
+    pub service: String,
+    /// Follow and tail.
+    #[command(flatten)]
+    pub follow: FollowArgs,
+}
+
+/// `reboot`.
+#[derive(Debug, Args)]
+pub struct RebootArgs {
+    /// Follow the node down and back up; fail if it does not return.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long to wait for the node to return, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// How `apply-config` puts the config in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApplyModeArg {
+    /// Live when possible, else save and reboot.
+    Auto,
+    /// Live, or refuse.
+    NoReboot,
+    /// Save for the next boot.
+    Staged,
+}
+
+/// `apply-config`.
+#[derive(Debug, Args)]
+pub struct ApplyConfigArgs {
+    /// The config file.
+    #[arg(short, long)]
+    pub file: PathBuf,
+    /// How to put it in force.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: ApplyModeArg,
+    /// Validate and show the diff; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Talk to a node in maintenance mode: no keelctl config, its self-signed
+    /// certificate accepted (pin it with --fingerprint).
+    #[arg(long, requires = "token")]
+    pub insecure: bool,
+    /// The maintenance token printed on the node's console.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The certificate fingerprint printed on the node's console.
+    #[arg(long, requires = "insecure")]
+    pub fingerprint: Option<String>,
+}
+
+/// `reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Do not ask: everything on STATE will be erased.
+    #[arg(long, short)]
+    pub yes: bool,
+}
+
+/// `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The directory (or file).
+    #[arg(default_value = "/var")]
+    pub path: String,
+    /// Descend into subdirectories.
+    #[arg(short, long)]
+    pub recursive: bool,
+}
+
+/// `read`.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// The file.
+    pub path: String,
+}
+
+/// `gen …`.
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// A cluster CA, a machine config for its nodes, and an admin keelctl config.
+    Config(GenConfigArgs),
+    /// A keelctl config for another identity, signed by a `gen config` CA.
+    Client(GenClientArgs),
+}
+
+/// `gen config`.
+#[derive(Debug, Args)]
+pub struct GenConfigArgs {
+    /// Cluster name (a DNS label).
+    #[arg(long)]
+    pub cluster: String,
+    /// Directory to write into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Node addresses keelctl will use, `host` or `host:port` (repeatable).
+    #[arg(long = "endpoint")]
+    pub endpoints: Vec<String>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `gen client`.
+#[derive(Debug, Args)]
+pub struct GenClientArgs {
+    /// The directory `gen config` wrote (its ca.crt, ca.key and keelctl.yaml).
+    #[arg(long)]
+    pub pki: PathBuf,
+    /// Common name of the new identity.
+    #[arg(long)]
+    pub name: String,
+    /// reader, operator or admin.
+    #[arg(long)]
+    pub role: Role,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// The keelctl config to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
+}

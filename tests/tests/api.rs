@@ -1,0 +1,195 @@
+//! End-to-end: the operator's path through a node's life with `keelctl`, against the real
+//! image in QEMU: a node with no config waits in maintenance mode; `apply-config` with the
+//! console's token makes it ready; status, services, logs, dmesg and files answer; a
+//! reader may not reboot; `reboot --wait` follows it down and up on the same slot; `reset`
+//! wipes STATE and returns it to maintenance mode.
+
+use std::time::Duration;
+
+use keelson_api::roles::Role;
+use keelson_qemu::READY_PATTERN;
+use keelson_tests::{maintenance_credentials, ExportedState, TestCluster, TestNode, BOOT_TIMEOUT};
+
+fn expect_success(outcome: (bool, String, String), what: &str) -> String {
+    let (success, stdout, stderr) = outcome;
+    assert!(
+        success,
+        "keelctl {what} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
+fn expect_failure(outcome: (bool, String, String), what: &str) -> String {
+    let (success, stdout, stderr) = outcome;
+    assert!(
+        !success,
+        "keelctl {what} should have failed:\nstdout: {stdout}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
+    let cluster = TestCluster::get();
+    let (mut node, line) = TestNode::boot_with(|options| options.config = None).unwrap();
+    assert!(
+        line.contains("keelson: maintenance reason=no-config"),
+        "{line}"
+    );
+    node.vm
+        .wait_for_console("keelson: maintenance api ", Duration::from_secs(60))
+        .unwrap();
+    let (fingerprint, token) = maintenance_credentials(&node.vm.console_text()).unwrap();
+
+    // The config to send: the cluster's, with a hostname.
+    let mut config = std::fs::read_to_string(&cluster.node_config).unwrap();
+    config.push_str("hostname: applied-node\n");
+    let config_path = cluster.dir.join("derived-applied.yaml");
+    std::fs::create_dir_all(&cluster.dir).unwrap();
+    std::fs::write(&config_path, &config).unwrap();
+    let config_arg = config_path.to_str().unwrap();
+
+    // Without the token, or with a wrong one, nothing happens; nor does anything else work.
+    let wrong = expect_failure(
+        node.keelctl(
+            Role::Admin,
+            &[
+                "apply-config",
+                "--insecure",
+                "--token",
+                "00000000",
+                "-f",
+                config_arg,
+            ],
+        )
+        .unwrap(),
+        "apply-config with a wrong token",
+    );
+    assert!(wrong.contains("wrong token"), "{wrong}");
+    let refused = expect_failure(node.keelctl(Role::Admin, &["status"]).unwrap(), "status");
+    assert!(
+        refused.contains("cannot connect") || refused.contains("maintenance"),
+        "{refused}"
+    );
+
+    // With the console's token and fingerprint, the config goes in live.
+    let mark = node.vm.console_mark();
+    let applied = expect_success(
+        node.keelctl(
+            Role::Admin,
+            &[
+                "apply-config",
+                "--insecure",
+                "--token",
+                &token,
+                "--fingerprint",
+                &fingerprint,
+                "-f",
+                config_arg,
+            ],
+        )
+        .unwrap(),
+        "apply-config in maintenance mode",
+    );
+    assert!(applied.contains("hostname applied-node"), "{applied}");
+    let ready = node
+        .vm
+        .wait_for_console_from(mark, READY_PATTERN, Duration::from_secs(60))
+        .unwrap();
+    assert!(ready.contains("hostname=applied-node"), "{ready}");
+    assert!(ready.contains("config=api"), "{ready}");
+
+    // Reading: status (table and JSON), services, version, logs, dmesg, files.
+    let status = expect_success(node.keelctl(Role::Reader, &["status"]).unwrap(), "status");
+    assert!(status.contains("HOSTNAME  applied-node"), "{status}");
+    let json = expect_success(
+        node.keelctl(Role::Reader, &["status", "-o", "json"])
+            .unwrap(),
+        "status -o json",
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed[0]["hostname"], "applied-node", "{json}");
+    assert_eq!(parsed[0]["slot"], "a", "{json}");
+    assert_eq!(parsed[0]["config"]["source"], "api", "{json}");
+    let services = expect_success(
+        node.keelctl(Role::Reader, &["services"]).unwrap(),
+        "services",
+    );
+    assert!(services.contains("mutual TLS"), "{services}");
+    let version = expect_success(node.keelctl(Role::Reader, &["version"]).unwrap(), "version");
+    assert!(version.contains("Client: keelctl"), "{version}");
+    let logs = expect_success(node.keelctl(Role::Reader, &["logs"]).unwrap(), "logs");
+    assert!(
+        logs.contains("config applied by maintenance client"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("keelson: ready hostname=applied-node"),
+        "{logs}"
+    );
+    let init_logs = expect_success(
+        node.keelctl(Role::Reader, &["logs", "init"]).unwrap(),
+        "logs init",
+    );
+    assert!(init_logs.contains("keelson-init: "), "{init_logs}");
+    let dmesg = expect_success(node.keelctl(Role::Reader, &["dmesg"]).unwrap(), "dmesg");
+    assert!(
+        dmesg.contains("Linux version"),
+        "{}",
+        &dmesg[..dmesg.len().min(2000)]
+    );
+    let hostname = expect_success(
+        node.keelctl(Role::Reader, &["read", "/etc/hostname"])
+            .unwrap(),
+        "read",
+    );
+    assert_eq!(hostname, "applied-node\n");
+    let listing = expect_success(
+        node.keelctl(Role::Reader, &["ls", "/var/lib"]).unwrap(),
+        "ls",
+    );
+    assert!(
+        !listing.contains("/var/lib/keelson"),
+        "the agent's state is hidden: {listing}"
+    );
+
+    // A reader may not reboot; an operator may, and --wait sees it back on slot a.
+    let denied = expect_failure(
+        node.keelctl(Role::Reader, &["reboot"]).unwrap(),
+        "reboot as reader",
+    );
+    assert!(denied.contains("Reboot needs role operator"), "{denied}");
+    let rebooted = expect_success(
+        node.keelctl(Role::Operator, &["reboot", "--wait", "--timeout", "400"])
+            .unwrap(),
+        "reboot --wait",
+    );
+    assert!(rebooted.contains("on slot a"), "{rebooted}");
+    let after = node.status().unwrap();
+    assert_eq!(after.hostname, "applied-node");
+    assert_eq!(after.boots.len(), 2);
+    assert_eq!(after.config.unwrap().source, "saved");
+
+    // Reset wipes STATE and the node is back in maintenance mode.
+    let mark = node.vm.console_mark();
+    expect_success(
+        node.keelctl(Role::Admin, &["reset", "--yes"]).unwrap(),
+        "reset",
+    );
+    node.vm
+        .wait_for_console_from(mark, "keelson: maintenance reason=no-config", BOOT_TIMEOUT)
+        .unwrap();
+    node.power_off().unwrap();
+    let state = ExportedState::of(&mut node.vm).unwrap();
+    assert_eq!(
+        state.stat("/lib/keelson/config/machine.yaml").unwrap(),
+        None
+    );
+    let boots = state.read("/lib/keelson/boots.jsonl").unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&boots).lines().count(),
+        1,
+        "only the boot after the reset is recorded"
+    );
+}
