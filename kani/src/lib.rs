@@ -9,7 +9,10 @@
 //! * `supervisor`: PID 1's agent supervisor (restart backoff bounds and reset, no restart
 //!   after shutdown, kills only ever aimed at the running agent);
 //! * `boot_entry`: boot-assessment entry names round-trip and parse exactly what systemd-boot
-//!   writes.
+//!   writes;
+//! * `config_source`: the choice of machine-config source;
+//! * `access`: the API lets a call through exactly when the caller's role (mutual TLS) or
+//!   the maintenance token (maintenance mode, ApplyConfig only) allows it.
 //!
 //! The A/B slot state machine and the update bundle parser join with the update issue.
 
