@@ -530,10 +530,12 @@ pub enum ApplyRefusal {
 
 /// `ApplyConfig`: validates `bytes` whole, compares it with `current` (the config in
 /// force, `None` in maintenance mode) and puts it in force as `mode` says. Changes nothing
-/// on a dry run or on any refusal.
+/// on a dry run or on any refusal. While the API serves mutual TLS (`api_in_force`), a
+/// config without API credentials is refused: it would lock every client out.
 pub async fn apply_requested(
     environment: &Environment,
     current: Option<&MachineConfig>,
+    api_in_force: bool,
     report: &SharedReport,
     bytes: &[u8],
     mode: ApplyMode,
@@ -543,6 +545,15 @@ pub async fn apply_requested(
     let loaded = keelson_config::load(location, bytes)
         .and_then(|loaded| check_api_material(location, loaded))
         .map_err(|rejected| ApplyRefusal::Invalid(rejected.errors().cloned().collect()))?;
+    if api_in_force && loaded.plan.api.is_none() {
+        return Err(ApplyRefusal::Invalid(vec![Diagnostic::error(
+            location,
+            "api",
+            "the config has no API credentials: applying it would leave the API in \
+             maintenance mode and lock every client out (keep the api section of the config \
+             in force, e.g. from keelctl gen config's node.yaml)",
+        )]));
+    }
     let change = keelson_config::change::compare(current, &loaded.config);
     let mut outcome = ApplyOutcome {
         diff: change.diff.clone(),

@@ -142,8 +142,16 @@ async fn channel(server: &Server, tls: &ClientTls) -> Result<Channel, String> {
 
 const NATIVE: &[u8] = b"apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nhostname: applied\n";
 
+/// [`NATIVE`] with the API credentials of `pki`.
+fn native_with_api(pki: &Pki) -> Vec<u8> {
+    let mut config = keelson_config::MachineConfig::empty();
+    config.hostname = Some("applied".into());
+    config.api = Some(pki.api());
+    keelson_config::native::to_yaml(&config).into_bytes()
+}
+
 /// Calls `method` (a gRPC path from the role table) with a harmless request.
-async fn call(channel: Channel, method: &str) -> Result<(), tonic::Status> {
+async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic::Status> {
     let mut machine = MachineClient::new(channel.clone());
     let mut files = FilesClient::new(channel);
     let name = method.rsplit('/').next().unwrap();
@@ -174,7 +182,7 @@ async fn call(channel: Channel, method: &str) -> Result<(), tonic::Status> {
             .map(drop),
         "ApplyConfig" => machine
             .apply_config(ApplyConfigRequest {
-                config: NATIVE.to_vec(),
+                config: config.to_vec(),
                 mode: 0,
                 dry_run: true,
             })
@@ -209,7 +217,7 @@ async fn every_role_against_every_rpc() {
     for (method, needed) in METHOD_ROLES {
         for role in Role::ALL {
             let channel = channel(&server, &pki.tls(role)).await.unwrap();
-            let outcome = call(channel, method).await;
+            let outcome = call(channel, method, &native_with_api(&pki)).await;
             let denied = matches!(&outcome, Err(status) if status.code() == Code::PermissionDenied);
             table.push(format!(
                 "{method:45} {role:8} {}",
@@ -439,6 +447,47 @@ async fn an_invalid_config_is_refused_with_its_field() {
         status.message().contains("hostname"),
         "{}",
         status.message()
+    );
+
+    // A config without API credentials would lock every client out of a node that serves
+    // mutual TLS: refused, even as a dry run.
+    let status = machine
+        .apply_config(ApplyConfigRequest {
+            config: NATIVE.to_vec(),
+            mode: 0,
+            dry_run: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("lock every client out"),
+        "{}",
+        status.message()
+    );
+    // With them, the dry run shows the diff against the config in force, keys redacted.
+    let response = machine
+        .apply_config(ApplyConfigRequest {
+            config: native_with_api(&pki),
+            mode: 0,
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        response.diff.contains("+hostname: applied"),
+        "{}",
+        response.diff
+    );
+    assert!(!response.diff.contains("PRIVATE KEY"), "{}", response.diff);
+    assert!(
+        response
+            .actions
+            .iter()
+            .all(|action| action.starts_with("would ")),
+        "{:?}",
+        response.actions
     );
 }
 

@@ -470,6 +470,7 @@ impl Machine for MachineService {
         let outcome = machine_config::apply_requested(
             &self.context.environment,
             in_force.as_ref(),
+            self.context.security.mode() == ApiMode::MutualTls,
             &self.context.report,
             &request.config,
             mode,
