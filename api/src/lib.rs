@@ -32,12 +32,22 @@ pub mod files {
     tonic::include_proto!("keelson.files.v1");
 }
 
+/// `keelson.update.v1`: A/B slots, signed bundles and rollback.
+#[allow(missing_docs)] // generated code; the .proto files carry the documentation
+pub mod update {
+    tonic::include_proto!("keelson.update.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keelson_descriptors.bin"));
 
 /// The API packages this build serves.
-pub const PACKAGES: &[&str] = &["keelson.machine.v1", "keelson.files.v1"];
+pub const PACKAGES: &[&str] = &[
+    "keelson.machine.v1",
+    "keelson.files.v1",
+    "keelson.update.v1",
+];
 
 /// The TCP port the agent serves the API on.
 pub const API_PORT: u16 = 50000;

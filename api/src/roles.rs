@@ -87,6 +87,10 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.machine.v1.Machine/Reset", Role::Admin),
     ("/keelson.files.v1.Files/List", Role::Reader),
     ("/keelson.files.v1.Files/Read", Role::Reader),
+    ("/keelson.update.v1.Update/Status", Role::Reader),
+    ("/keelson.update.v1.Update/Apply", Role::Operator),
+    ("/keelson.update.v1.Update/Rollback", Role::Operator),
+    ("/keelson.update.v1.Update/Cancel", Role::Operator),
 ];
 
 /// The least role `method` (a gRPC path) needs; `None` for a method the API lacks.

@@ -266,6 +266,10 @@ pub struct UpdatePolicy {
     /// A FleetLock server that limits how many nodes reboot at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_lock: Option<FleetLock>,
+    /// Seconds a newly installed version has, from the start of its boot, to prove healthy
+    /// (agent up, config applied, API serving) before the node rolls back. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_seconds: Option<u64>,
 }
 
 /// When updates are installed.

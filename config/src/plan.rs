@@ -421,6 +421,14 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         check_cluster(&mut check, cluster);
     }
     if let Some(update) = &config.update {
+        if let Some(seconds) = update.health_timeout_seconds {
+            if !(10..=86400).contains(&seconds) {
+                check.error(
+                    "update.healthTimeoutSeconds",
+                    format!("{seconds} is out of range: give 10 to 86400 seconds"),
+                );
+            }
+        }
         if let Some(lock) = &update.fleet_lock {
             if !(lock.url.starts_with("http://") || lock.url.starts_with("https://")) {
                 check.error(

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::Context;
 use keelson_disk::layout;
-use keelson_update::boot_entry::EntryName;
+use keelson_update::boot_entry::{EntryName, LoaderView};
 
 use crate::host::run;
 
@@ -58,19 +58,25 @@ pub fn inspect(image: &Path) -> anyhow::Result<String> {
         command
     };
     let loader = run(mtools("mtype").arg("::/loader/loader.conf")).unwrap_or_default();
-    let default = loader
+    let pattern = loader
         .lines()
         .find_map(|line| line.strip_prefix("default "))
         .unwrap_or("?")
         .trim()
         .to_owned();
-    text.push_str(&format!("  loader default: {default}\n"));
     let listing = run(mtools("mdir").args(["-b", "::/loader/entries"])).unwrap_or_default();
-    for path in listing.lines() {
-        let file_name = path.rsplit('/').next().unwrap_or(path).trim().to_owned();
-        let Some(name) = EntryName::parse(&file_name) else {
-            continue;
-        };
+    let file_names: Vec<String> = listing
+        .lines()
+        .map(|path| path.rsplit('/').next().unwrap_or(path).trim().to_owned())
+        .collect();
+    let view = LoaderView::from_file_names(file_names.iter().map(String::as_str));
+    text.push_str(&format!(
+        "  loader default: slot {} (highest generation; loader.conf default {pattern})\n",
+        view.default_slot()
+            .map_or_else(|| "none".to_owned(), |slot| slot.to_string())
+    ));
+    for name in view.entries.iter().flatten() {
+        let file_name = name.file_name();
         let entry = run(mtools("mtype").arg(format!("::/loader/entries/{file_name}")))?;
         let version = entry
             .lines()

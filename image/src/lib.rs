@@ -30,6 +30,8 @@ use keelson_disk::gpt::{self, Gpt};
 use keelson_disk::layout::{self, sizes, Slot};
 use keelson_disk::verity::{self, VerityParams};
 use keelson_update::boot_entry::{self, EntryName};
+use keelson_update::bundle;
+use keelson_update::keys::{self, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -70,6 +72,9 @@ pub const ROOT_MODULES: &[&str] = &[
     "overlay",
 ];
 
+/// Kernel arguments of every slot, before the slot and verity arguments.
+pub const BASE_CMDLINE: &str = "console=ttyS0,115200 panic=10";
+
 /// The Debian packages the image is made from.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 /// systemd-boot's EFI binaries.
@@ -97,6 +102,14 @@ pub struct BuildOptions {
     /// build started from inside `cargo test` needs its own, since the outer cargo holds
     /// the lock on the default one.
     pub cargo_target_dir: Option<PathBuf>,
+    /// Signs an update bundle `keelson-<version>.bundle` with this key (written by
+    /// `keygen`) and trusts its public half (`<key>.pub`) in the image.
+    pub signing_key: Option<PathBuf>,
+    /// More public keys the image trusts for updates (key rotation).
+    pub trusted_keys: Vec<PathBuf>,
+    /// A directory whose files are copied over the root before it is sealed: for tests
+    /// that need a deliberately different (for example broken) release.
+    pub root_overlay: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -109,6 +122,9 @@ impl BuildOptions {
             binaries: None,
             workspace: default_workspace(),
             cargo_target_dir: None,
+            signing_key: None,
+            trusted_keys: Vec::new(),
+            root_overlay: None,
         }
     }
 }
@@ -161,6 +177,10 @@ pub struct BuildSummary {
     pub boot_entry: String,
     /// Modules in the initramfs and in the root.
     pub modules: (Vec<String>, Vec<String>),
+    /// The signed update bundle, when a signing key was given.
+    pub bundle: Option<PathBuf>,
+    /// Ids of the update keys the image trusts.
+    pub trusted_keys: Vec<String>,
 }
 
 /// Prints numbered steps, with timings.
@@ -210,9 +230,23 @@ impl Steps {
 
 /// Builds the image described by `options`.
 pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
-    let mut steps = Steps::new(9);
+    let mut steps = Steps::new(if options.signing_key.is_some() { 10 } else { 9 });
     steps.next("checking host tools");
     host::check_tools()?;
+    let signing_key = options
+        .signing_key
+        .as_deref()
+        .map(read_signing_key)
+        .transpose()?;
+    let mut trusted = Vec::new();
+    if let Some(key) = &signing_key {
+        trusted.push(key.public());
+    }
+    for path in &options.trusted_keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the public key {}", path.display()))?;
+        trusted.push(PublicKey::parse(&text).with_context(|| format!("in {}", path.display()))?);
+    }
     let out = &options.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let work = tempfile::Builder::new()
@@ -265,6 +299,7 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
         &modules,
         &root_modules,
         &ca_tree,
+        &trusted,
     )?;
     let root_image = work.path().join("root.squashfs");
     run(Command::new("mksquashfs")
@@ -295,10 +330,10 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
 
     steps.next("making the ESP (FAT32) and STATE (ext4)");
     let cmdline = format!(
-        "console=ttyS0,115200 panic=10 {}",
+        "{BASE_CMDLINE} {}",
         keelson_init::cmdline::boot_args(Slot::A, &verity_params)
     );
-    let entry = EntryName::counted(Slot::A, boot_entry::DEFAULT_TRIES);
+    let entry = EntryName::counted(1, Slot::A, boot_entry::DEFAULT_TRIES);
     let esp_image = work.path().join("esp.img");
     let systemd_boot = boot_loader_tree.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
     make_esp(
@@ -345,6 +380,21 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
         ),
     ];
     let partitions = write_disk(&image, &contents)?;
+
+    let bundle = match &signing_key {
+        Some(key) => {
+            steps.next("signing the update bundle");
+            let path = out.join(format!("keelson-{}.bundle", options.version));
+            let artifacts = [
+                kernel.vmlinuz.as_path(),
+                initrd.as_path(),
+                root_image.as_path(),
+            ];
+            write_signed_bundle(&path, key, options, &verity_params, &artifacts)?;
+            Some(path)
+        }
+        None => None,
+    };
     steps.finish_current();
 
     let summary = BuildSummary {
@@ -366,6 +416,8 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
             initrd_modules.keys().cloned().collect(),
             root_modules.keys().cloned().collect(),
         ),
+        bundle,
+        trusted_keys: trusted.iter().map(|key| key.id().short()).collect(),
     };
     std::fs::write(
         out.join("build.json"),
@@ -407,7 +459,7 @@ pub fn build_baseline(options: &BuildOptions) -> anyhow::Result<PathBuf> {
             slot: Slot::A,
             kernel: &kernel.vmlinuz,
             initrd: &initrd,
-            entry_file: EntryName::blessed(Slot::A).file_name(),
+            entry_file: EntryName::blessed(1, Slot::A).file_name(),
             entry_text: boot_entry::entry_text(Slot::A, "baseline", cmdline),
         }],
     )?;
@@ -583,6 +635,7 @@ fn stage_root(
     modules: &KernelModules,
     chosen: &kmod::ModuleSelection,
     ca_tree: &Path,
+    trusted: &[PublicKey],
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::{symlink, PermissionsExt};
     for directory in [
@@ -641,7 +694,109 @@ fn stage_root(
         std::fs::copy(modules.root.join(relative), &destination)?;
     }
     std::fs::write(modules_dir.join("modules.dep"), modules.modules_dep(chosen))?;
+
+    let keys_dir = root.join(keys::TRUST_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&keys_dir)?;
+    for key in trusted {
+        std::fs::write(
+            keys_dir.join(format!("{}.pub", key.id().short())),
+            key.to_text(),
+        )?;
+    }
+    if let Some(overlay) = &options.root_overlay {
+        // cp keeps modes and follows nothing outside the overlay; -T copies its contents.
+        run(Command::new("cp")
+            .args(["-a", "-T", "--remove-destination"])
+            .arg(overlay)
+            .arg(root))?;
+    }
     Ok(())
+}
+
+fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the signing key {}", path.display()))?;
+    SigningKey::parse(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// Writes the update bundle of this build.
+fn write_signed_bundle(
+    path: &Path,
+    key: &SigningKey,
+    options: &BuildOptions,
+    verity_params: &VerityParams,
+    artifacts: &[&Path; 3],
+) -> anyhow::Result<()> {
+    let mut described = Vec::new();
+    for (kind, file) in bundle::ArtifactKind::ORDER.into_iter().zip(artifacts) {
+        let (sha256, size) = bundle::sha256_of(File::open(file)?)?;
+        described.push(bundle::Artifact {
+            name: kind,
+            size,
+            sha256,
+        });
+    }
+    let manifest = bundle::Manifest {
+        format: bundle::FORMAT,
+        version: options.version.clone(),
+        architecture: std::env::consts::ARCH.to_owned(),
+        cmdline: BASE_CMDLINE.to_owned(),
+        artifacts: described,
+        verity: bundle::Verity {
+            root_hash: verity_params.root_hash_hex(),
+            data_blocks: verity_params.data_blocks,
+            salt: verity::hex(&verity_params.salt),
+        },
+    };
+    let partial = path.with_extension("bundle.partial");
+    let out = std::io::BufWriter::new(File::create(&partial)?);
+    let [kernel, initrd, root] = artifacts;
+    bundle::write_bundle(
+        out,
+        key,
+        &manifest,
+        [
+            &mut std::io::BufReader::new(File::open(kernel)?),
+            &mut std::io::BufReader::new(File::open(initrd)?),
+            &mut std::io::BufReader::new(File::open(root)?),
+        ],
+    )
+    .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path)?;
+    Ok(())
+}
+
+/// Writes a new signing key to `path` (mode 0600) and its public half to `path.pub`;
+/// refuses to overwrite either. Returns the key id.
+pub fn keygen(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let public_path = public_key_path(path);
+    for existing in [path, public_path.as_path()] {
+        ensure!(
+            !existing.exists(),
+            "{} already exists; move it away or choose another --out",
+            existing.display()
+        );
+    }
+    let (key, text) = SigningKey::generate()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::write(&public_path, key.public().to_text())
+        .with_context(|| format!("writing {}", public_path.display()))?;
+    Ok(key.public().id().short())
+}
+
+/// `PATH.pub` beside a signing key.
+pub fn public_key_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
 }
 
 /// Pads `image` to whole 4 KiB blocks and appends its hash tree. Returns the parameters
@@ -721,17 +876,16 @@ fn make_esp(
         |from: &Path, to: &str| run(mtools("mcopy").arg("-o").arg(from).arg(format!("::{to}")));
     copy(systemd_boot, "/EFI/BOOT/BOOTX64.EFI")?;
     copy(systemd_boot, "/EFI/systemd/systemd-bootx64.efi")?;
-    let default = slots.first().map(|slot| slot.slot).unwrap_or(Slot::A);
     copy(
-        &write("loader.conf", &boot_entry::loader_conf(default))?,
-        "/loader/loader.conf",
+        &write("loader.conf", &boot_entry::loader_conf())?,
+        boot_entry::LOADER_CONF,
     )?;
     for slot in slots {
         copy(slot.kernel, &boot_entry::kernel_path(slot.slot))?;
         copy(slot.initrd, &boot_entry::initrd_path(slot.slot))?;
         copy(
             &write(&slot.entry_file, &slot.entry_text)?,
-            &format!("/loader/entries/{}", slot.entry_file),
+            &format!("{}/{}", boot_entry::ENTRIES_DIR, slot.entry_file),
         )?;
     }
     Ok(())
@@ -863,5 +1017,16 @@ pub fn describe(summary: &BuildSummary) -> String {
         "  root hash: {}\n  boot entry: {}\n",
         summary.root_hash, summary.boot_entry
     ));
+    if summary.trusted_keys.is_empty() {
+        text.push_str("  update keys: none trusted (build with --signing-key to accept updates)\n");
+    } else {
+        text.push_str(&format!(
+            "  update keys: {}\n",
+            summary.trusted_keys.join(", ")
+        ));
+    }
+    if let Some(bundle) = &summary.bundle {
+        text.push_str(&format!("  update bundle: {}\n", bundle.display()));
+    }
     text
 }

@@ -28,6 +28,22 @@ enum Verb {
         /// Where to cache Debian packages (default: ~/.cache/keelson).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Sign an update bundle DIR/keelson-<version>.bundle with this key (made by
+        /// `keygen`), and build its public half (KEY.pub) into the image as a trusted key.
+        #[arg(long, value_name = "KEY")]
+        signing_key: Option<PathBuf>,
+        /// Also trust this public key for updates (repeat to rotate keys).
+        #[arg(long, value_name = "KEY.pub")]
+        trust_key: Vec<PathBuf>,
+        /// Copy this directory's files over the root before sealing it (testing only).
+        #[arg(long, value_name = "DIR", hide = true)]
+        root_overlay: Option<PathBuf>,
+    },
+    /// Write a new update signing key to PATH (mode 0600) and its public half to PATH.pub.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Show an image's (or a flashed disk's) partitions, slot entries, versions and root
     /// hashes. Needs no root.
@@ -62,6 +78,9 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
             version,
             binaries,
             cache,
+            signing_key,
+            trust_key,
+            root_overlay,
         } => {
             let mut options = keelson_image::BuildOptions::new(out);
             if let Some(version) = version {
@@ -71,8 +90,23 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
             if let Some(cache) = cache {
                 options.cache_dir = cache;
             }
+            options.signing_key = signing_key;
+            options.trusted_keys = trust_key;
+            options.root_overlay = root_overlay;
             let summary = keelson_image::build(&options)?;
             print!("{}", keelson_image::describe(&summary));
+        }
+        Verb::Keygen { out } => {
+            let id = keelson_image::keygen(&out)?;
+            println!(
+                "wrote signing key {} (key id {id}) and its public key {}",
+                out.display(),
+                keelson_image::public_key_path(&out).display()
+            );
+            println!(
+                "keep the private key secret; build images with --signing-key {}",
+                out.display()
+            );
         }
         Verb::Inspect { image } => print!("{}", keelson_image::inspect::inspect(&image)?),
         Verb::Baseline { out, binaries } => {

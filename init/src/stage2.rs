@@ -17,7 +17,8 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use keelson_disk::layout::STATE_LABEL;
+use keelson_disk::layout::{Slot, STATE_LABEL};
+use keelson_update::trial::{TrialRecord, TRIAL_FILE};
 use nix::mount::MsFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -199,6 +200,42 @@ fn now() -> Duration {
         .unwrap_or_default()
 }
 
+/// The deadline by which a slot booted on trial must be blessed (see
+/// `keelson_update::trial`): armed when the trial record names the running slot.
+struct TrialDeadline {
+    slot: Slot,
+    at: Duration,
+}
+
+impl TrialDeadline {
+    fn arm() -> Option<TrialDeadline> {
+        let record = TrialRecord::parse(&std::fs::read_to_string(TRIAL_FILE).ok()?)?;
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let running =
+            crate::cmdline::value(&cmdline, "keelson.slot").and_then(Slot::from_letter)?;
+        if record.slot != running {
+            return None;
+        }
+        crate::notice!(
+            "slot {running} is on trial: it must be blessed within {} s or PID 1 reboots",
+            record.timeout_secs
+        );
+        Some(TrialDeadline {
+            slot: running,
+            at: now() + Duration::from_secs(record.timeout_secs),
+        })
+    }
+
+    /// True when the deadline passed and the slot is still on trial.
+    fn expired(&self) -> bool {
+        now() >= self.at
+            && std::fs::read_to_string(TRIAL_FILE)
+                .ok()
+                .and_then(|text| TrialRecord::parse(&text))
+                .is_some_and(|record| record.slot == self.slot)
+    }
+}
+
 /// The main loop. Returns the power action that ended it, after asking the agent to stop.
 fn supervise(
     signals: &SignalFd,
@@ -207,6 +244,7 @@ fn supervise(
 ) -> PowerAction {
     let mut supervisor = Supervisor::new(now());
     let mut pending = supervisor.handle(now(), Event::Tick);
+    let mut trial = TrialDeadline::arm();
     loop {
         let mut requested = None;
         while let Some(action) = pending.pop() {
@@ -215,6 +253,9 @@ fn supervise(
 
         let timeout = supervisor
             .next_deadline()
+            .into_iter()
+            .chain(trial.as_ref().map(|trial| trial.at))
+            .min()
             .map(|deadline| deadline.saturating_sub(now()))
             .map(|wait| {
                 PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
@@ -262,6 +303,18 @@ fn supervise(
             }
         }
         pending.extend(supervisor.handle(now(), Event::Tick));
+        if let Some(deadline) = &trial {
+            if deadline.expired() {
+                crate::error!(
+                    "slot {} was not blessed in time; rebooting so that the boot counter can \
+                     fall back to the other slot",
+                    deadline.slot
+                );
+                requested = Some(PowerAction::Reboot);
+            } else if now() >= deadline.at {
+                trial = None;
+            }
+        }
 
         if let Some(action) = requested {
             for action in supervisor.handle(now(), Event::Stop) {

@@ -23,7 +23,7 @@ fn first_boot_runs_slot_a_from_a_verified_root_with_state_grown() {
         status.boot_loader
     );
     assert!(
-        status.boot_entry.starts_with("keelson-a"),
+        status.boot_entry.starts_with("keelson-1-a"),
         "entry: {:?}",
         status.boot_entry
     );

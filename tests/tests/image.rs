@@ -26,10 +26,10 @@ fn sgdisk_sees_the_four_keelson_partitions_and_a_valid_table() {
 fn the_esp_holds_systemd_boot_and_a_counted_entry_for_slot_a() {
     let image = test_image();
     let report = keelson_image::inspect::inspect(&image).unwrap();
-    assert!(report.contains("loader default: keelson-a"), "{report}");
+    assert!(report.contains("loader default: slot a"), "{report}");
     assert!(report.contains("slot a: version"), "{report}");
     assert!(
-        report.contains("on trial, 3 tries left, entry keelson-a+3.conf"),
+        report.contains("on trial, 3 tries left, entry keelson-1-a+3.conf"),
         "{report}"
     );
 

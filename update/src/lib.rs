@@ -1,9 +1,20 @@
 //! Keelson's A/B update machinery.
 //!
-//! Today this crate holds the Boot Loader Specification entries that select a slot and carry
-//! systemd-boot's boot-assessment counter ([`boot_entry`]). The signed bundle format, the
-//! pure slot state machine and the slot writer land here with the update issue; the image
-//! builder and the agent already share these entry names so that what the builder writes is
-//! what the agent will later bless or roll back.
+//! - [`boot_entry`]: the Boot Loader Specification entries that select a slot and carry
+//!   systemd-boot's boot-assessment counter. The image builder writes them; the agent
+//!   renames them to bless, fail or prefer a slot.
+//! - [`slots`]: the pure two-slot state machine that decides every write, activation,
+//!   blessing and rollback, and the invariants that keep a machine bootable.
+//! - [`bundle`] and [`keys`]: the signed update bundle, streamed and verified as it is read,
+//!   and the Ed25519 keys that sign it and that an image trusts.
+//! - [`trial`]: the record that lets PID 1 reboot a trial slot whose agent never proves it
+//!   healthy.
+//!
+//! Nothing here mounts, opens a device or reboots: the agent does that. So the builder, the
+//! agent and the proofs in `kani/` share one definition of what a slot and a bundle are.
 
 pub mod boot_entry;
+pub mod bundle;
+pub mod keys;
+pub mod slots;
+pub mod trial;
