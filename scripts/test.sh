@@ -16,23 +16,35 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 echo "==> building the image (and keelctl, which the end-to-end tests drive)"
 cargo build -q -p keelson-image -p keelson-ctl
 image_dir="$PWD/target/test-image"
-rm -rf "$image_dir"
+updates_dir="$PWD/target/test-updates"
+rm -rf "$image_dir" "$updates_dir"
+mkdir -p "$updates_dir"
+# The update tests need bundles signed by a key the image trusts.
+target/debug/keelson-image keygen --out "$updates_dir/update.key" >/dev/null
 if [ "$(id -u)" -eq 0 ]; then
   # Prove that building needs no root: compile the static binaries here, then build the
   # image itself as the unprivileged user 'nobody', in a directory it owns.
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build -q --release --target x86_64-unknown-linux-gnu -p keelson-init -p keelson-agent
   mkdir -p "$image_dir" target/nobody-home
-  chown nobody: "$image_dir" target/nobody-home
+  chown nobody: "$image_dir" target/nobody-home "$updates_dir/update.key"
   chmod o+rx target target/debug target/x86_64-unknown-linux-gnu target/x86_64-unknown-linux-gnu/release
   setpriv --reuid=nobody --regid=nogroup --clear-groups -- \
     env HOME="$PWD/target/nobody-home" PATH="/usr/local/bin:/usr/bin:/bin" \
     target/debug/keelson-image build --out "$image_dir" \
-    --binaries target/x86_64-unknown-linux-gnu/release
+    --binaries target/x86_64-unknown-linux-gnu/release --signing-key "$updates_dir/update.key"
   echo "(the image above was built as user $(setpriv --reuid=nobody id -un 2>/dev/null || echo nobody))"
+  binaries=(--binaries target/x86_64-unknown-linux-gnu/release)
 else
-  target/debug/keelson-image build --out "$image_dir"
+  target/debug/keelson-image build --out "$image_dir" --signing-key "$updates_dir/update.key"
+  binaries=()
 fi
+# The next release: the same code with the patch version raised, signed by the same key.
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+next_version="${version%.*}.$(( ${version##*.} + 1 ))"
+target/debug/keelson-image build --out "$updates_dir/next" --version "$next_version" \
+  "${binaries[@]}" --signing-key "$updates_dir/update.key" | tail -2
+export KEELSON_TEST_BUNDLES="$updates_dir"
 sgdisk -p "$image_dir/keelson.raw" | tail -5
 
 echo "==> cargo test (unit, property, proofs' property runs, QEMU end-to-end)"

@@ -26,6 +26,7 @@ pub mod machine_config;
 pub mod network;
 pub mod seed;
 pub mod system;
+pub mod update;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,14 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     machine_config::announce(&configured.report);
     let security = api_security(&configured)?;
+    let health_timeout = update::UpdateEngine::health_timeout(configured.in_force.as_ref());
+    let engine = Arc::new(match (options.manage_machine, identity.slot_letter()) {
+        (true, Some(slot)) => {
+            update::UpdateEngine::for_node(&options.state_dir, slot, identity.os_version.clone())
+        }
+        (true, None) => update::UpdateEngine::unavailable("the kernel command line names no slot"),
+        (false, _) => update::UpdateEngine::unavailable("the agent does not manage this machine"),
+    });
     let report = Arc::new(RwLock::new(configured.report));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -88,8 +97,22 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         listen: listener.local_addr()?,
         kmsg: PathBuf::from("/dev/kmsg"),
         files_root: PathBuf::from("/"),
+        update: engine.clone(),
     });
     let served = tokio::spawn(api::serve(listener, context.clone()));
+    if options.manage_machine {
+        // Reconcile the slots, then bless the running slot once it proves healthy (or
+        // roll it back when it does not in time).
+        let on_trial = tokio::task::spawn_blocking({
+            let engine = engine.clone();
+            move || engine.on_boot()
+        })
+        .await
+        .unwrap_or(false);
+        if on_trial {
+            tokio::spawn(engine.health_gate(report.clone(), context.listen, health_timeout));
+        }
+    }
 
     notify_pid1(&identity, &report, context.security.mode());
     match context.security.mode() {

@@ -38,6 +38,11 @@ impl Identity {
             root_hash: value("keelson.roothash"),
         }
     }
+
+    /// The running slot, when Keelson's loader entry named one.
+    pub fn slot_letter(&self) -> Option<keelson_disk::layout::Slot> {
+        keelson_disk::layout::Slot::from_letter(&self.slot)
+    }
 }
 
 fn read(path: impl AsRef<Path>) -> String {
@@ -255,6 +260,17 @@ pub fn wipe_directory(directory: &Path) -> std::io::Result<usize> {
     // The removals must reach the disk before PID 1 reboots.
     nix::unistd::sync();
     Ok(removed)
+}
+
+/// Asks PID 1 for a power action (`keelson_init::power` signals) a moment from now, so
+/// that the API response that caused it reaches the client first.
+pub fn ask_pid1(signal: i32, what: &'static str) {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tracing::info!("asking PID 1 to {what}");
+        // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
+        unsafe { libc::kill(1, signal) };
+    });
 }
 
 #[cfg(test)]

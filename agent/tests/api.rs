@@ -17,6 +17,11 @@ use keelson_api::machine::machine_client::MachineClient;
 use keelson_api::machine::*;
 use keelson_api::pki::{self, CertifiedKey, ClusterCa};
 use keelson_api::roles::{Role, METHOD_ROLES};
+use keelson_api::update::update_client::UpdateClient;
+use keelson_api::update::{
+    apply_request, ApplyOptions, ApplyRequest, CancelRequest, RollbackRequest,
+    StatusRequest as UpdateStatusRequest,
+};
 use keelson_config::model::ApiPki;
 use time::OffsetDateTime;
 use tonic::transport::Channel;
@@ -113,6 +118,9 @@ async fn serve(security: ApiSecurity) -> Server {
         listen: address,
         kmsg: PathBuf::from("/dev/kmsg"),
         files_root: files.path().to_path_buf(),
+        update: Arc::new(keelson_agent::update::UpdateEngine::unavailable(
+            "the agent does not manage this machine",
+        )),
     });
     tokio::spawn(keelson_agent::api::serve(listener, context.clone()));
     Server {
@@ -153,8 +161,26 @@ fn native_with_api(pki: &Pki) -> Vec<u8> {
 /// Calls `method` (a gRPC path from the role table) with a harmless request.
 async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic::Status> {
     let mut machine = MachineClient::new(channel.clone());
-    let mut files = FilesClient::new(channel);
+    let mut files = FilesClient::new(channel.clone());
+    let mut update = UpdateClient::new(channel);
     let name = method.rsplit('/').next().unwrap();
+    if method.starts_with("/keelson.update.v1.") {
+        return match name {
+            "Status" => update.status(UpdateStatusRequest {}).await.map(drop),
+            "Apply" => {
+                let options = ApplyRequest {
+                    item: Some(apply_request::Item::Options(ApplyOptions::default())),
+                };
+                update
+                    .apply(tokio_stream::iter(vec![options]))
+                    .await
+                    .map(drop)
+            }
+            "Rollback" => update.rollback(RollbackRequest {}).await.map(drop),
+            "Cancel" => update.cancel(CancelRequest {}).await.map(drop),
+            other => panic!("the test does not know how to call {other}: add it"),
+        };
+    }
     match name {
         "Version" => machine.version(VersionRequest {}).await.map(drop),
         "Status" => machine.status(StatusRequest {}).await.map(drop),

@@ -60,6 +60,13 @@ pub enum Command {
     Ls(LsArgs),
     /// Print a file under /etc or /var.
     Read(ReadArgs),
+    /// Install a signed update bundle into the inactive slot and reboot into it.
+    Upgrade(UpgradeArgs),
+    /// Go back to the other slot (it must be good) and reboot.
+    Rollback(WaitArgs),
+    /// A/B slot status, or cancel an activated update.
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// Generate PKI, machine configs and keelctl configs.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -133,6 +140,44 @@ pub struct ApplyConfigArgs {
     /// The certificate fingerprint printed on the node's console.
     #[arg(long, requires = "insecure")]
     pub fingerprint: Option<String>,
+}
+
+/// `upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The bundle file (`keelson-image build --signing-key` writes one).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Install a version older than the running one.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Activate the update but do not reboot; it takes effect at the next reboot.
+    #[arg(long, conflicts_with = "wait")]
+    pub no_reboot: bool,
+    /// Follow the node through the reboot until the new version is blessed (or rolled
+    /// back, which fails the command).
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `--wait` and `--timeout` of the verbs that reboot.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Follow the node down and back up, and report where it landed.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long to wait, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+}
+
+/// `update …`.
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Each slot's state and version, the default, the last error and any progress.
+    Status,
+    /// Take back an activated update before the node reboots into it.
+    Cancel,
 }
 
 /// `reset`.

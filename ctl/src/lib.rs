@@ -7,13 +7,15 @@
 //!
 //! - [`cli`]: the command line (clap). [`keelconfig`]: `keelctl.yaml`, its contexts and
 //!   identities. [`generate`]: `gen config` and `gen client` (PKI through
-//!   `keelson_api::pki`). [`output`]: tables and machine formats.
+//!   `keelson_api::pki`). [`output`]: tables and machine formats. [`update`]: `upgrade`,
+//!   `rollback` and `update status|cancel`.
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
 pub mod generate;
 pub mod keelconfig;
 pub mod output;
+pub mod update;
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
@@ -362,6 +364,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             .await
         }
         Command::Reboot(arguments) => reboot(&session, arguments).await,
+        Command::Upgrade(arguments) => update::upgrade(&session, arguments).await,
+        Command::Rollback(arguments) => update::rollback(&session, arguments).await,
+        Command::Update(cli::UpdateCommand::Status) => update::status(&session).await,
+        Command::Update(cli::UpdateCommand::Cancel) => update::cancel(&session).await,
         Command::Shutdown => {
             let answers = session
                 .each(|mut client| async move { client.shutdown(api::ShutdownRequest {}).await })

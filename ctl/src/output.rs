@@ -133,6 +133,22 @@ pub fn duration(seconds: u64) -> String {
     }
 }
 
+/// A byte count for people: `16.4 MiB`.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Seconds since boot as the kernel log shows them: `[   12.345678]`.
 pub fn uptime_stamp(micros: u64) -> String {
     format!("[{:5}.{:06}]", micros / 1_000_000, micros % 1_000_000)

@@ -33,6 +33,7 @@ pub fn test_image() -> PathBuf {
         let workspace = keelson_image::default_workspace();
         let mut options = keelson_image::BuildOptions::new(workspace.join("target/e2e"));
         options.cargo_target_dir = Some(workspace.join("target/e2e-build"));
+        options.signing_key = Some(update_key());
         keelson_image::build(&options)
             .map(|summary| summary.image)
             .map_err(|error| format!("{error:#}"))
@@ -40,6 +41,60 @@ pub fn test_image() -> PathBuf {
     match image {
         Ok(path) => path.clone(),
         Err(error) => panic!("cannot build the test image: {error}"),
+    }
+}
+
+/// The key the test image trusts for updates: from the test script's
+/// `KEELSON_TEST_BUNDLES` directory, or made once in `target/e2e/`.
+pub fn update_key() -> PathBuf {
+    if let Some(directory) = std::env::var_os("KEELSON_TEST_BUNDLES") {
+        return Path::new(&directory).join("update.key");
+    }
+    let path = keelson_image::default_workspace().join("target/e2e/update.key");
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).expect("target/e2e");
+        keelson_image::keygen(&path).expect("keelson-image keygen");
+    }
+    path
+}
+
+/// The next release's signed bundle and its version: from the test script, or built once
+/// per test process (the workspace version with its patch number raised).
+pub fn next_bundle() -> (PathBuf, String) {
+    static BUNDLE: OnceLock<Result<(PathBuf, String), String>> = OnceLock::new();
+    let bundle = BUNDLE.get_or_init(|| {
+        let directory = match std::env::var_os("KEELSON_TEST_BUNDLES") {
+            Some(directory) => Path::new(&directory).join("next"),
+            None => {
+                let workspace = keelson_image::default_workspace();
+                let mut options =
+                    keelson_image::BuildOptions::new(workspace.join("target/e2e-next"));
+                options.cargo_target_dir = Some(workspace.join("target/e2e-build"));
+                options.signing_key = Some(update_key());
+                options.version = next_version(env!("CARGO_PKG_VERSION"));
+                keelson_image::build(&options).map_err(|error| format!("{error:#}"))?;
+                options.out_dir
+            }
+        };
+        let summary: serde_json::Value = std::fs::read(directory.join("build.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| format!("no build.json in {}", directory.display()))?;
+        let version = summary["version"].as_str().unwrap_or_default().to_owned();
+        let path = directory.join(format!("keelson-{version}.bundle"));
+        Ok((path, version))
+    });
+    match bundle {
+        Ok(found) => found.clone(),
+        Err(error) => panic!("cannot build the next release's bundle: {error}"),
+    }
+}
+
+/// `1.2.3` → `1.2.4`.
+pub fn next_version(version: &str) -> String {
+    match version.rsplit_once('.') {
+        Some((head, patch)) => format!("{head}.{}", patch.parse::<u64>().unwrap_or(0) + 1),
+        None => format!("{version}.1"),
     }
 }
 
@@ -363,6 +418,27 @@ impl TestNode {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         ))
     }
+}
+
+/// The stdout of a `keelctl` run that must succeed ([`TestNode::keelctl`]'s outcome).
+pub fn expect_success(outcome: (bool, String, String), what: &str) -> String {
+    let (success, stdout, stderr) = outcome;
+    assert!(
+        success,
+        "keelctl {what} failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
+/// The stderr of a `keelctl` run that must fail, with one clear line.
+pub fn expect_failure(outcome: (bool, String, String), what: &str) -> String {
+    let (success, stdout, stderr) = outcome;
+    assert!(
+        !success,
+        "keelctl {what} should have failed:\nstdout: {stdout}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    stderr
 }
 
 /// The `keelctl` binary of this workspace, built if needed.

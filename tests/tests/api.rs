@@ -8,26 +8,10 @@ use std::time::Duration;
 
 use keelson_api::roles::Role;
 use keelson_qemu::READY_PATTERN;
-use keelson_tests::{maintenance_credentials, ExportedState, TestCluster, TestNode, BOOT_TIMEOUT};
-
-fn expect_success(outcome: (bool, String, String), what: &str) -> String {
-    let (success, stdout, stderr) = outcome;
-    assert!(
-        success,
-        "keelctl {what} failed:\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    stdout
-}
-
-fn expect_failure(outcome: (bool, String, String), what: &str) -> String {
-    let (success, stdout, stderr) = outcome;
-    assert!(
-        !success,
-        "keelctl {what} should have failed:\nstdout: {stdout}"
-    );
-    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
-    stderr
-}
+use keelson_tests::{
+    expect_failure, expect_success, maintenance_credentials, ExportedState, TestCluster, TestNode,
+    BOOT_TIMEOUT,
+};
 
 #[test]
 fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {

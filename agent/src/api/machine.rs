@@ -52,7 +52,7 @@ impl MachineService {
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Who asked, for the log.
-fn who<T>(request: &Request<T>) -> String {
+pub(crate) fn who<T>(request: &Request<T>) -> String {
     request
         .extensions()
         .get::<Caller>()
@@ -61,17 +61,6 @@ fn who<T>(request: &Request<T>) -> String {
             None => caller.name.clone(),
         })
         .unwrap_or_else(|| "maintenance client".into())
-}
-
-/// Asks PID 1 for a power action after a short delay, so that the reply reaches the
-/// caller before the agent is stopped.
-fn ask_pid1(signal: i32, what: &'static str) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        info!("asking PID 1 to {what}");
-        // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
-        unsafe { libc::kill(1, signal) };
-    });
 }
 
 fn pid1_is_keelson() -> bool {
@@ -505,7 +494,7 @@ impl Machine for MachineService {
             *in_force = Some(config.clone());
         }
         if outcome.reboot {
-            ask_pid1(
+            system::ask_pid1(
                 keelson_init::power::reboot_signal(),
                 "reboot into the new config",
             );
@@ -543,7 +532,7 @@ impl Machine for MachineService {
             "keelson: reset by {caller}: wiped {wiped} entries of {}; rebooting to the first-boot state",
             var.display()
         ));
-        ask_pid1(keelson_init::power::reboot_signal(), "reboot after reset");
+        system::ask_pid1(keelson_init::power::reboot_signal(), "reboot after reset");
         Ok(Response::new(ResetResponse {}))
     }
 }
@@ -558,7 +547,7 @@ impl MachineService {
     ) -> Result<(), Status> {
         self.require_managed(what)?;
         info!("{what} requested by {}", who(request));
-        ask_pid1(signal, what);
+        system::ask_pid1(signal, what);
         Ok(())
     }
 

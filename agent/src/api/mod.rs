@@ -6,7 +6,8 @@
 //! - [`Authorize`]: a tower layer in front of every service. It reads the caller's
 //!   certificate and the maintenance token and asks [`keelson_api::access::decide`];
 //!   refusals never reach service code.
-//! - [`machine`] and [`files`]: the services, thin layers over the agent's state.
+//! - [`machine`], [`files`] and [`update`]: the services, thin layers over the agent's
+//!   state and the update engine.
 //!
 //! Limits against bad requests: messages over [`keelson_api::MAX_REQUEST_BYTES`] are
 //! refused, header lists are capped, a connection runs at most 32 calls at once, and every
@@ -15,6 +16,7 @@
 pub mod files;
 pub mod machine;
 pub mod security;
+pub mod update;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use keelson_api::access::{self, Caller};
 use keelson_api::files::files_server::FilesServer;
 use keelson_api::machine::machine_server::MachineServer;
+use keelson_api::update::update_server::UpdateServer;
 use keelson_api::{pki, MAX_REQUEST_BYTES, TOKEN_METADATA_KEY};
 use keelson_config::MachineConfig;
 use tokio::net::TcpStream;
@@ -58,6 +61,8 @@ pub struct ApiContext {
     pub kmsg: PathBuf,
     /// What `Files` serves, beneath `/` (or a test directory).
     pub files_root: PathBuf,
+    /// The A/B update engine.
+    pub update: Arc<crate::update::UpdateEngine>,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -83,6 +88,8 @@ pub async fn serve(
         .max_encoding_message_size(MAX_REQUEST_BYTES);
     let files = FilesServer::new(files::FilesService::new(context.clone()))
         .max_decoding_message_size(64 * 1024);
+    let update = UpdateServer::new(update::UpdateService::new(context.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let served = tonic::transport::Server::builder()
         .timeout(CALL_TIMEOUT)
         .concurrency_limit_per_connection(32)
@@ -93,6 +100,7 @@ pub async fn serve(
         .layer(AuthorizeLayer { context })
         .add_service(machine)
         .add_service(files)
+        .add_service(update)
         .serve_with_incoming(incoming)
         .await;
     acceptor.abort();

@@ -1,0 +1,311 @@
+//! The ESP as the update engine changes it: slot entries, their counters and order, and
+//! each slot's kernel and initrd.
+//!
+//! [`Esp`] mounts the FAT partition only for the moment an operation needs it and unmounts
+//! it after, so that what the loader will read is on the disk when the call returns. The
+//! operations themselves ([`EspTree`]) work on any directory, which is how the unit tests
+//! run them. Every change that the loader could see half-done is a rename: an entry is
+//! written under a name the loader ignores, synced, then renamed into place.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use keelson_update::boot_entry::{
+    self, BootCounter, EntryName, LoaderView, DEFAULT_TRIES, ENTRIES_DIR,
+};
+use keelson_update::slots::Action;
+use nix::mount::MsFlags;
+
+/// The ESP partition and where it is mounted while in use.
+#[derive(Debug, Clone)]
+pub struct Esp {
+    device: PathBuf,
+    mount_point: PathBuf,
+}
+
+impl Esp {
+    /// Finds the partition labelled KEELSON-ESP.
+    pub fn find() -> anyhow::Result<Esp> {
+        let partition = keelson_init::block::find_partition(keelson_disk::layout::ESP_LABEL)
+            .context("no partition labelled KEELSON-ESP")?;
+        Ok(Esp {
+            device: partition.path(),
+            mount_point: PathBuf::from("/run/keelson/esp"),
+        })
+    }
+
+    /// Mounts the ESP, runs `work` on it, syncs and unmounts, whatever `work` returned.
+    pub fn with_mounted<T>(
+        &self,
+        work: impl FnOnce(&EspTree) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        std::fs::create_dir_all(&self.mount_point)?;
+        nix::mount::mount(
+            Some(&self.device),
+            &self.mount_point,
+            Some("vfat"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("umask=0077,shortname=mixed"),
+        )
+        .with_context(|| {
+            format!(
+                "mounting the ESP {} at {}",
+                self.device.display(),
+                self.mount_point.display()
+            )
+        })?;
+        let tree = EspTree {
+            root: self.mount_point.clone(),
+        };
+        let outcome = work(&tree);
+        let synced = tree.sync();
+        let unmounted = nix::mount::umount(&self.mount_point)
+            .with_context(|| format!("unmounting the ESP at {}", self.mount_point.display()));
+        let value = outcome?;
+        synced?;
+        unmounted?;
+        Ok(value)
+    }
+}
+
+/// A slot entry with what its file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The parsed file name.
+    pub name: EntryName,
+    /// Its `version` line.
+    pub version: String,
+}
+
+/// The ESP's files, under `root`.
+#[derive(Debug, Clone)]
+pub struct EspTree {
+    root: PathBuf,
+}
+
+impl EspTree {
+    /// An ESP tree rooted at `root` (a mount point, or a test directory).
+    pub fn at(root: impl Into<PathBuf>) -> EspTree {
+        EspTree { root: root.into() }
+    }
+
+    fn entries_dir(&self) -> PathBuf {
+        self.root.join(ENTRIES_DIR.trim_start_matches('/'))
+    }
+
+    fn entry_path(&self, name: &EntryName) -> PathBuf {
+        self.entries_dir().join(name.file_name())
+    }
+
+    /// A slot's kernel or initrd path (`/keelson/<slot>/vmlinuz`).
+    pub fn boot_file(&self, esp_path: &str) -> PathBuf {
+        self.root.join(esp_path.trim_start_matches('/'))
+    }
+
+    /// The entries as the loader will order them, with their versions. Stale duplicates
+    /// left by an interrupted rename are deleted on the way.
+    pub fn read(&self) -> anyhow::Result<(LoaderView, [Option<EntryInfo>; 2])> {
+        let directory = self.entries_dir();
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&directory)
+            .with_context(|| format!("listing {}", directory.display()))?
+        {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        let view = LoaderView::from_file_names(names.iter().map(String::as_str));
+        for stale in &view.stale {
+            let _ = std::fs::remove_file(directory.join(stale));
+        }
+        let mut infos = [None, None];
+        for (index, entry) in view.entries.iter().enumerate() {
+            if let Some(name) = entry {
+                let text = std::fs::read_to_string(self.entry_path(name)).unwrap_or_default();
+                let version = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("version "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                infos[index] = Some(EntryInfo {
+                    name: *name,
+                    version,
+                });
+            }
+        }
+        Ok((view, infos))
+    }
+
+    /// Carries out one ESP action of the slot machine. `install` gives the version and
+    /// kernel options for [`Action::InstallEntry`].
+    pub fn apply(&self, action: Action, install: Option<(&str, &str)>) -> anyhow::Result<()> {
+        let (view, _) = self.read()?;
+        match action {
+            Action::RemoveEntry(slot) => {
+                if let Some(name) = view.entry(slot) {
+                    std::fs::remove_file(self.entry_path(&name))
+                        .with_context(|| format!("removing {}", name.file_name()))?;
+                }
+            }
+            Action::InstallEntry { slot, tries } => {
+                let (version, options) =
+                    install.context("installing an entry needs its version and options")?;
+                let name = EntryName::counted(view.next_generation(), slot, tries);
+                self.write_entry(&name, &boot_entry::entry_text(slot, version, options))?;
+            }
+            Action::SetDefault(slot) => {
+                let current = view
+                    .entry(slot)
+                    .with_context(|| format!("slot {slot} has no entry to make the default"))?;
+                let others_newer = view
+                    .entry(slot.other())
+                    .is_some_and(|other| other.generation >= current.generation);
+                if others_newer {
+                    let renamed = EntryName {
+                        generation: view.next_generation(),
+                        ..current
+                    };
+                    self.rename(&current, &renamed)?;
+                }
+            }
+            Action::Bless(slot) => {
+                let current = view
+                    .entry(slot)
+                    .with_context(|| format!("slot {slot} has no entry to bless"))?;
+                self.rename(
+                    &current,
+                    &EntryName {
+                        counter: None,
+                        ..current
+                    },
+                )?;
+            }
+            Action::MarkBad(slot) => {
+                let current = view
+                    .entry(slot)
+                    .with_context(|| format!("slot {slot} has no entry to mark bad"))?;
+                let done = current.counter.map_or(DEFAULT_TRIES, |counter| {
+                    counter.tries_done + counter.tries_left
+                });
+                self.rename(
+                    &current,
+                    &EntryName {
+                        counter: Some(BootCounter {
+                            tries_left: 0,
+                            tries_done: done,
+                        }),
+                        ..current
+                    },
+                )?;
+            }
+            Action::Reboot => {}
+        }
+        Ok(())
+    }
+
+    /// Writes an entry under a name the loader ignores, syncs it, then renames it into
+    /// place.
+    fn write_entry(&self, name: &EntryName, text: &str) -> anyhow::Result<()> {
+        let directory = self.entries_dir();
+        let staging = directory.join(format!(".{}.new", name.id()));
+        let mut file =
+            File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&staging, self.entry_path(name))
+            .with_context(|| format!("installing {}", name.file_name()))?;
+        Ok(())
+    }
+
+    fn rename(&self, from: &EntryName, to: &EntryName) -> anyhow::Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        std::fs::rename(self.entry_path(from), self.entry_path(to))
+            .with_context(|| format!("renaming {} to {}", from.file_name(), to.file_name()))
+    }
+
+    /// Flushes the filesystem to the disk.
+    pub fn sync(&self) -> anyhow::Result<()> {
+        let directory = File::open(&self.root)?;
+        nix::unistd::syncfs(&directory).context("syncing the ESP")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keelson_disk::layout::Slot;
+
+    fn tree() -> (tempfile::TempDir, EspTree) {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(directory.path().join("loader/entries")).unwrap();
+        std::fs::write(
+            directory.path().join("loader/entries/keelson-1-a.conf"),
+            boot_entry::entry_text(Slot::A, "1.0.0", "console=ttyS0"),
+        )
+        .unwrap();
+        let tree = EspTree::at(directory.path());
+        (directory, tree)
+    }
+
+    fn names(tree: &EspTree) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(tree.entries_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn install_bless_and_roll_back_by_renaming() {
+        let (_directory, tree) = tree();
+        tree.apply(
+            Action::InstallEntry {
+                slot: Slot::B,
+                tries: 3,
+            },
+            Some(("2.0.0", "console=ttyS0 keelson.slot=b")),
+        )
+        .unwrap();
+        assert_eq!(names(&tree), ["keelson-1-a.conf", "keelson-2-b+3.conf"]);
+        let (view, infos) = tree.read().unwrap();
+        assert_eq!(view.default_slot(), Some(Slot::B));
+        assert_eq!(infos[1].as_ref().unwrap().version, "2.0.0");
+
+        // systemd-boot counts an attempt, then the agent blesses.
+        std::fs::rename(
+            tree.entries_dir().join("keelson-2-b+3.conf"),
+            tree.entries_dir().join("keelson-2-b+2-1.conf"),
+        )
+        .unwrap();
+        tree.apply(Action::Bless(Slot::B), None).unwrap();
+        assert_eq!(names(&tree), ["keelson-1-a.conf", "keelson-2-b.conf"]);
+
+        tree.apply(Action::SetDefault(Slot::A), None).unwrap();
+        assert_eq!(names(&tree), ["keelson-2-b.conf", "keelson-3-a.conf"]);
+        assert_eq!(tree.read().unwrap().0.default_slot(), Some(Slot::A));
+    }
+
+    #[test]
+    fn marking_bad_spends_every_try() {
+        let (_directory, tree) = tree();
+        tree.apply(
+            Action::InstallEntry {
+                slot: Slot::B,
+                tries: 3,
+            },
+            Some(("2.0.0", "x")),
+        )
+        .unwrap();
+        tree.apply(Action::MarkBad(Slot::B), None).unwrap();
+        assert!(names(&tree).contains(&"keelson-2-b+0-3.conf".to_owned()));
+        tree.apply(Action::RemoveEntry(Slot::B), None).unwrap();
+        assert_eq!(names(&tree), ["keelson-1-a.conf"]);
+    }
+}

@@ -1,0 +1,815 @@
+//! The update engine: the I/O shell around `keelson_update::slots`.
+//!
+//! Every decision (may this slot be written, which entry to rename, when to reboot) is the
+//! pure machine's; this module reads the machine's state off the disk, feeds it events and
+//! carries out the actions it returns:
+//! - [`UpdateEngine::apply`] streams a bundle: the signature and policy are checked from
+//!   the header before any slot is touched, then the kernel and initrd go to the ESP and the
+//!   root image to the inactive slot's partition, each hashed on the way and read back
+//!   after; only then is the slot activated with a counted entry.
+//! - [`UpdateEngine::on_boot`] reconciles what happened while the agent was not running (a
+//!   write cut by power loss, a trial the loader gave up on) and, when the running slot is
+//!   on trial, starts the health gate that blesses it or rolls it back.
+//! - [`UpdateEngine::rollback`] and [`UpdateEngine::cancel`] are the operator's levers.
+//!
+//! `state.json` beside the agent's other state keeps what the ESP cannot: a slot being
+//! written, the last error and the version that failed.
+
+pub mod esp;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use keelson_disk::layout::Slot;
+use keelson_update::boot_entry;
+use keelson_update::bundle::{self, ArtifactKind, BundleError, BundleReader, PolicyRefusal};
+use keelson_update::keys::{TrustRoot, TRUST_DIR};
+use keelson_update::slots::{Action, Event, Refusal, SlotState, Slots};
+use keelson_update::trial::{TrialRecord, DEFAULT_HEALTH_TIMEOUT_SECS, TRIAL_FILE};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::logs;
+use crate::machine_config::SharedReport;
+use esp::{EntryInfo, Esp, EspTree};
+
+/// PID 1 gets this much longer than the agent's own health gate, so that a working agent
+/// always decides first and PID 1 only steps in for one that cannot.
+const PID1_GRACE_SECS: u64 = 60;
+
+/// Why an update operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The bundle is not acceptable (signature, key, format, content).
+    #[error("{0}")]
+    Bundle(#[from] BundleError),
+    /// The bundle is valid but not for this machine, or not now.
+    #[error("{0}")]
+    Policy(#[from] PolicyRefusal),
+    /// The slot machine refused the step.
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    /// Another update operation is running.
+    #[error("another update operation is in progress; wait for it (keelctl update status)")]
+    Busy,
+    /// The machine cannot take updates at all.
+    #[error("updates are unavailable on this machine: {0}")]
+    Unavailable(String),
+    /// Writing or reading the disk failed.
+    #[error("{0:#}")]
+    Io(#[from] anyhow::Error),
+}
+
+/// What `state.json` keeps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Record {
+    /// A slot being written or written, with the version it receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Pending>,
+    /// The version booted on trial (so that a fallback can be named after the fact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trial_version: Option<String>,
+    /// What went wrong last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    /// The version that last failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    slot: char,
+    version: String,
+    written: bool,
+}
+
+/// An update in progress, for status.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// receiving, verifying, activating; empty when idle.
+    pub phase: String,
+    /// The version being installed.
+    pub version: String,
+    /// Bytes done and expected.
+    pub done: u64,
+    /// Total bytes of the bundle's artifacts.
+    pub total: u64,
+}
+
+/// One slot as status shows it.
+#[derive(Debug, Clone)]
+pub struct SlotView {
+    /// The slot.
+    pub slot: Slot,
+    /// Its state.
+    pub state: SlotState,
+    /// The version it holds.
+    pub version: String,
+    /// Its entry file name.
+    pub entry: String,
+}
+
+/// What `Update.Status` reports.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    /// Both slots.
+    pub slots: Vec<SlotView>,
+    /// The slot running.
+    pub running: Slot,
+    /// The loader's default.
+    pub default: Slot,
+    /// The last error.
+    pub last_error: String,
+    /// The version that last failed.
+    pub failed_version: String,
+    /// The update being written.
+    pub progress: Progress,
+    /// Ids of the trusted keys.
+    pub trusted_keys: Vec<String>,
+}
+
+/// The result of a successful apply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The slot written.
+    pub slot: Slot,
+    /// The version installed.
+    pub version: String,
+    /// Bytes of artifacts written.
+    pub bytes: u64,
+    /// Time from the first byte to the activated entry.
+    pub seconds: f64,
+}
+
+/// The engine. One per agent; operations run one at a time.
+#[derive(Debug)]
+pub struct UpdateEngine {
+    esp: Option<Esp>,
+    running: Slot,
+    running_version: String,
+    state_file: PathBuf,
+    trial_file: PathBuf,
+    trust: Result<TrustRoot, String>,
+    busy: Mutex<()>,
+    progress: Mutex<Progress>,
+    snapshot: Mutex<Option<(Slots, [Option<EntryInfo>; 2])>>,
+    unavailable: Mutex<Option<String>>,
+}
+
+impl UpdateEngine {
+    /// The engine of this node: the ESP found by label, the running slot and version, and
+    /// the keys built into the image.
+    pub fn for_node(state_dir: &std::path::Path, running: Slot, running_version: String) -> Self {
+        let (esp, unavailable) = match Esp::find() {
+            Ok(esp) => (Some(esp), None),
+            Err(error) => (None, Some(format!("{error:#}"))),
+        };
+        let trust = TrustRoot::load(std::path::Path::new(TRUST_DIR))
+            .map_err(|error| format!("cannot read the trusted keys in {TRUST_DIR}: {error}"));
+        UpdateEngine {
+            esp,
+            running,
+            running_version,
+            state_file: state_dir.join("update/state.json"),
+            trial_file: PathBuf::from(TRIAL_FILE),
+            trust,
+            busy: Mutex::new(()),
+            progress: Mutex::new(Progress::default()),
+            snapshot: Mutex::new(None),
+            unavailable: Mutex::new(unavailable),
+        }
+    }
+
+    /// An engine for a machine that does not take updates (the agent on a development
+    /// host).
+    pub fn unavailable(reason: &str) -> Self {
+        UpdateEngine {
+            esp: None,
+            running: Slot::A,
+            running_version: String::new(),
+            state_file: PathBuf::new(),
+            trial_file: PathBuf::new(),
+            trust: Err(reason.to_owned()),
+            busy: Mutex::new(()),
+            progress: Mutex::new(Progress::default()),
+            snapshot: Mutex::new(None),
+            unavailable: Mutex::new(Some(reason.to_owned())),
+        }
+    }
+
+    fn esp(&self) -> Result<&Esp, UpdateError> {
+        if let Some(reason) = self.unavailable.lock().ok().and_then(|guard| guard.clone()) {
+            return Err(UpdateError::Unavailable(reason));
+        }
+        self.esp
+            .as_ref()
+            .ok_or_else(|| UpdateError::Unavailable("no ESP".to_owned()))
+    }
+
+    fn record(&self) -> Record {
+        std::fs::read(&self.state_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, record: &Record) -> anyhow::Result<()> {
+        if let Some(parent) = self.state_file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let staging = self.state_file.with_extension("json.new");
+        let mut file = File::create(&staging)?;
+        file.write_all(&serde_json::to_vec_pretty(record)?)?;
+        file.sync_all()?;
+        std::fs::rename(&staging, &self.state_file)?;
+        Ok(())
+    }
+
+    fn fail(&self, version: &str, error: &str) {
+        let mut record = self.record();
+        record.last_error = Some(error.to_owned());
+        record.failed_version = Some(version.to_owned());
+        if let Err(save) = self.save(&record) {
+            warn!("cannot record the update failure: {save:#}");
+        }
+    }
+
+    /// Reads the slots off the ESP and the record; keeps them for status.
+    fn read_slots(&self, tree: &EspTree) -> Result<Slots, UpdateError> {
+        let (view, infos) = tree.read()?;
+        let record = self.record();
+        let state_of = |slot: Slot| match view.entry(slot) {
+            Some(name) => match name.counter {
+                None => SlotState::Good,
+                Some(counter) if counter.tries_left > 0 => SlotState::Trial {
+                    tries_left: counter.tries_left,
+                },
+                // The last attempt is the one running; anywhere else it is spent.
+                Some(_) if slot == self.running => SlotState::Trial { tries_left: 0 },
+                Some(_) => SlotState::Bad,
+            },
+            None => match &record.pending {
+                Some(pending) if Slot::from_letter(&pending.slot.to_string()) == Some(slot) => {
+                    if pending.written {
+                        SlotState::Written
+                    } else {
+                        SlotState::Writing
+                    }
+                }
+                _ => SlotState::Empty,
+            },
+        };
+        let slots = Slots {
+            a: state_of(Slot::A),
+            b: state_of(Slot::B),
+            default: view.default_slot().unwrap_or(self.running),
+            running: self.running,
+        };
+        if let Ok(mut snapshot) = self.snapshot.lock() {
+            *snapshot = Some((slots, infos));
+        }
+        slots.check().map_err(|broken| {
+            UpdateError::Unavailable(format!(
+                "the boot entries on the ESP do not describe a bootable A/B layout ({broken})"
+            ))
+        })?;
+        Ok(slots)
+    }
+
+    /// Steps the machine and carries out its ESP actions. Returns the new state and
+    /// whether a reboot was asked for.
+    fn step(
+        &self,
+        tree: &EspTree,
+        slots: &Slots,
+        event: Event,
+        install: Option<(&str, &str)>,
+    ) -> Result<(Slots, bool), UpdateError> {
+        let (next, actions) = slots.step(event)?;
+        let mut reboot = false;
+        for action in actions.iter() {
+            if action == Action::Reboot {
+                reboot = true;
+                continue;
+            }
+            tree.apply(action, install)?;
+            info!(?event, ?action, "update: boot entries changed");
+        }
+        tree.sync()?;
+        // Re-read, so that status shows what is on the disk.
+        self.read_slots(tree)?;
+        Ok((next, reboot))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, UpdateError> {
+        self.busy.try_lock().map_err(|_| UpdateError::Busy)
+    }
+
+    fn set_progress(&self, progress: Progress) {
+        if let Ok(mut current) = self.progress.lock() {
+            *current = progress;
+        }
+    }
+
+    /// What status shows; reads the ESP when no operation holds it.
+    pub fn status(&self) -> Result<StatusView, UpdateError> {
+        if let Ok(_guard) = self.busy.try_lock() {
+            if let Ok(esp) = self.esp() {
+                let _ = esp.with_mounted(|tree| Ok(self.read_slots(tree)));
+            }
+        }
+        if let Some(reason) = self.unavailable.lock().ok().and_then(|guard| guard.clone()) {
+            return Err(UpdateError::Unavailable(reason));
+        }
+        let (slots, infos) = self
+            .snapshot
+            .lock()
+            .ok()
+            .and_then(|snapshot| snapshot.clone())
+            .ok_or_else(|| UpdateError::Unavailable("the ESP has not been read".to_owned()))?;
+        let record = self.record();
+        let views = Slot::ALL
+            .iter()
+            .map(|&slot| {
+                let info = &infos[usize::from(slot == Slot::B)];
+                let version = match (info, &record.pending) {
+                    (Some(info), _) => info.version.clone(),
+                    (None, Some(pending)) if pending.slot == slot.letter() => {
+                        pending.version.clone()
+                    }
+                    _ => String::new(),
+                };
+                SlotView {
+                    slot,
+                    state: slots.state(slot),
+                    version,
+                    entry: info
+                        .as_ref()
+                        .map(|info| info.name.file_name())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(StatusView {
+            slots: views,
+            running: self.running,
+            default: slots.default,
+            last_error: record.last_error.unwrap_or_default(),
+            failed_version: record.failed_version.unwrap_or_default(),
+            progress: self.progress.lock().map(|p| p.clone()).unwrap_or_default(),
+            trusted_keys: self.trust.as_ref().map(TrustRoot::ids).unwrap_or_default(),
+        })
+    }
+
+    /// Streams a bundle from `source` into the inactive slot and activates it. Blocking:
+    /// run it on a blocking thread. Nothing is touched until the bundle's signature and
+    /// policy pass; a failure after that leaves the slot empty and the default unchanged.
+    pub fn apply(
+        &self,
+        source: impl Read,
+        allow_downgrade: bool,
+        health_timeout: Duration,
+    ) -> Result<Applied, UpdateError> {
+        let _guard = self.lock()?;
+        let esp = self.esp()?.clone();
+        let trust = self
+            .trust
+            .as_ref()
+            .map_err(|error| UpdateError::Unavailable(error.clone()))?;
+        let started = Instant::now();
+        let mut reader = BundleReader::open(source, trust)?;
+        let manifest = reader.manifest().clone();
+        let machine = std::env::consts::ARCH;
+        bundle::check_policy(&manifest, &self.running_version, machine, allow_downgrade)?;
+        let target = self.running.other();
+        info!(
+            version = %manifest.version,
+            signer = %reader.signer(),
+            slot = %target,
+            "update: bundle verified; writing the inactive slot"
+        );
+        let total: u64 = manifest
+            .artifacts
+            .iter()
+            .map(|artifact| artifact.size)
+            .sum();
+        let version = manifest.version.clone();
+        let progress = |phase: &str, done: u64| {
+            self.set_progress(Progress {
+                phase: phase.to_owned(),
+                version: version.clone(),
+                done,
+                total,
+            })
+        };
+        progress("receiving", 0);
+
+        let outcome = (|| -> Result<Applied, UpdateError> {
+            // Begin: the machine refuses to write the running slot; its actions take the
+            // target's entry away before a byte of it changes.
+            let slots = esp.with_mounted(|tree| {
+                let slots = self.read_slots(tree)?;
+                let (slots, _) = self.step(tree, &slots, Event::BeginWrite(target), None)?;
+                Ok(slots)
+            })?;
+            let mut record = self.record();
+            record.pending = Some(Pending {
+                slot: target.letter(),
+                version: version.clone(),
+                written: false,
+            });
+            self.save(&record)?;
+
+            let mut done = 0u64;
+            // Kernel and initrd to the ESP.
+            esp.with_mounted(|tree| {
+                let directory = tree.boot_file(&format!("/keelson/{}", target.letter()));
+                std::fs::create_dir_all(&directory)?;
+                for (kind, path) in [
+                    (ArtifactKind::Kernel, boot_entry::kernel_path(target)),
+                    (ArtifactKind::Initrd, boot_entry::initrd_path(target)),
+                ] {
+                    let path = tree.boot_file(&path);
+                    let mut file = File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let base = done;
+                    let copied = reader
+                        .copy_next(&mut file, &mut |bytes| progress("receiving", base + bytes));
+                    let copied = copied.map_err(anyhow::Error::from)?;
+                    anyhow::ensure!(copied == kind, "the bundle carries {copied:?} out of order");
+                    file.sync_all()?;
+                    done += manifest.artifact(kind).size;
+                }
+                Ok(())
+            })
+            .map_err(bundle_error_first)?;
+            // The root image and its hash tree to the slot's partition.
+            let partition = keelson_init::block::find_partition(target.root_label())
+                .with_context(|| format!("no partition labelled {}", target.root_label()))?;
+            let mut device = open_exclusive(&partition.path())?;
+            let base = done;
+            reader
+                .copy_next(&mut device, &mut |bytes| {
+                    progress("receiving", base + bytes)
+                })
+                .map_err(UpdateError::from)?;
+            device.sync_all().context("flushing the slot partition")?;
+            drop(device);
+            reader.finish()?;
+
+            // Read everything back from the disk, not from the page cache.
+            progress("verifying", 0);
+            let root = manifest.artifact(ArtifactKind::Root);
+            verify_on_disk(&partition.path(), root.size, &root.sha256)
+                .with_context(|| format!("verifying slot {target} after writing"))?;
+            esp.with_mounted(|tree| {
+                for (kind, path) in [
+                    (ArtifactKind::Kernel, boot_entry::kernel_path(target)),
+                    (ArtifactKind::Initrd, boot_entry::initrd_path(target)),
+                ] {
+                    let artifact = manifest.artifact(kind);
+                    verify_on_disk(&tree.boot_file(&path), artifact.size, &artifact.sha256)
+                        .with_context(|| format!("verifying the {} on the ESP", kind.name()))?;
+                }
+                Ok(())
+            })?;
+            let (slots, _) = slots.step(Event::WriteOk(target))?;
+            record.pending = Some(Pending {
+                slot: target.letter(),
+                version: version.clone(),
+                written: true,
+            });
+            self.save(&record)?;
+
+            // Activate: a counted entry that the loader prefers.
+            progress("activating", total);
+            let options = format!(
+                "{} {}",
+                manifest.cmdline,
+                keelson_init::cmdline::boot_args(target, &manifest.verity_params())
+            );
+            // PID 1's deadline exists before the entry does.
+            self.arm_trial(target, health_timeout.as_secs())?;
+            esp.with_mounted(|tree| {
+                self.step(
+                    tree,
+                    &slots,
+                    Event::Activate(target),
+                    Some((&version, &options)),
+                )?;
+                Ok(())
+            })?;
+            record.pending = None;
+            record.trial_version = Some(version.clone());
+            record.last_error = None;
+            self.save(&record)?;
+            Ok(Applied {
+                slot: target,
+                version: version.clone(),
+                bytes: total,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        })();
+
+        progress("", 0);
+        match &outcome {
+            Ok(applied) => info!(
+                "update: slot {} holds {} ({} bytes in {:.1} s), activated on trial",
+                applied.slot, applied.version, applied.bytes, applied.seconds
+            ),
+            Err(error) => {
+                warn!("update to {version} failed: {error}");
+                // Forget the partial write (WriteFailed): without its record the slot reads
+                // as empty again, and it never had an entry, so the default is unchanged.
+                let _ = std::fs::remove_file(&self.trial_file);
+                let mut record = self.record();
+                record.pending = None;
+                let _ = self.save(&record);
+                self.fail(&version, &format!("installing {version} failed: {error}"));
+                let _ = esp.with_mounted(|tree| Ok(self.read_slots(tree)));
+            }
+        }
+        outcome
+    }
+
+    /// Writes the trial record PID 1 watches: the slot has `timeout` to be blessed.
+    fn arm_trial(&self, slot: Slot, health_timeout_secs: u64) -> anyhow::Result<()> {
+        if let Some(parent) = self.trial_file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let record = TrialRecord {
+            slot,
+            timeout_secs: health_timeout_secs + PID1_GRACE_SECS,
+        };
+        std::fs::write(&self.trial_file, record.to_text())?;
+        Ok(())
+    }
+
+    /// Makes the other (good) slot the default. The caller reboots.
+    pub fn rollback(&self) -> Result<(Slot, String), UpdateError> {
+        let _guard = self.lock()?;
+        let esp = self.esp()?;
+        esp.with_mounted(|tree| {
+            let slots = self.read_slots(tree)?;
+            self.step(tree, &slots, Event::RollbackRequested, None)?;
+            Ok(())
+        })?;
+        let target = self.running.other();
+        Ok((target, self.version_of(target)))
+    }
+
+    /// Takes back an activation that has not been booted.
+    pub fn cancel(&self) -> Result<(Slot, String), UpdateError> {
+        let _guard = self.lock()?;
+        let esp = self.esp()?;
+        let target = self.running.other();
+        let version = self.version_of(target);
+        esp.with_mounted(|tree| {
+            let slots = self.read_slots(tree)?;
+            self.step(tree, &slots, Event::Cancel, None)?;
+            Ok(())
+        })?;
+        let _ = std::fs::remove_file(&self.trial_file);
+        Ok((target, version))
+    }
+
+    fn version_of(&self, slot: Slot) -> String {
+        self.snapshot
+            .lock()
+            .ok()
+            .and_then(|snapshot| snapshot.clone())
+            .and_then(|(_, infos)| infos[usize::from(slot == Slot::B)].clone())
+            .map(|info| info.version)
+            .unwrap_or_default()
+    }
+
+    /// Reconciles after a boot. Returns true when the running slot is on trial and needs
+    /// the health gate.
+    pub fn on_boot(&self) -> bool {
+        let Ok(_guard) = self.lock() else {
+            return false;
+        };
+        let Ok(esp) = self.esp() else {
+            return false;
+        };
+        let trial_record = std::fs::read_to_string(&self.trial_file)
+            .ok()
+            .and_then(|text| TrialRecord::parse(&text));
+        let outcome = esp.with_mounted(|tree| {
+            let slots = self.read_slots(tree)?;
+            let (slots, _) = self.step(tree, &slots, Event::Booted, None)?;
+            Ok(slots)
+        });
+        let slots = match outcome {
+            Ok(slots) => slots,
+            Err(error) => {
+                warn!("update: cannot reconcile the boot entries: {error:#}");
+                if let Ok(mut unavailable) = self.unavailable.lock() {
+                    *unavailable = Some(format!("{error:#}"));
+                }
+                return false;
+            }
+        };
+        let mut record = self.record();
+        if let Some(pending) = record.pending.take() {
+            if !pending.written || slots.state(self.running.other()) == SlotState::Empty {
+                record.last_error = Some(format!(
+                    "the update to {} was interrupted: the machine restarted while slot {} \
+                     was being written; run the update again",
+                    pending.version, pending.slot
+                ));
+                record.failed_version = Some(pending.version);
+            }
+        }
+        if let Some(trial) = trial_record {
+            if trial.slot != self.running {
+                let version = record.trial_version.clone().unwrap_or_default();
+                let message = format!(
+                    "{version} on slot {} did not prove healthy within {} boot attempts; the \
+                     loader fell back to slot {} ({})",
+                    trial.slot,
+                    keelson_update::slots::TRIES,
+                    self.running,
+                    self.running_version
+                );
+                logs::console(&format!("keelson: update: {message}"));
+                record.last_error = Some(message);
+                record.failed_version = Some(version);
+                record.trial_version = None;
+                let _ = std::fs::remove_file(&self.trial_file);
+            }
+        }
+        if let Err(error) = self.save(&record) {
+            warn!("cannot save the update record: {error:#}");
+        }
+        matches!(slots.state(self.running), SlotState::Trial { .. })
+    }
+
+    /// Blesses the running slot or, on failure, rolls it back. Returns true when the node
+    /// must reboot.
+    fn conclude_trial(&self, healthy: Result<(), String>) -> bool {
+        let Ok(_guard) = self.busy.lock() else {
+            return false;
+        };
+        let Ok(esp) = self.esp() else {
+            return false;
+        };
+        let event = if healthy.is_ok() {
+            Event::Healthy
+        } else {
+            Event::HealthFailed
+        };
+        let outcome = esp.with_mounted(|tree| {
+            let slots = self.read_slots(tree)?;
+            Ok(self.step(tree, &slots, event, None)?)
+        });
+        match (outcome, healthy) {
+            (Ok(_), Ok(())) => {
+                let _ = std::fs::remove_file(&self.trial_file);
+                let mut record = self.record();
+                record.trial_version = None;
+                let _ = self.save(&record);
+                logs::console(&format!(
+                    "keelson: update: slot {} ({}) is healthy and blessed",
+                    self.running, self.running_version
+                ));
+                false
+            }
+            (Ok((_, reboot)), Err(reason)) => {
+                let message = format!(
+                    "{} on slot {} failed its health checks: {reason}; rolled back to slot {}",
+                    self.running_version,
+                    self.running,
+                    self.running.other()
+                );
+                logs::console(&format!("keelson: update: {message}"));
+                let _ = std::fs::remove_file(&self.trial_file);
+                self.fail(&self.running_version, &message);
+                reboot
+            }
+            (Err(error), _) => {
+                warn!(
+                    "update: cannot conclude the trial of slot {}: {error}",
+                    self.running
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs the health gate: waits until the node is healthy (config applied without
+    /// errors, API accepting connections) and blesses the slot, or rolls back when
+    /// `timeout` passes first.
+    pub async fn health_gate(
+        self: Arc<Self>,
+        report: SharedReport,
+        api: std::net::SocketAddr,
+        timeout: Duration,
+    ) {
+        let uptime = Duration::from_secs(crate::system::uptime_seconds());
+        let deadline = Instant::now() + timeout.saturating_sub(uptime);
+        info!(
+            slot = %self.running,
+            "update: slot on trial; health checks decide within {} s of boot",
+            timeout.as_secs()
+        );
+        let verdict = loop {
+            let health = check_health(&report, api).await;
+            if health.is_ok() || Instant::now() >= deadline {
+                break health;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let engine = self.clone();
+        let reboot = tokio::task::spawn_blocking(move || engine.conclude_trial(verdict))
+            .await
+            .unwrap_or(false);
+        if reboot {
+            crate::system::ask_pid1(keelson_init::power::reboot_signal(), "reboot to roll back");
+        }
+    }
+
+    /// The health timeout of a config (its `update.healthTimeoutSeconds`).
+    pub fn health_timeout(config: Option<&keelson_config::MachineConfig>) -> Duration {
+        Duration::from_secs(
+            config
+                .and_then(|config| config.update.as_ref())
+                .and_then(|update| update.health_timeout_seconds)
+                .unwrap_or(DEFAULT_HEALTH_TIMEOUT_SECS),
+        )
+    }
+}
+
+/// The node is healthy when its config is applied without errors and the API accepts
+/// connections. (Static pods join this list once the node runs them.)
+async fn check_health(report: &SharedReport, api: std::net::SocketAddr) -> Result<(), String> {
+    if let Ok(report) = report.read() {
+        if let Some(first) = report.errors.first() {
+            return Err(format!("the machine config was not applied: {first}"));
+        }
+        if let Some(reason) = &report.maintenance {
+            if reason != "no-config" {
+                return Err(format!("the node is in maintenance mode ({reason})"));
+            }
+        }
+    }
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], api.port()));
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(local),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(format!("the API does not accept connections on {local}")),
+    }
+}
+
+/// The bundle's own errors come first: a truncated or corrupted artifact is named as such
+/// even when it surfaced inside an ESP operation.
+fn bundle_error_first(error: anyhow::Error) -> UpdateError {
+    match error.downcast::<BundleError>() {
+        Ok(bundle) => UpdateError::Bundle(bundle),
+        Err(other) => UpdateError::Io(other),
+    }
+}
+
+/// Opens a slot partition for writing, exclusively: the kernel refuses when anything holds
+/// it (the running slot is held by dm-verity), a second guard besides the slot machine's.
+fn open_exclusive(path: &std::path::Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .with_context(|| format!("opening {} for writing", path.display()))
+}
+
+/// Hashes the first `size` bytes of `path` as stored on the disk (the page cache is
+/// dropped first) and compares them with `sha256`.
+fn verify_on_disk(path: &std::path::Path, size: u64, sha256: &str) -> anyhow::Result<()> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: posix_fadvise only advises the kernel about this open descriptor.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let (digest, read) = bundle::sha256_of(file.take(size))?;
+    anyhow::ensure!(
+        read == size,
+        "{} holds {read} bytes, {size} were written",
+        path.display()
+    );
+    anyhow::ensure!(
+        digest == sha256,
+        "{} does not read back as written (SHA-256 {digest}, expected {sha256})",
+        path.display()
+    );
+    Ok(())
+}

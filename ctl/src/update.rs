@@ -1,0 +1,343 @@
+//! `upgrade`, `rollback` and `update status|cancel`: the `keelson.update.v1` verbs.
+//!
+//! `upgrade` streams the bundle file in 1 MiB chunks with a progress bar; the node checks
+//! the signature from the first bytes, so a bad bundle fails at once. With `--wait` the
+//! command follows the node through its reboot until the new version is blessed, and
+//! fails (naming the node's own error) when the node rolled back instead.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use keelson_api::update::update_client::UpdateClient;
+use keelson_api::update::{
+    apply_request, ApplyOptions, ApplyRequest, CancelRequest, RollbackRequest, StatusRequest,
+    StatusResponse,
+};
+
+use crate::cli::{UpgradeArgs, WaitArgs};
+use crate::output::{self, Table};
+use crate::{current_boot, describe_status, report, Answers, Session};
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+async fn client(
+    session: &Session,
+    node: &str,
+) -> Result<UpdateClient<tonic::transport::Channel>, String> {
+    Ok(UpdateClient::new(session.channel(node).await?)
+        .max_encoding_message_size(keelson_api::MAX_REQUEST_BYTES))
+}
+
+async fn status_of(session: &Session, node: &str) -> Result<StatusResponse, String> {
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.set_timeout(Duration::from_secs(30));
+    client(session, node)
+        .await?
+        .status(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| describe_status(&status))
+}
+
+/// `update status`.
+pub async fn status(session: &Session) -> anyhow::Result<bool> {
+    let calls = session
+        .nodes
+        .iter()
+        .map(|node| async move { (node.clone(), status_of(session, node).await) });
+    let answers: Answers<StatusResponse> = futures::future::join_all(calls).await;
+    report(session.format, answers, |answers| {
+        let mut text = String::new();
+        let mut table = Table::new(&[
+            "NODE", "SLOT", "STATE", "VERSION", "TRIES", "RUNNING", "DEFAULT",
+        ]);
+        for (node, status) in answers {
+            for slot in &status.slots {
+                table.row(vec![
+                    node.clone(),
+                    slot.slot.clone(),
+                    slot.state.clone(),
+                    if slot.version.is_empty() {
+                        "-".into()
+                    } else {
+                        slot.version.clone()
+                    },
+                    if slot.state == "trial" {
+                        slot.tries_left.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    if slot.running {
+                        "yes".into()
+                    } else {
+                        String::new()
+                    },
+                    if slot.is_default {
+                        "yes".into()
+                    } else {
+                        String::new()
+                    },
+                ]);
+            }
+        }
+        text.push_str(&table.render());
+        for (node, status) in answers {
+            if let Some(progress) = status.progress.as_ref().filter(|p| !p.phase.is_empty()) {
+                text.push_str(&format!(
+                    "{node}: {} {} ({} of {})\n",
+                    progress.phase,
+                    progress.version,
+                    output::bytes(progress.done_bytes),
+                    output::bytes(progress.total_bytes)
+                ));
+            }
+            if !status.last_error.is_empty() {
+                text.push_str(&format!("{node}: last error: {}\n", status.last_error));
+            }
+        }
+        text
+    })
+}
+
+/// `update cancel`.
+pub async fn cancel(session: &Session) -> anyhow::Result<bool> {
+    let calls = session.nodes.iter().map(|node| async move {
+        let outcome = match client(session, node).await {
+            Ok(mut client) => client
+                .cancel(CancelRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| describe_status(&status)),
+            Err(error) => Err(error),
+        };
+        (node.clone(), outcome)
+    });
+    let answers = futures::future::join_all(calls).await;
+    report(session.format, answers, |answers| {
+        answers
+            .iter()
+            .map(|(node, done)| {
+                format!(
+                    "{node}: cancelled {} on slot {}; the running slot stays the default\n",
+                    done.version, done.slot
+                )
+            })
+            .collect()
+    })
+}
+
+/// Where a node ended up after an upgrade or rollback with `--wait`.
+#[derive(Debug, serde::Serialize)]
+struct Landed {
+    slot: String,
+    version: String,
+    seconds: u64,
+}
+
+/// `upgrade`.
+pub async fn upgrade(session: &Session, arguments: &UpgradeArgs) -> anyhow::Result<bool> {
+    let size = std::fs::metadata(&arguments.bundle)
+        .with_context(|| format!("reading {}", arguments.bundle.display()))?
+        .len();
+    let mut answers: Answers<String> = Vec::new();
+    // One node at a time: each reboots, and a bad bundle should stop at the first node.
+    for node in &session.nodes {
+        let outcome = upgrade_one(session, node, arguments, size).await;
+        let failed = outcome.is_err();
+        answers.push((node.clone(), outcome));
+        if failed {
+            break;
+        }
+    }
+    report(session.format, answers, |answers| {
+        answers
+            .iter()
+            .map(|(node, line)| format!("{node}: {line}\n"))
+            .collect()
+    })
+}
+
+async fn upgrade_one(
+    session: &Session,
+    node: &str,
+    arguments: &UpgradeArgs,
+    size: u64,
+) -> Result<String, String> {
+    let before = if arguments.wait.wait {
+        Some(current_boot(session, node).await?.0)
+    } else {
+        None
+    };
+    let mut file = std::fs::File::open(&arguments.bundle)
+        .map_err(|error| format!("{}: {error}", arguments.bundle.display()))?;
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("{node}: uploading"));
+    let options = ApplyRequest {
+        item: Some(apply_request::Item::Options(ApplyOptions {
+            allow_downgrade: arguments.allow_downgrade,
+            no_reboot: arguments.no_reboot,
+        })),
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let reader_bar = bar.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        if sender.blocking_send(options).is_err() {
+            return;
+        }
+        loop {
+            let mut chunk = vec![0u8; CHUNK_BYTES];
+            match file.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => {
+                    chunk.truncate(read);
+                    reader_bar.inc(read as u64);
+                    let item = ApplyRequest {
+                        item: Some(apply_request::Item::Chunk(chunk)),
+                    };
+                    if sender.blocking_send(item).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let outcome = client(session, node)
+        .await?
+        .apply(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| describe_status(&status));
+    reader.abort();
+    bar.finish_and_clear();
+    let applied = outcome?;
+    let summary = format!(
+        "wrote {} to slot {} ({} in {:.1} s)",
+        applied.version,
+        applied.slot,
+        output::bytes(applied.bytes),
+        applied.seconds
+    );
+    match before {
+        Some(before) if applied.rebooting => {
+            let landed = follow_reboot(session, node, &before, &arguments.wait).await?;
+            if landed.version == applied.version && landed.slot == applied.slot {
+                Ok(format!(
+                    "{summary}; running {} on slot {}, blessed, after {}",
+                    landed.version,
+                    landed.slot,
+                    output::duration(landed.seconds)
+                ))
+            } else {
+                let status = status_of(session, node).await.unwrap_or_default();
+                Err(format!(
+                    "{summary}, but the node came back on slot {} ({}): {}",
+                    landed.slot,
+                    landed.version,
+                    if status.last_error.is_empty() {
+                        "no error recorded"
+                    } else {
+                        &status.last_error
+                    }
+                ))
+            }
+        }
+        _ if applied.rebooting => Ok(format!("{summary}; rebooting into it")),
+        _ => Ok(format!("{summary}; it takes effect at the next reboot")),
+    }
+}
+
+/// Waits for a new boot, then for its running slot to be blessed (or for the node to
+/// settle on a good slot after falling back).
+async fn follow_reboot(
+    session: &Session,
+    node: &str,
+    before: &str,
+    wait: &WaitArgs,
+) -> Result<Landed, String> {
+    let started = Instant::now();
+    let timeout = Duration::from_secs(wait.timeout);
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message(format!("{node}: rebooting"));
+    let outcome = loop {
+        if started.elapsed() > timeout {
+            break Err(format!(
+                "the node did not settle within {}",
+                output::duration(wait.timeout)
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok((boot, _)) = current_boot(session, node).await else {
+            continue;
+        };
+        if boot == before || boot.is_empty() {
+            continue;
+        }
+        spinner.set_message(format!("{node}: back; waiting for the health checks"));
+        let Ok(status) = status_of(session, node).await else {
+            continue;
+        };
+        let running = status.slots.iter().find(|slot| slot.running);
+        if let Some(slot) = running.filter(|slot| slot.state == "good") {
+            break Ok(Landed {
+                slot: slot.slot.clone(),
+                version: slot.version.clone(),
+                seconds: started.elapsed().as_secs(),
+            });
+        }
+    };
+    spinner.finish_and_clear();
+    outcome
+}
+
+/// `rollback`.
+pub async fn rollback(session: &Session, wait: &WaitArgs) -> anyhow::Result<bool> {
+    let mut answers: Answers<String> = Vec::new();
+    for node in &session.nodes {
+        let outcome = async {
+            let before = current_boot(session, node).await?.0;
+            let done = client(session, node)
+                .await?
+                .rollback(RollbackRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| describe_status(&status))?;
+            if !wait.wait {
+                return Ok(format!(
+                    "rolling back to {} on slot {}; rebooting",
+                    done.version, done.slot
+                ));
+            }
+            let landed = follow_reboot(session, node, &before, wait).await?;
+            if landed.slot == done.slot {
+                Ok(format!(
+                    "rolled back: running {} on slot {} after {}",
+                    landed.version,
+                    landed.slot,
+                    output::duration(landed.seconds)
+                ))
+            } else {
+                Err(format!(
+                    "the node came back on slot {} instead of {}",
+                    landed.slot, done.slot
+                ))
+            }
+        }
+        .await;
+        answers.push((node.clone(), outcome));
+    }
+    report(session.format, answers, |answers| {
+        answers
+            .iter()
+            .map(|(node, line)| format!("{node}: {line}\n"))
+            .collect()
+    })
+}
