@@ -7,6 +7,7 @@ keelson_packages=(
   dosfstools mtools squashfs-tools e2fsprogs  # make filesystems in plain files, no mounts
   gdisk cryptsetup-bin cpio              # tests compare against sgdisk, veritysetup, cpio
   iproute2 dnsmasq-base util-linux       # the DHCP test: a namespace, a tap, a real server
+  socat                                  # guests reach test HTTP servers through guestfwd
   apt dpkg ca-certificates curl gcc libc6-dev pkg-config
 )
 

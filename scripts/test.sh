@@ -21,11 +21,13 @@ rm -rf "$image_dir" "$updates_dir"
 mkdir -p "$updates_dir"
 # The update tests need bundles signed by a key the image trusts.
 target/debug/keelson-image keygen --out "$updates_dir/update.key" >/dev/null
+static_dir=target/x86_64-unknown-linux-gnu/release
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build -q --release --target x86_64-unknown-linux-gnu -p keelson-init -p keelson-agent
+binaries=(--binaries "$static_dir")
 if [ "$(id -u)" -eq 0 ]; then
-  # Prove that building needs no root: compile the static binaries here, then build the
-  # image itself as the unprivileged user 'nobody', in a directory it owns.
-  RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build -q --release --target x86_64-unknown-linux-gnu -p keelson-init -p keelson-agent
+  # Prove that building needs no root: build the image as the unprivileged user 'nobody',
+  # in a directory it owns.
   mkdir -p "$image_dir" target/nobody-home
   chown nobody: "$image_dir" target/nobody-home "$updates_dir/update.key"
   chmod o+rx target target/debug target/x86_64-unknown-linux-gnu target/x86_64-unknown-linux-gnu/release
@@ -34,16 +36,23 @@ if [ "$(id -u)" -eq 0 ]; then
     target/debug/keelson-image build --out "$image_dir" \
     --binaries target/x86_64-unknown-linux-gnu/release --signing-key "$updates_dir/update.key"
   echo "(the image above was built as user $(setpriv --reuid=nobody id -un 2>/dev/null || echo nobody))"
-  binaries=(--binaries target/x86_64-unknown-linux-gnu/release)
 else
-  target/debug/keelson-image build --out "$image_dir" --signing-key "$updates_dir/update.key"
-  binaries=()
+  target/debug/keelson-image build --out "$image_dir" "${binaries[@]}" \
+    --signing-key "$updates_dir/update.key"
 fi
 # The next release: the same code with the patch version raised, signed by the same key.
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 next_version="${version%.*}.$(( ${version##*.} + 1 ))"
 target/debug/keelson-image build --out "$updates_dir/next" --version "$next_version" \
   "${binaries[@]}" --signing-key "$updates_dir/update.key" | tail -2
+# A broken release after it: its agent is PID 1's binary, which exits at once when it is
+# not process 1, so the node can never prove it healthy.
+broken_version="${version%.*}.$(( ${version##*.} + 2 ))"
+mkdir -p "$updates_dir/broken-overlay/usr/bin"
+cp "$static_dir/keelson-init" "$updates_dir/broken-overlay/usr/bin/keelsond"
+target/debug/keelson-image build --out "$updates_dir/broken" --version "$broken_version" \
+  "${binaries[@]}" --signing-key "$updates_dir/update.key" \
+  --root-overlay "$updates_dir/broken-overlay" | tail -1
 export KEELSON_TEST_BUNDLES="$updates_dir"
 sgdisk -p "$image_dir/keelson.raw" | tail -5
 

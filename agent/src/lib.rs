@@ -73,7 +73,11 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     }
     machine_config::announce(&configured.report);
     let security = api_security(&configured)?;
-    let health_timeout = update::UpdateEngine::health_timeout(configured.in_force.as_ref());
+    let update_policy = configured
+        .in_force
+        .as_ref()
+        .and_then(|config| config.update.clone());
+    let health_timeout = update::UpdateEngine::health_timeout(update_policy.as_ref());
     let engine = Arc::new(match (options.manage_machine, identity.slot_letter()) {
         (true, Some(slot)) => {
             update::UpdateEngine::for_node(&options.state_dir, slot, identity.os_version.clone())
@@ -109,16 +113,22 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         })
         .await
         .unwrap_or(false);
-        if on_trial {
-            tokio::spawn(engine.health_gate(report.clone(), context.listen, health_timeout));
-        }
+        tokio::spawn(settle_updates(
+            engine.clone(),
+            on_trial.then(|| (report.clone(), context.listen, health_timeout)),
+            update_policy,
+        ));
     }
 
-    notify_pid1(&identity, &report, context.security.mode());
+    // The console line first, drained, then PID 1: PID 1 logs "keelsond is ready" to the
+    // kernel log, and the kernel writes that straight to the serial port, past whatever of
+    // our line is still queued in the tty. Reversed, the two lines can interleave.
     match context.security.mode() {
         ApiMode::MutualTls => announce_ready(&report),
         ApiMode::Maintenance => context.security.announce_maintenance(),
     }
+    logs::drain_console();
+    notify_pid1(&identity, &report, context.security.mode());
     let watchdog = tokio::spawn(feed_watchdog());
     let outcome = tokio::select! {
         result = served => result.map_err(anyhow::Error::from).and_then(|served| served),
@@ -190,6 +200,42 @@ fn notify_pid1(identity: &system::Identity, report: &machine_config::SharedRepor
         sd_notify::NotifyState::Status(&status),
     ]) {
         warn!("cannot notify PID 1 of readiness: {error}");
+    }
+}
+
+/// After a boot: bless (or roll back) a slot on trial; once the running slot is good, give
+/// back the FleetLock reboot slot and, with `strategy: auto`, follow the update channel.
+async fn settle_updates(
+    engine: Arc<update::UpdateEngine>,
+    trial: Option<(
+        machine_config::SharedReport,
+        SocketAddr,
+        std::time::Duration,
+    )>,
+    policy: Option<keelson_config::model::UpdatePolicy>,
+) {
+    let good = match trial {
+        Some((report, listen, timeout)) => {
+            engine.clone().health_gate(report, listen, timeout).await
+        }
+        None => {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.is_running_good())
+                .await
+                .unwrap_or(false)
+        }
+    };
+    if !good {
+        return;
+    }
+    let node_id = system::hostname();
+    if let update::reboot::RebootGate::FleetLock(client) =
+        update::reboot::RebootGate::of(policy.as_ref(), &node_id)
+    {
+        tokio::spawn(update::reboot::report_steady_state(client));
+    }
+    if let Some(policy) = policy {
+        update::auto::follow_channel(engine, policy, node_id).await;
     }
 }
 

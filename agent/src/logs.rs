@@ -99,6 +99,17 @@ pub fn console(line: &str) {
     });
 }
 
+/// Waits until the lines printed so far have left the console (when stdout is a
+/// terminal), so that a kernel message printed next cannot land inside them.
+pub fn drain_console() {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let _ = stdout.lock().flush();
+    if nix::unistd::isatty(&stdout).unwrap_or(false) {
+        let _ = nix::sys::termios::tcdrain(&stdout);
+    }
+}
+
 /// Sets up tracing: events go to stderr (the console, through PID 1) and into [`ring`].
 /// `RUST_LOG` filters both; the default is `info`.
 pub fn install() {

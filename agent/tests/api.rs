@@ -19,7 +19,7 @@ use keelson_api::pki::{self, CertifiedKey, ClusterCa};
 use keelson_api::roles::{Role, METHOD_ROLES};
 use keelson_api::update::update_client::UpdateClient;
 use keelson_api::update::{
-    apply_request, ApplyOptions, ApplyRequest, CancelRequest, RollbackRequest,
+    apply_request, ApplyOptions, ApplyRequest, CancelRequest, CheckRequest, RollbackRequest,
     StatusRequest as UpdateStatusRequest,
 };
 use keelson_config::model::ApiPki;
@@ -176,6 +176,7 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
                     .await
                     .map(drop)
             }
+            "Check" => update.check(CheckRequest::default()).await.map(drop),
             "Rollback" => update.rollback(RollbackRequest {}).await.map(drop),
             "Cancel" => update.cancel(CancelRequest {}).await.map(drop),
             other => panic!("the test does not know how to call {other}: add it"),

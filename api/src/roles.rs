@@ -88,6 +88,7 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.files.v1.Files/List", Role::Reader),
     ("/keelson.files.v1.Files/Read", Role::Reader),
     ("/keelson.update.v1.Update/Status", Role::Reader),
+    ("/keelson.update.v1.Update/Check", Role::Reader),
     ("/keelson.update.v1.Update/Apply", Role::Operator),
     ("/keelson.update.v1.Update/Rollback", Role::Operator),
     ("/keelson.update.v1.Update/Cancel", Role::Operator),

@@ -263,6 +263,20 @@ pub struct UpdatePolicy {
     /// `auto` (install and reboot when an update is found) or `manual` (only when asked).
     #[serde(default)]
     pub strategy: UpdateStrategy,
+    /// The update channel: the URL (`http://` or `https://`) of a directory holding a
+    /// signed `channel.json` and the bundles it lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Minutes between channel checks when `strategy` is `auto` (5 to 10080, default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_interval_minutes: Option<u32>,
+    /// When the node may reboot into an installed update. Defaults to `fleet-lock` when
+    /// `fleetLock` is given, `window` when `window` is, and `immediate` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_policy: Option<RebootPolicy>,
+    /// The weekly maintenance window of the `window` policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<RebootWindow>,
     /// A FleetLock server that limits how many nodes reboot at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_lock: Option<FleetLock>,
@@ -281,6 +295,62 @@ pub enum UpdateStrategy {
     /// Install only when an operator asks.
     #[default]
     Manual,
+}
+
+/// When a node reboots into an installed update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    /// As soon as the update is installed.
+    Immediate,
+    /// At the next opening of the maintenance window.
+    Window,
+    /// After taking a reboot slot from the FleetLock server.
+    FleetLock,
+}
+
+impl RebootPolicy {
+    /// The name used in the config and in status.
+    pub fn name(self) -> &'static str {
+        match self {
+            RebootPolicy::Immediate => "immediate",
+            RebootPolicy::Window => "window",
+            RebootPolicy::FleetLock => "fleet-lock",
+        }
+    }
+}
+
+impl UpdatePolicy {
+    /// The reboot policy in force: the one given, else the one the other keys imply.
+    pub fn effective_reboot_policy(&self) -> RebootPolicy {
+        match (self.reboot_policy, &self.fleet_lock, &self.window) {
+            (Some(policy), _, _) => policy,
+            (None, Some(_), _) => RebootPolicy::FleetLock,
+            (None, None, Some(_)) => RebootPolicy::Window,
+            (None, None, None) => RebootPolicy::Immediate,
+        }
+    }
+}
+
+/// A weekly maintenance window, in UTC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RebootWindow {
+    /// The days it opens: `mon`, `tue`, `wed`, `thu`, `fri`, `sat`, `sun`.
+    pub days: Vec<String>,
+    /// When it opens on those days, `HH:MM` in UTC.
+    pub start: String,
+    /// How long it stays open, in minutes (it may run past midnight).
+    pub length_minutes: u32,
+}
+
+impl RebootWindow {
+    /// The window, or what is wrong with it.
+    pub fn to_window(
+        &self,
+    ) -> Result<keelson_update::window::Window, keelson_update::window::WindowError> {
+        keelson_update::window::Window::new(&self.days, &self.start, self.length_minutes)
+    }
 }
 
 /// A FleetLock reboot coordinator.

@@ -429,14 +429,7 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
                 );
             }
         }
-        if let Some(lock) = &update.fleet_lock {
-            if !(lock.url.starts_with("http://") || lock.url.starts_with("https://")) {
-                check.error(
-                    "update.fleetLock.url",
-                    format!("{:?} is not an http:// or https:// URL", lock.url),
-                );
-            }
-        }
+        check_update(&mut check, update);
     }
     check_static_pods(&mut check, &config.static_pods);
     let api = match (&config.api, api_from_files) {
@@ -1028,6 +1021,63 @@ fn check_cluster(check: &mut Checker<'_>, cluster: &model::Cluster) {
                 format!("{seed:?} is not host:port"),
             );
         }
+    }
+}
+
+fn check_update(check: &mut Checker<'_>, update: &model::UpdatePolicy) {
+    use model::{RebootPolicy, UpdateStrategy};
+    let is_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+    if let Some(lock) = &update.fleet_lock {
+        if !is_url(&lock.url) {
+            check.error(
+                "update.fleetLock.url",
+                format!("{:?} is not an http:// or https:// URL", lock.url),
+            );
+        }
+    }
+    if let Some(channel) = &update.channel {
+        if !is_url(channel) {
+            check.error(
+                "update.channel",
+                format!("{channel:?} is not an http:// or https:// URL of a channel directory"),
+            );
+        }
+    }
+    if let Some(minutes) = update.check_interval_minutes {
+        if !(5..=10080).contains(&minutes) {
+            check.error(
+                "update.checkIntervalMinutes",
+                format!("{minutes} is out of range: give 5 to 10080 minutes"),
+            );
+        }
+    }
+    if update.strategy == UpdateStrategy::Auto && update.channel.is_none() {
+        check.warning(
+            "update.strategy",
+            "auto has no channel to check (update.channel); updates happen only when asked",
+        );
+    }
+    if let Some(window) = &update.window {
+        if let Err(error) = window.to_window() {
+            check.error("update.window", error.to_string());
+        }
+    }
+    match update.effective_reboot_policy() {
+        RebootPolicy::Window if update.window.is_none() => check.error(
+            "update.rebootPolicy",
+            "window needs update.window: {days, start, lengthMinutes}",
+        ),
+        RebootPolicy::FleetLock if update.fleet_lock.is_none() => check.error(
+            "update.rebootPolicy",
+            "fleet-lock needs update.fleetLock: {url, group}",
+        ),
+        _ => {}
+    }
+    if update.reboot_policy.is_none() && update.fleet_lock.is_some() && update.window.is_some() {
+        check.error(
+            "update.rebootPolicy",
+            "both fleetLock and window are given: say which one decides reboots (fleet-lock or window)",
+        );
     }
 }
 

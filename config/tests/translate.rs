@@ -327,3 +327,53 @@ fn the_committed_schema_matches_the_types() {
         path.display()
     );
 }
+
+#[test]
+fn update_policies_are_checked_whole() {
+    let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\n";
+    let accepted = load(
+        "test",
+        format!(
+            "{base}update:\n  strategy: auto\n  channel: http://updates.lab/stable/\n  window: {{days: [sat, sun], start: \"02:30\", lengthMinutes: 120}}\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let update = accepted.config.update.clone().unwrap();
+    assert_eq!(
+        update.effective_reboot_policy(),
+        keelson_config::model::RebootPolicy::Window
+    );
+    assert_eq!(
+        update.window.unwrap().to_window().unwrap().describe(),
+        "sat,sun 02:30 UTC for 120 min"
+    );
+    for (section, field, words) in [
+        (
+            "  window: {days: [someday], start: \"02:00\", lengthMinutes: 60}\n",
+            "update.window",
+            "\"someday\" is not a day",
+        ),
+        (
+            "  window: {days: [sat], start: \"25:00\", lengthMinutes: 60}\n",
+            "update.window",
+            "HH:MM",
+        ),
+        ("  rebootPolicy: fleet-lock\n", "update.rebootPolicy", "fleetLock"),
+        ("  rebootPolicy: window\n", "update.rebootPolicy", "update.window"),
+        (
+            "  fleetLock: {url: http://lock}\n  window: {days: [sat], start: \"02:00\", lengthMinutes: 60}\n",
+            "update.rebootPolicy",
+            "say which one",
+        ),
+        ("  channel: ftp://old\n", "update.channel", "ftp://old"),
+        ("  checkIntervalMinutes: 1\n", "update.checkIntervalMinutes", "5 to 10080"),
+    ] {
+        let rejected = load("test", format!("{base}update:\n{section}").as_bytes()).unwrap_err();
+        let error = rejected
+            .errors()
+            .find(|error| error.field == field)
+            .unwrap_or_else(|| panic!("no error at {field} for {section}"));
+        assert!(error.reason.contains(words), "{}", error.reason);
+    }
+}

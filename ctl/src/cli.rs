@@ -60,11 +60,12 @@ pub enum Command {
     Ls(LsArgs),
     /// Print a file under /etc or /var.
     Read(ReadArgs),
-    /// Install a signed update bundle into the inactive slot and reboot into it.
+    /// Install a signed update (the channel's latest release, a bundle file or a bundle
+    /// URL) into the inactive slot and reboot into it as the reboot policy allows.
     Upgrade(UpgradeArgs),
     /// Go back to the other slot (it must be good) and reboot.
     Rollback(WaitArgs),
-    /// A/B slot status, or cancel an activated update.
+    /// A/B slot status, check the channel, or cancel an activated update.
     #[command(subcommand)]
     Update(UpdateCommand),
     /// Generate PKI, machine configs and keelctl configs.
@@ -145,9 +146,16 @@ pub struct ApplyConfigArgs {
 /// `upgrade`.
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
-    /// The bundle file (`keelson-image build --signing-key` writes one).
+    /// Upload this bundle file (`keelson-image build --signing-key` writes one). Without
+    /// `--bundle` or `--url`, the node installs its channel's latest release.
+    #[arg(long, conflicts_with_all = ["url", "channel"])]
+    pub bundle: Option<PathBuf>,
+    /// Have the node fetch the bundle from this URL.
+    #[arg(long, conflicts_with = "channel")]
+    pub url: Option<String>,
+    /// The channel to take the latest release from, instead of the configured one.
     #[arg(long)]
-    pub bundle: PathBuf,
+    pub channel: Option<String>,
     /// Install a version older than the running one.
     #[arg(long)]
     pub allow_downgrade: bool,
@@ -176,8 +184,20 @@ pub struct WaitArgs {
 pub enum UpdateCommand {
     /// Each slot's state and version, the default, the last error and any progress.
     Status,
+    /// Ask the node which release its channel offers (the metadata must be signed by a
+    /// trusted key and not expired).
+    Check(CheckArgs),
     /// Take back an activated update before the node reboots into it.
     Cancel,
+}
+
+/// `update check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The channel directory's URL, instead of the configured one (needs the operator
+    /// role).
+    #[arg(long)]
+    pub channel: Option<String>,
 }
 
 /// `reset`.

@@ -8,7 +8,7 @@
 //! - [`cli`]: the command line (clap). [`keelconfig`]: `keelctl.yaml`, its contexts and
 //!   identities. [`generate`]: `gen config` and `gen client` (PKI through
 //!   `keelson_api::pki`). [`output`]: tables and machine formats. [`update`]: `upgrade`,
-//!   `rollback` and `update status|cancel`.
+//!   `rollback` and `update status|check|cancel`.
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
@@ -367,6 +367,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Upgrade(arguments) => update::upgrade(&session, arguments).await,
         Command::Rollback(arguments) => update::rollback(&session, arguments).await,
         Command::Update(cli::UpdateCommand::Status) => update::status(&session).await,
+        Command::Update(cli::UpdateCommand::Check(arguments)) => {
+            update::check(&session, arguments).await
+        }
         Command::Update(cli::UpdateCommand::Cancel) => update::cancel(&session).await,
         Command::Shutdown => {
             let answers = session

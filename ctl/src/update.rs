@@ -1,7 +1,9 @@
-//! `upgrade`, `rollback` and `update status|cancel`: the `keelson.update.v1` verbs.
+//! `upgrade`, `rollback` and `update status|check|cancel`: the `keelson.update.v1` verbs.
 //!
-//! `upgrade` streams the bundle file in 1 MiB chunks with a progress bar; the node checks
-//! the signature from the first bytes, so a bad bundle fails at once. With `--wait` the
+//! `upgrade --bundle` streams the bundle file in 1 MiB chunks with a progress bar; the node
+//! checks the signature from the first bytes, so a bad bundle fails at once. Without a file
+//! the node fetches the bundle itself (`--url`, or its channel's latest release) while
+//! the command shows the node's own progress. With `--wait` the
 //! command follows the node through its reboot until the new version is blessed, and
 //! fails (naming the node's own error) when the node rolled back instead.
 
@@ -11,11 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use keelson_api::update::update_client::UpdateClient;
 use keelson_api::update::{
-    apply_request, ApplyOptions, ApplyRequest, CancelRequest, RollbackRequest, StatusRequest,
-    StatusResponse,
+    apply_request, ApplyOptions, ApplyRequest, CancelRequest, CheckRequest, CheckResponse,
+    RollbackRequest, StatusRequest, StatusResponse,
 };
 
-use crate::cli::{UpgradeArgs, WaitArgs};
+use crate::cli::{CheckArgs, UpgradeArgs, WaitArgs};
 use crate::output::{self, Table};
 use crate::{current_boot, describe_status, report, Answers, Session};
 
@@ -92,11 +94,57 @@ pub async fn status(session: &Session) -> anyhow::Result<bool> {
                     output::bytes(progress.total_bytes)
                 ));
             }
+            if !status.reboot_pending.is_empty() {
+                text.push_str(&format!(
+                    "{node}: reboot pending: {}\n",
+                    status.reboot_pending
+                ));
+            }
             if !status.last_error.is_empty() {
                 text.push_str(&format!("{node}: last error: {}\n", status.last_error));
             }
         }
         text
+    })
+}
+
+/// `update check`.
+pub async fn check(session: &Session, arguments: &CheckArgs) -> anyhow::Result<bool> {
+    let calls = session.nodes.iter().map(|node| async move {
+        let outcome = match client(session, node).await {
+            Ok(mut client) => {
+                let mut request = tonic::Request::new(CheckRequest {
+                    channel: arguments.channel.clone().unwrap_or_default(),
+                });
+                request.set_timeout(Duration::from_secs(90));
+                client
+                    .check(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| describe_status(&status))
+            }
+            Err(error) => Err(error),
+        };
+        (node.clone(), outcome)
+    });
+    let answers: Answers<CheckResponse> = futures::future::join_all(calls).await;
+    report(session.format, answers, |answers| {
+        answers
+            .iter()
+            .map(|(node, checked)| match &checked.latest {
+                Some(latest) => format!(
+                    "{node}: {} offers {} (running {}; {}); install it with keelctl upgrade\n",
+                    checked.name,
+                    latest.version,
+                    checked.running_version,
+                    output::bytes(latest.size)
+                ),
+                None => format!(
+                    "{node}: up to date: running {}, nothing newer in {} (metadata valid until {})\n",
+                    checked.running_version, checked.name, checked.expires
+                ),
+            })
+            .collect()
     })
 }
 
@@ -137,9 +185,12 @@ struct Landed {
 
 /// `upgrade`.
 pub async fn upgrade(session: &Session, arguments: &UpgradeArgs) -> anyhow::Result<bool> {
-    let size = std::fs::metadata(&arguments.bundle)
-        .with_context(|| format!("reading {}", arguments.bundle.display()))?
-        .len();
+    let size = match &arguments.bundle {
+        Some(bundle) => std::fs::metadata(bundle)
+            .with_context(|| format!("reading {}", bundle.display()))?
+            .len(),
+        None => 0,
+    };
     let mut answers: Answers<String> = Vec::new();
     // One node at a time: each reboots, and a bad bundle should stop at the first node.
     for node in &session.nodes {
@@ -169,8 +220,6 @@ async fn upgrade_one(
     } else {
         None
     };
-    let mut file = std::fs::File::open(&arguments.bundle)
-        .map_err(|error| format!("{}: {error}", arguments.bundle.display()))?;
     let bar = indicatif::ProgressBar::new(size);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -179,13 +228,38 @@ async fn upgrade_one(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    bar.set_message(format!("{node}: uploading"));
     let options = ApplyRequest {
         item: Some(apply_request::Item::Options(ApplyOptions {
             allow_downgrade: arguments.allow_downgrade,
             no_reboot: arguments.no_reboot,
+            url: arguments.url.clone().unwrap_or_default(),
+            latest: arguments.bundle.is_none() && arguments.url.is_none(),
+            channel: arguments.channel.clone().unwrap_or_default(),
         })),
     };
+    let Some(bundle) = &arguments.bundle else {
+        bar.set_message(format!("{node}: fetching"));
+        let mut client = client(session, node).await?;
+        let apply = client.apply(futures::stream::iter([options]));
+        tokio::pin!(apply);
+        // The node fetches; its status says how far it got.
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut apply => break outcome,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    show_node_progress(session, node, &bar).await;
+                }
+            }
+        };
+        let outcome = outcome
+            .map(tonic::Response::into_inner)
+            .map_err(|status| describe_status(&status));
+        bar.finish_and_clear();
+        return after_apply(session, node, arguments, before, outcome?).await;
+    };
+    let mut file =
+        std::fs::File::open(bundle).map_err(|error| format!("{}: {error}", bundle.display()))?;
+    bar.set_message(format!("{node}: uploading"));
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let reader_bar = bar.clone();
     let reader = tokio::task::spawn_blocking(move || {
@@ -217,7 +291,30 @@ async fn upgrade_one(
         .map_err(|status| describe_status(&status));
     reader.abort();
     bar.finish_and_clear();
-    let applied = outcome?;
+    after_apply(session, node, arguments, before, outcome?).await
+}
+
+/// Shows the node's own progress while it fetches a bundle.
+async fn show_node_progress(session: &Session, node: &str, bar: &indicatif::ProgressBar) {
+    let Ok(status) = status_of(session, node).await else {
+        return;
+    };
+    if let Some(progress) = status.progress.filter(|p| !p.phase.is_empty()) {
+        bar.set_length(progress.total_bytes);
+        bar.set_position(progress.done_bytes);
+        bar.set_message(format!("{node}: {} {}", progress.phase, progress.version));
+    }
+}
+
+/// Reports an apply, and follows the reboot with `--wait`.
+async fn after_apply(
+    session: &Session,
+    node: &str,
+    arguments: &UpgradeArgs,
+    before: Option<String>,
+    applied: keelson_api::update::ApplyResponse,
+) -> Result<String, String> {
+    let waiting = !applied.reboot_pending.is_empty();
     let summary = format!(
         "wrote {} to slot {} ({} in {:.1} s)",
         applied.version,
@@ -226,7 +323,7 @@ async fn upgrade_one(
         applied.seconds
     );
     match before {
-        Some(before) if applied.rebooting => {
+        Some(before) if applied.rebooting || waiting => {
             let landed = follow_reboot(session, node, &before, &arguments.wait).await?;
             if landed.version == applied.version && landed.slot == applied.slot {
                 Ok(format!(
@@ -250,6 +347,10 @@ async fn upgrade_one(
             }
         }
         _ if applied.rebooting => Ok(format!("{summary}; rebooting into it")),
+        _ if waiting => Ok(format!(
+            "{summary}; the reboot into it is {}",
+            applied.reboot_pending
+        )),
         _ => Ok(format!("{summary}; it takes effect at the next reboot")),
     }
 }

@@ -18,6 +18,7 @@ pub mod cpio;
 pub mod host;
 pub mod inspect;
 pub mod kmod;
+pub mod publish;
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};

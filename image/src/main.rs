@@ -45,6 +45,24 @@ enum Verb {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make DIR an update channel: sign DIR/channel.json listing every DIR/*.bundle, valid
+    /// for a limited time. Serve DIR over HTTP and set nodes' update.channel to its URL.
+    Publish {
+        /// The channel directory (copy the bundles into it first).
+        dir: PathBuf,
+        /// The key that signs the metadata (bundles signed by it are accepted).
+        #[arg(long, value_name = "KEY")]
+        signing_key: PathBuf,
+        /// Also accept bundles signed by this public key (repeat to rotate keys).
+        #[arg(long, value_name = "KEY.pub")]
+        trust_key: Vec<PathBuf>,
+        /// The channel's name.
+        #[arg(long, default_value = "stable")]
+        name: String,
+        /// How long nodes may believe the metadata: 30d, 12h, 90m… Re-publish before then.
+        #[arg(long, default_value = "30d")]
+        valid_for: String,
+    },
     /// Show an image's (or a flashed disk's) partitions, slot entries, versions and root
     /// hashes. Needs no root.
     Inspect {
@@ -107,6 +125,39 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
                 "keep the private key secret; build images with --signing-key {}",
                 out.display()
             );
+        }
+        Verb::Publish {
+            dir,
+            signing_key,
+            trust_key,
+            name,
+            valid_for,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs() as i64;
+            let channel =
+                keelson_image::publish::publish(&keelson_image::publish::PublishOptions {
+                    dir: dir.clone(),
+                    signing_key,
+                    trusted_keys: trust_key,
+                    name,
+                    valid_for_secs: keelson_image::publish::parse_validity(&valid_for)?,
+                    now,
+                })?;
+            println!(
+                "wrote {}: channel {} with {} release(s), valid until {}",
+                dir.join(keelson_update::channel::CHANNEL_FILE).display(),
+                channel.name,
+                channel.releases.len(),
+                channel.expires
+            );
+            for release in &channel.releases {
+                println!(
+                    "  {} {} {}",
+                    release.version, release.architecture, release.bundle
+                );
+            }
         }
         Verb::Inspect { image } => print!("{}", keelson_image::inspect::inspect(&image)?),
         Verb::Baseline { out, binaries } => {

@@ -200,6 +200,11 @@ fn now() -> Duration {
         .unwrap_or_default()
 }
 
+/// Agent starts on a trial boot after which the trial is failed at once: an agent that
+/// crashed this often will not bless the slot, and waiting out the deadline on each of the
+/// loader's tries only delays the fallback.
+const TRIAL_AGENT_STARTS: u32 = 4;
+
 /// The deadline by which a slot booted on trial must be blessed (see
 /// `keelson_update::trial`): armed when the trial record names the running slot.
 struct TrialDeadline {
@@ -226,13 +231,29 @@ impl TrialDeadline {
         })
     }
 
-    /// True when the deadline passed and the slot is still on trial.
-    fn expired(&self) -> bool {
-        now() >= self.at
-            && std::fs::read_to_string(TRIAL_FILE)
-                .ok()
-                .and_then(|text| TrialRecord::parse(&text))
-                .is_some_and(|record| record.slot == self.slot)
+    /// True while the trial record still names the slot (the agent removes it when it
+    /// blesses or rolls back).
+    fn still_on_trial(&self) -> bool {
+        std::fs::read_to_string(TRIAL_FILE)
+            .ok()
+            .and_then(|text| TrialRecord::parse(&text))
+            .is_some_and(|record| record.slot == self.slot)
+    }
+
+    /// Why the trial has failed, if it has: the deadline passed, or the agent keeps
+    /// crashing.
+    fn failed(&self, agent_starts: u32) -> Option<String> {
+        if now() >= self.at && self.still_on_trial() {
+            return Some(format!("slot {} was not blessed in time", self.slot));
+        }
+        if agent_starts >= TRIAL_AGENT_STARTS && self.still_on_trial() {
+            return Some(format!(
+                "the agent of slot {} on trial has crashed {} times",
+                self.slot,
+                agent_starts - 1
+            ));
+        }
+        None
     }
 }
 
@@ -304,11 +325,9 @@ fn supervise(
         }
         pending.extend(supervisor.handle(now(), Event::Tick));
         if let Some(deadline) = &trial {
-            if deadline.expired() {
+            if let Some(reason) = deadline.failed(supervisor.starts()) {
                 crate::error!(
-                    "slot {} was not blessed in time; rebooting so that the boot counter can \
-                     fall back to the other slot",
-                    deadline.slot
+                    "{reason}; rebooting so that the boot counter can fall back to the other slot"
                 );
                 requested = Some(PowerAction::Reboot);
             } else if now() >= deadline.at {

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+/// The address at which a guest on user networking reaches [`VmOptions::host_services`].
+pub const GUEST_SERVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
 /// The console line the agent prints when it is serving.
 pub const READY_PATTERN: &str = "keelson: ready ";
 /// The console line of a node that rejected its config.
@@ -60,6 +63,10 @@ pub struct VmOptions {
     pub cpus: u32,
     /// Host port on 127.0.0.1 forwarded to the guest's API (50000).
     pub api_port: Option<u16>,
+    /// Services on the host the guest may reach (user networking only): the guest
+    /// connects to `GUEST_SERVICE_ADDRESS:guest_port` and reaches `127.0.0.1:host_port`.
+    /// The guest reaches nothing else.
+    pub host_services: Vec<(u16, u16)>,
     /// Where the console log goes; inside the work directory if unset.
     pub console: Option<PathBuf>,
     /// Where the VM keeps its overlay, firmware variables and sockets; a temporary
@@ -93,6 +100,7 @@ impl VmOptions {
             memory_mib: 1024,
             cpus: 2,
             api_port: None,
+            host_services: Vec::new(),
             console: None,
             work_dir: None,
             accel: Accel::from_env(),
@@ -230,6 +238,16 @@ impl Vm {
                     netdev.push_str(&format!(
                         ",hostfwd=tcp:127.0.0.1:{port}-{}:50000",
                         self.options.guest_address
+                    ));
+                }
+                if !self.options.host_services.is_empty() {
+                    ensure_program("socat", "socat")?;
+                }
+                for (guest_port, host_port) in &self.options.host_services {
+                    // `cmd:` starts one relay per guest connection; a chardev target would
+                    // be a single stream, connected once when QEMU starts.
+                    netdev.push_str(&format!(
+                        ",guestfwd=tcp:{GUEST_SERVICE_ADDRESS}:{guest_port}-cmd:socat - TCP:127.0.0.1:{host_port}"
                     ));
                 }
                 netdev

@@ -6,6 +6,8 @@
 //! PKI comes from `keelctl gen config`'s own code, once per test process: nodes boot with
 //! its machine config by fw_cfg unless a test gives another.
 
+pub mod http;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,18 +78,34 @@ pub fn next_bundle() -> (PathBuf, String) {
                 options.out_dir
             }
         };
-        let summary: serde_json::Value = std::fs::read(directory.join("build.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or_else(|| format!("no build.json in {}", directory.display()))?;
-        let version = summary["version"].as_str().unwrap_or_default().to_owned();
-        let path = directory.join(format!("keelson-{version}.bundle"));
-        Ok((path, version))
+        bundle_in(&directory)
     });
     match bundle {
         Ok(found) => found.clone(),
         Err(error) => panic!("cannot build the next release's bundle: {error}"),
     }
+}
+
+/// A signed release whose agent exits at once (built by the test script with a root
+/// overlay), and its version.
+pub fn broken_bundle() -> (PathBuf, String) {
+    let directory = std::env::var_os("KEELSON_TEST_BUNDLES")
+        .map(|directory| Path::new(&directory).join("broken"))
+        .expect(
+            "KEELSON_TEST_BUNDLES is not set: run scripts/test.sh, which builds the broken release",
+        );
+    bundle_in(&directory).unwrap_or_else(|error| panic!("the broken release: {error}"))
+}
+
+/// The bundle `keelson-image build` wrote into `directory`, and its version.
+fn bundle_in(directory: &Path) -> Result<(PathBuf, String), String> {
+    let summary: serde_json::Value = std::fs::read(directory.join("build.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| format!("no build.json in {}", directory.display()))?;
+    let version = summary["version"].as_str().unwrap_or_default().to_owned();
+    let path = directory.join(format!("keelson-{version}.bundle"));
+    Ok((path, version))
 }
 
 /// `1.2.3` → `1.2.4`.
@@ -196,6 +214,20 @@ impl TestCluster {
         files.extend(keelson_ctl::generate::ignition_api_files(&self.api));
         config["storage"]["files"] = serde_json::Value::Array(files);
         self.derived(&name.replace('/', "-"), config.to_string().as_bytes())
+    }
+
+    /// The cluster's node config with `change` applied, written beside it as `name`.
+    pub fn node_config_with(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut keelson_config::MachineConfig),
+    ) -> PathBuf {
+        let text = std::fs::read(&self.node_config).expect("node.yaml");
+        let mut findings = keelson_config::diagnostic::Findings::new("node.yaml");
+        let mut config =
+            keelson_config::native::parse(&text, &mut findings).expect("node.yaml parses");
+        change(&mut config);
+        self.derived(name, keelson_config::native::to_yaml(&config).as_bytes())
     }
 
     /// A native fixture with the cluster's `api` section added.
@@ -397,6 +429,18 @@ impl TestNode {
         })
     }
 
+    /// `keelctl` with `role`'s identity, aimed at this node, ready to run or spawn.
+    pub fn keelctl_command(&self, role: Role, arguments: &[&str]) -> anyhow::Result<Command> {
+        let mut command = Command::new(keelctl_binary()?);
+        command
+            .env("KEELCONFIG", TestCluster::get().keelconfig(role))
+            .arg("-n")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .args(arguments)
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
     /// Runs the real `keelctl` against this node (through the forwarded port) with the
     /// keelctl config of `role`; returns its exit success, stdout and stderr.
     pub fn keelctl(
@@ -404,12 +448,8 @@ impl TestNode {
         role: Role,
         arguments: &[&str],
     ) -> anyhow::Result<(bool, String, String)> {
-        let output = Command::new(keelctl_binary()?)
-            .env("KEELCONFIG", TestCluster::get().keelconfig(role))
-            .arg("-n")
-            .arg(format!("127.0.0.1:{}", self.api_port))
-            .args(arguments)
-            .stdin(Stdio::null())
+        let output = self
+            .keelctl_command(role, arguments)?
             .output()
             .context("running keelctl")?;
         Ok((

@@ -3,13 +3,35 @@
 //!
 //! One node walks the whole path: its first boot blesses slot A; bundles that are corrupted,
 //! truncated or signed by an unknown key are refused with their reason and leave slot A the
-//! default and slot B empty; the next release then installs into slot B, boots, is
-//! blessed, stays on B across a reboot; and an explicit rollback returns to A.
+//! default and slot B empty, and so is an expired channel; the next release, taken from a
+//! signed channel served over HTTP, installs into slot B, waits for a FleetLock reboot
+//! slot, boots, is blessed, gives the slot back, stays on B across a reboot; and an
+//! explicit rollback returns to A.
+//!
+//! Another node is sent a release whose agent cannot run: it tries it on slot B until the
+//! boot counter gives up and is back on A, naming the failed version. The same node then
+//! gets the next release written and activated, and a byte of ROOT-B flipped while it is
+//! off: dm-verity refuses B and the node returns to A.
+//!
+//! A third node loses power three times while a bundle is being written (at 20, 60 and 90%
+//! of it): each restart boots slot A, with B empty and the interruption named, and a retry
+//! then installs the release.
 
 use std::time::{Duration, Instant};
 
 use keelson_api::roles::Role;
-use keelson_tests::{expect_failure, expect_success, next_bundle, TestNode};
+use keelson_config::model::{FleetLock as FleetLockConfig, RebootPolicy, UpdatePolicy};
+use keelson_disk::layout;
+use keelson_qemu::GUEST_SERVICE_ADDRESS;
+use keelson_tests::http::{FleetLock, HttpServer};
+use keelson_tests::{
+    broken_bundle, expect_failure, expect_success, next_bundle, partition_table, test_image,
+    update_key, TestCluster, TestNode, BOOT_TIMEOUT,
+};
+
+/// Guest ports of the host services.
+const CHANNEL_PORT: u16 = 8080;
+const FLEETLOCK_PORT: u16 = 8081;
 
 /// `keelctl update status -o json` for the one node.
 fn update_status(node: &TestNode) -> serde_json::Value {
@@ -31,6 +53,66 @@ fn slot<'a>(status: &'a serde_json::Value, letter: &str) -> &'a serde_json::Valu
         .unwrap()
 }
 
+/// `keelctl upgrade --bundle FILE --wait`: uploads, then follows the node through its
+/// reboots until it settles on a blessed slot.
+fn upgrade_and_wait(node: &TestNode, bundle: &std::path::Path) -> (bool, String, String) {
+    node.keelctl(
+        Role::Operator,
+        &[
+            "upgrade",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "900",
+        ],
+    )
+    .unwrap()
+}
+
+/// Waits until the node runs `letter` and it is blessed; tolerates the node being away.
+fn wait_running_good(node: &TestNode, letter: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((true, text, _)) = node.keelctl(Role::Reader, &["update", "status", "-o", "json"])
+        {
+            let answers: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let status = answers[0].clone();
+            if status["running_slot"] == letter && slot(&status, letter)["state"] == "good" {
+                return status;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never ran a blessed slot {letter}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// A channel directory holding `bundle`, its metadata signed by the test key, valid from
+/// `now` for `valid_for_secs`.
+fn publish_channel(dir: &std::path::Path, bundle: &std::path::Path, now: i64, valid_for_secs: i64) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(bundle, dir.join(bundle.file_name().unwrap())).unwrap();
+    keelson_image::publish::publish(&keelson_image::publish::PublishOptions {
+        dir: dir.to_owned(),
+        signing_key: update_key(),
+        trusted_keys: Vec::new(),
+        name: "e2e".into(),
+        valid_for_secs,
+        now,
+    })
+    .unwrap();
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 /// Waits until the running slot is blessed.
 fn wait_blessed(node: &TestNode) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -49,9 +131,40 @@ fn wait_blessed(node: &TestNode) -> serde_json::Value {
 }
 
 #[test]
-fn bad_bundles_are_refused_and_a_good_one_upgrades_survives_reboot_and_rolls_back() {
+fn bad_updates_are_refused_and_a_channel_release_upgrades_through_fleetlock_and_rolls_back() {
     let (bundle, next_version) = next_bundle();
-    let mut node = TestNode::boot(None).unwrap();
+    // The channel and an expired one, side by side on one HTTP server.
+    let served = tempfile::tempdir().unwrap();
+    publish_channel(&served.path().join("stable"), &bundle, unix_now(), 86_400);
+    publish_channel(
+        &served.path().join("expired"),
+        &bundle,
+        unix_now() - 2 * 86_400,
+        86_400,
+    );
+    let channel_server = HttpServer::directory(served.path().to_owned());
+    let lock = FleetLock::start();
+    let config = TestCluster::get().node_config_with("update-channel.yaml", |config| {
+        config.update = Some(UpdatePolicy {
+            channel: Some(format!(
+                "http://{GUEST_SERVICE_ADDRESS}:{CHANNEL_PORT}/stable/"
+            )),
+            reboot_policy: Some(RebootPolicy::FleetLock),
+            fleet_lock: Some(FleetLockConfig {
+                url: format!("http://{GUEST_SERVICE_ADDRESS}:{FLEETLOCK_PORT}"),
+                group: Some("e2e".into()),
+            }),
+            ..UpdatePolicy::default()
+        });
+    });
+    let (mut node, _) = TestNode::boot_with(|options| {
+        options.config = Some(config);
+        options.host_services = vec![
+            (CHANNEL_PORT, channel_server.port),
+            (FLEETLOCK_PORT, lock.server.port),
+        ];
+    })
+    .unwrap();
     let status = wait_blessed(&node);
     let first_version = slot(&status, "a")["version"].as_str().unwrap().to_owned();
     assert_eq!(status["running_slot"], "a", "{status:#}");
@@ -109,25 +222,93 @@ fn bad_bundles_are_refused_and_a_good_one_upgrades_survives_reboot_and_rolls_bac
     );
     assert!(error.contains("needs role operator"), "{error}");
 
-    // The good bundle lands on B, boots, and is blessed.
+    // Expired channel metadata is refused, by check and by upgrade, and touches nothing.
+    let expired = format!("http://{GUEST_SERVICE_ADDRESS}:{CHANNEL_PORT}/expired/");
+    for arguments in [
+        vec!["update", "check", "--channel", &expired],
+        vec!["upgrade", "--channel", &expired],
+    ] {
+        let error = expect_failure(
+            node.keelctl(Role::Operator, &arguments).unwrap(),
+            "an expired channel",
+        );
+        assert!(error.contains("expired at"), "{error}");
+        assert!(error.contains("re-sign"), "{error}");
+        let status = update_status(&node);
+        assert_eq!(slot(&status, "b")["state"], "empty", "{status:#}");
+    }
+
+    // The configured channel offers the next release.
     let line = expect_success(
-        node.keelctl(
-            Role::Operator,
-            &[
-                "upgrade",
-                "--bundle",
-                bundle.to_str().unwrap(),
-                "--wait",
-                "--timeout",
-                "600",
-            ],
-        )
-        .unwrap(),
-        "upgrade --wait",
+        node.keelctl(Role::Reader, &["update", "check"]).unwrap(),
+        "update check",
     );
     assert!(
-        line.contains(&format!("running {next_version} on slot b, blessed")),
+        line.contains(&format!("e2e offers {next_version}")),
         "{line}"
+    );
+
+    // Installed from the channel, the release waits while another node holds the reboot
+    // slot, and reboots once the slot is free.
+    let hostname = node.status().unwrap().hostname;
+    let uptime_before = node.status().unwrap().uptime_seconds;
+    lock.hold("other-node");
+    let line = expect_success(
+        node.keelctl(Role::Operator, &["upgrade"]).unwrap(),
+        "upgrade from the channel",
+    );
+    assert!(
+        line.contains(&format!("wrote {next_version} to slot b")),
+        "{line}"
+    );
+    assert!(
+        line.contains("waiting for a reboot slot from FleetLock"),
+        "{line}"
+    );
+    let waiting_since = Instant::now();
+    let status = loop {
+        let status = update_status(&node);
+        if status["reboot_pending"]
+            .as_str()
+            .unwrap()
+            .contains("semaphore is full")
+        {
+            break status;
+        }
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(60),
+            "{status:#}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(status["default_slot"], "b", "{status:#}");
+    assert_eq!(status["reboot_policy"], "fleet-lock", "{status:#}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        node.status().unwrap().uptime_seconds >= uptime_before + 5,
+        "the node rebooted without the lock"
+    );
+    lock.release();
+    wait_running_good(&node, "b", Duration::from_secs(600));
+    let released_since = Instant::now();
+    while lock.holder().is_some() {
+        assert!(
+            released_since.elapsed() < Duration::from_secs(120),
+            "the node kept the reboot slot after blessing: {:?}",
+            lock.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let log = lock.log();
+    let granted = log
+        .iter()
+        .position(|line| *line == format!("pre-reboot {hostname} granted"))
+        .unwrap_or_else(|| panic!("{log:?}"));
+    assert!(
+        log[granted..]
+            .iter()
+            .any(|line| *line == format!("steady-state {hostname}")),
+        "{log:?}"
     );
     let machine = node.status().unwrap();
     assert_eq!(machine.slot, "b");
@@ -170,4 +351,164 @@ fn resign(bundle: &[u8], key: &std::path::Path, out: &std::path::Path) {
     copy[8..40].copy_from_slice(&key.public().id().0);
     copy[40..104].copy_from_slice(&key.sign(&signed));
     std::fs::write(out, copy).unwrap();
+}
+
+#[test]
+fn a_release_that_cannot_run_and_a_tampered_slot_both_fall_back_to_a() {
+    let (bundle, broken_version) = broken_bundle();
+    let mut node = TestNode::boot(None).unwrap();
+    let status = wait_blessed(&node);
+    let first_version = slot(&status, "a")["version"].as_str().unwrap().to_owned();
+    // The upload succeeds; the node reboots into B, whose agent dies at once, again and
+    // again, until the loader's tries run out and it boots A.
+    let error = expect_failure(
+        upgrade_and_wait(&node, &bundle),
+        "upgrade to a broken release",
+    );
+    assert!(
+        error.contains(&format!("came back on slot a ({first_version})")),
+        "{error}"
+    );
+    assert!(error.contains("did not prove healthy"), "{error}");
+    let status = wait_running_good(&node, "a", Duration::from_secs(60));
+    assert_eq!(status["default_slot"], "a", "{status:#}");
+    assert_eq!(slot(&status, "b")["state"], "bad", "{status:#}");
+    assert_eq!(
+        status["failed_version"],
+        broken_version.as_str(),
+        "{status:#}"
+    );
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{broken_version} on slot b did not prove healthy")),
+        "{status:#}"
+    );
+    let console = node.vm.console_text();
+    assert!(
+        console.contains("on trial has crashed 3 times"),
+        "PID 1 never gave up on the crashing agent"
+    );
+    assert_eq!(node.status().unwrap().os_version, first_version);
+
+    // Tampered slot: the next release is written and activated, then a byte of ROOT-B
+    // changes while the machine is off. dm-verity stops each boot of B, and the loader
+    // falls back to A.
+    let (next, next_version) = next_bundle();
+    let line = expect_success(
+        node.keelctl(
+            Role::Operator,
+            &["upgrade", "--bundle", next.to_str().unwrap(), "--no-reboot"],
+        )
+        .unwrap(),
+        "upgrade --no-reboot",
+    );
+    assert!(line.contains("takes effect at the next reboot"), "{line}");
+    node.power_off().unwrap();
+    let table = partition_table(&test_image()).unwrap();
+    let root_b = table.find(layout::ROOT_B_LABEL).unwrap();
+    // Inside the squashfs superblock's block, which mounting reads first.
+    let offset = root_b.offset_bytes() + 1000;
+    let original = std::fs::read(&next).unwrap();
+    let root_in_bundle = bundle_root_offset(&original);
+    node.vm
+        .write_disk_byte(offset, original[root_in_bundle + 1000] ^ 0xff)
+        .unwrap();
+    let mark = node.vm.console_mark();
+    node.vm.power_on().unwrap();
+    let line = node
+        .vm
+        .wait_for_console_from(mark, "keelson-init: FATAL:", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(
+        line.contains("dm-verity") && line.contains("KEELSON-ROOT-B"),
+        "{line}"
+    );
+    let status = wait_running_good(&node, "a", Duration::from_secs(600));
+    assert_eq!(slot(&status, "b")["state"], "bad", "{status:#}");
+    assert_eq!(
+        status["failed_version"],
+        next_version.as_str(),
+        "{status:#}"
+    );
+    node.power_off().unwrap();
+}
+
+/// Where the root image starts in a bundle: after the header, the manifest, the kernel and
+/// the initrd.
+fn bundle_root_offset(bundle: &[u8]) -> usize {
+    let length = u32::from_le_bytes(bundle[104..108].try_into().unwrap()) as usize;
+    let manifest: serde_json::Value = serde_json::from_slice(&bundle[108..108 + length]).unwrap();
+    let boot_files: u64 = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|artifact| artifact["name"] != "root")
+        .map(|artifact| artifact["size"].as_u64().unwrap())
+        .sum();
+    108 + length + boot_files as usize
+}
+
+#[test]
+fn power_loss_while_writing_leaves_slot_a_and_a_retry_succeeds() {
+    let (bundle, next_version) = next_bundle();
+    let total = std::fs::metadata(&bundle).unwrap().len();
+    let mut node = TestNode::boot(None).unwrap();
+    wait_blessed(&node);
+    // Cut the power at several points of the write: early, midway, near the end.
+    for percent in [20, 60, 90] {
+        let mut upload = node
+            .keelctl_command(
+                Role::Operator,
+                &["upgrade", "--bundle", bundle.to_str().unwrap()],
+            )
+            .unwrap()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let status = update_status(&node);
+            let progress = &status["progress"];
+            let done = progress["done_bytes"].as_u64().unwrap_or(0);
+            if progress["phase"] == "receiving" && done * 100 >= total * percent {
+                break;
+            }
+            assert!(
+                progress["phase"] != "verifying" && progress["phase"] != "activating",
+                "the write finished before the {percent}% mark: {status:#}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(300), "{status:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node.vm.kill();
+        let _ = upload.wait();
+        let mark = node.vm.console_mark();
+        node.vm.power_on().unwrap();
+        node.vm
+            .wait_for_console_from(mark, keelson_qemu::READY_PATTERN, BOOT_TIMEOUT)
+            .unwrap();
+        let status = wait_running_good(&node, "a", Duration::from_secs(120));
+        assert_eq!(status["default_slot"], "a", "{status:#}");
+        assert_eq!(slot(&status, "b")["state"], "empty", "{status:#}");
+        assert!(
+            status["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("was interrupted"),
+            "after a cut at {percent}%: {status:#}"
+        );
+    }
+    // The retry installs the release and the node boots it.
+    let line = expect_success(
+        upgrade_and_wait(&node, &bundle),
+        "upgrade after the power cuts",
+    );
+    assert!(
+        line.contains(&format!("running {next_version} on slot b, blessed")),
+        "{line}"
+    );
+    node.power_off().unwrap();
 }

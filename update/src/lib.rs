@@ -7,6 +7,9 @@
 //!   blessing and rollback, and the invariants that keep a machine bootable.
 //! - [`bundle`] and [`keys`]: the signed update bundle, streamed and verified as it is read,
 //!   and the Ed25519 keys that sign it and that an image trusts.
+//! - [`channel`]: the signed, expiring list of releases that a directory served over HTTP
+//!   publishes, and how a node picks the release to move to.
+//! - [`window`]: weekly maintenance windows (UTC) that bound when a node may reboot.
 //! - [`trial`]: the record that lets PID 1 reboot a trial slot whose agent never proves it
 //!   healthy.
 //!
@@ -15,6 +18,8 @@
 
 pub mod boot_entry;
 pub mod bundle;
+pub mod channel;
 pub mod keys;
 pub mod slots;
 pub mod trial;
+pub mod window;

@@ -69,8 +69,12 @@ pub struct ApiContext {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in flight at once; more wait for a slot (the kernel's backlog holds them).
 const HANDSHAKES_IN_FLIGHT: usize = 64;
-/// Longest unary call.
+/// Longest call, except those in [`UNBOUNDED_CALLS`].
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Calls that run as long as their data keeps flowing: an update upload or download of a
+/// few hundred megabytes can outlast any fixed limit. HTTP/2 keepalive still drops a
+/// connection whose peer is gone.
+const UNBOUNDED_CALLS: &[&str] = &["/keelson.update.v1.Update/Apply"];
 
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(
@@ -91,7 +95,6 @@ pub async fn serve(
     let update = UpdateServer::new(update::UpdateService::new(context.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let served = tonic::transport::Server::builder()
-        .timeout(CALL_TIMEOUT)
         .concurrency_limit_per_connection(32)
         .max_concurrent_streams(64)
         .http2_max_header_list_size(16 * 1024)
@@ -225,7 +228,20 @@ where
                 // The clone that was polled ready is the one to call.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                let call = inner.call(request);
+                if UNBOUNDED_CALLS.contains(&method.as_str()) {
+                    return Box::pin(call);
+                }
+                Box::pin(async move {
+                    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                        Ok(response) => response,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                            "{method} did not finish within {} s",
+                            CALL_TIMEOUT.as_secs()
+                        ))
+                        .into_http()),
+                    }
+                })
             }
             Err(denial) => {
                 let who = caller

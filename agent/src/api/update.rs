@@ -6,11 +6,15 @@
 
 use std::sync::Arc;
 
+use keelson_api::access::Caller;
+use keelson_api::roles::Role;
 use keelson_api::update::update_server::Update;
 use keelson_api::update::{
-    apply_request, ApplyRequest, ApplyResponse, CancelRequest, CancelResponse, Progress,
-    RollbackRequest, RollbackResponse, SlotStatus, StatusRequest, StatusResponse,
+    apply_request, ApplyRequest, ApplyResponse, CancelRequest, CancelResponse, CheckRequest,
+    CheckResponse, Progress, Release, RollbackRequest, RollbackResponse, SlotStatus, StatusRequest,
+    StatusResponse,
 };
+use keelson_config::model::UpdatePolicy;
 use keelson_update::slots::SlotState;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
@@ -18,7 +22,8 @@ use tracing::info;
 use super::machine::who;
 use super::ApiContext;
 use crate::system;
-use crate::update::{UpdateEngine, UpdateError};
+use crate::update::reboot::RebootGate;
+use crate::update::{ApplySpec, UpdateEngine, UpdateError};
 
 /// The update service.
 #[derive(Debug, Clone)]
@@ -35,6 +40,136 @@ impl UpdateService {
     fn engine(&self) -> Arc<UpdateEngine> {
         self.context.update.clone()
     }
+
+    /// The `update` section of the config in force.
+    async fn policy(&self) -> Option<UpdatePolicy> {
+        self.context
+            .in_force
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|config| config.update.clone())
+    }
+
+    /// The channel a call names, else the configured one. Only an operator may point the
+    /// node at another channel: a reader must not make the node fetch arbitrary URLs.
+    async fn channel_for<T>(&self, request: &Request<T>, asked: &str) -> Result<String, Status> {
+        if !asked.is_empty() {
+            let role = request
+                .extensions()
+                .get::<Caller>()
+                .and_then(|caller| caller.role);
+            if role < Some(Role::Operator) {
+                return Err(Status::permission_denied(
+                    "naming a channel other than the configured one needs the operator role",
+                ));
+            }
+            return Ok(asked.to_owned());
+        }
+        self.configured_channel().await
+    }
+}
+
+impl UpdateService {
+    /// Applies a bundle the node fetches: from `url`, or the channel's latest release.
+    async fn apply_fetched(
+        &self,
+        channel: &str,
+        latest: bool,
+        url: &str,
+        mut spec: ApplySpec,
+    ) -> Result<crate::update::Applied, Status> {
+        let url = if latest {
+            // Apply is an operator's call already, so any channel may be named.
+            let channel_url = if channel.is_empty() {
+                self.configured_channel().await?
+            } else {
+                channel.to_owned()
+            };
+            let engine = self.engine();
+            let checked = blocking(move || engine.check(&channel_url)).await?;
+            let Some(release) = checked.latest.as_ref() else {
+                return Err(Status::failed_precondition(format!(
+                    "the node runs {}, and channel {} ({}) has nothing newer",
+                    self.engine().running_version(),
+                    checked.channel.name,
+                    checked.url
+                )));
+            };
+            spec.expect_version = Some(release.version.clone());
+            keelson_update::channel::bundle_url(&checked.url, release)
+        } else {
+            url.to_owned()
+        };
+        let engine = self.engine();
+        blocking(move || engine.apply_url(&url, &spec)).await
+    }
+
+    /// The configured channel.
+    async fn configured_channel(&self) -> Result<String, Status> {
+        self.policy()
+            .await
+            .and_then(|policy| policy.channel)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the node has no update channel: set update.channel in its config, or name one",
+                )
+            })
+    }
+
+    /// Applies a bundle uploaded in the call's stream.
+    async fn apply_upload(
+        &self,
+        mut stream: Streaming<ApplyRequest>,
+        spec: ApplySpec,
+    ) -> Result<crate::update::Applied, Status> {
+        let (sender, chunks) = tokio::sync::mpsc::channel(8);
+        let engine = self.engine();
+        let writer = tokio::task::spawn_blocking(move || {
+            let reader = ChunkReader {
+                chunks,
+                current: Vec::new(),
+                offset: 0,
+            };
+            engine.apply(reader, &spec)
+        });
+        // Feed the writer until the upload ends or the writer stops listening (it failed).
+        loop {
+            let item = match stream.message().await {
+                Ok(Some(ApplyRequest {
+                    item: Some(apply_request::Item::Chunk(chunk)),
+                })) => Ok(chunk),
+                Ok(Some(_)) => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "Apply carries options only in its first message",
+                )),
+                Ok(None) => break,
+                Err(status) => Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("the upload broke off: {}", status.message()),
+                )),
+            };
+            let failed = item.is_err();
+            if sender.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(sender);
+        writer
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?
+            .map_err(status_of)
+    }
+}
+
+/// Runs blocking engine work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, UpdateError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(status_of)
 }
 
 /// Maps engine errors to gRPC codes an operator can act on.
@@ -43,6 +178,8 @@ fn status_of(error: UpdateError) -> Status {
     match error {
         UpdateError::Bundle(_) => Status::invalid_argument(message),
         UpdateError::Policy(_) | UpdateError::Refused(_) => Status::failed_precondition(message),
+        UpdateError::Channel(_) => Status::failed_precondition(message),
+        UpdateError::Source(_) => Status::unavailable(message),
         UpdateError::Busy => Status::aborted(message),
         UpdateError::Unavailable(_) => Status::failed_precondition(message),
         UpdateError::Io(_) => Status::internal(message),
@@ -82,25 +219,10 @@ impl Update for UpdateService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let engine = self.engine();
-        let view = tokio::task::spawn_blocking(move || engine.status())
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(status_of)?;
-        let policy = self
-            .context
-            .in_force
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|config| config.update.as_ref())
-            .map(|update| {
-                if update.fleet_lock.is_some() {
-                    "fleet-lock".to_owned()
-                } else {
-                    "immediate".to_owned()
-                }
-            })
-            .unwrap_or_else(|| "immediate".to_owned());
+        let view = blocking(move || engine.status()).await?;
+        let policy = self.policy().await;
+        let reboot_policy = RebootGate::of(policy.as_ref(), "").name().to_owned();
+        let channel = policy.and_then(|policy| policy.channel).unwrap_or_default();
         Ok(Response::new(StatusResponse {
             slots: view
                 .slots
@@ -129,7 +251,34 @@ impl Update for UpdateService {
                 total_bytes: view.progress.total,
             }),
             trusted_keys: view.trusted_keys,
-            reboot_policy: policy,
+            reboot_policy,
+            reboot_pending: view.reboot_pending.unwrap_or_default(),
+            channel,
+        }))
+    }
+
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let url = self
+            .channel_for(&request, &request.get_ref().channel)
+            .await?;
+        let engine = self.engine();
+        let checked = blocking(move || engine.check(&url)).await?;
+        let release = |release: &keelson_update::channel::Release| Release {
+            version: release.version.clone(),
+            architecture: release.architecture.clone(),
+            url: keelson_update::channel::bundle_url(&checked.url, release),
+            size: release.size,
+        };
+        Ok(Response::new(CheckResponse {
+            channel: checked.url.clone(),
+            name: checked.channel.name.clone(),
+            expires: checked.channel.expires.clone(),
+            running_version: self.engine().running_version().to_owned(),
+            releases: checked.channel.releases.iter().map(release).collect(),
+            latest: checked.latest.as_ref().map(release),
         }))
     }
 
@@ -150,58 +299,34 @@ impl Update for UpdateService {
             }
         };
         info!("update requested by {caller}");
-        let health_timeout =
-            UpdateEngine::health_timeout(self.context.in_force.lock().await.as_ref());
-        let (sender, chunks) = tokio::sync::mpsc::channel(8);
-        let engine = self.engine();
-        let allow_downgrade = options.allow_downgrade;
-        let writer = tokio::task::spawn_blocking(move || {
-            let reader = ChunkReader {
-                chunks,
-                current: Vec::new(),
-                offset: 0,
-            };
-            engine.apply(reader, allow_downgrade, health_timeout)
-        });
-        // Feed the writer until the upload ends or the writer stops listening (it failed).
-        loop {
-            let item = match stream.message().await {
-                Ok(Some(ApplyRequest {
-                    item: Some(apply_request::Item::Chunk(chunk)),
-                })) => Ok(chunk),
-                Ok(Some(_)) => Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "Apply carries options only in its first message",
-                )),
-                Ok(None) => break,
-                Err(status) => Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    format!("the upload broke off: {}", status.message()),
-                )),
-            };
-            let failed = item.is_err();
-            if sender.send(item).await.is_err() || failed {
-                break;
+        let policy = self.policy().await;
+        let spec = ApplySpec {
+            allow_downgrade: options.allow_downgrade,
+            health_timeout: UpdateEngine::health_timeout(policy.as_ref()),
+            expect_version: None,
+        };
+        let applied = if options.latest || !options.url.is_empty() {
+            self.apply_fetched(&options.channel, options.latest, &options.url, spec)
+                .await?
+        } else {
+            self.apply_upload(stream, spec).await?
+        };
+        let (rebooting, reboot_pending) = if options.no_reboot || !self.context.manage_machine {
+            (false, String::new())
+        } else {
+            let gate = RebootGate::of(policy.as_ref(), &system::hostname());
+            match self.engine().schedule_reboot(gate) {
+                None => (true, String::new()),
+                Some(waiting) => (false, waiting),
             }
-        }
-        drop(sender);
-        let applied = writer
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(status_of)?;
-        let rebooting = !options.no_reboot && self.context.manage_machine;
-        if rebooting {
-            system::ask_pid1(
-                keelson_init::power::reboot_signal(),
-                "reboot into the update",
-            );
-        }
+        };
         Ok(Response::new(ApplyResponse {
             slot: applied.slot.to_string(),
             version: applied.version,
             rebooting,
             bytes: applied.bytes,
             seconds: applied.seconds,
+            reboot_pending,
         }))
     }
 

@@ -292,6 +292,93 @@ mod tests {
         assert_eq!(tree.read().unwrap().0.default_slot(), Some(Slot::A));
     }
 
+    /// The slot systemd-boot would start from these entry names: the highest generation
+    /// that still has tries (or no counter), else any entry at all.
+    fn loader_pick(names: &[String]) -> Option<Slot> {
+        let view = LoaderView::from_file_names(names.iter().map(String::as_str));
+        let mut entries: Vec<EntryName> = view.entries.iter().flatten().copied().collect();
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.generation));
+        let usable = |entry: &EntryName| entry.counter.is_none_or(|c| c.tries_left > 0);
+        entries
+            .iter()
+            .find(|entry| usable(entry))
+            .or(entries.first())
+            .map(|entry| entry.slot)
+    }
+
+    /// Power can fail between any two filesystem operations of an entry switch, and (on
+    /// FAT, which has no journal) inside a rename, leaving the old and the new name both
+    /// present. After every such cut, at every step of an update's life, the loader must
+    /// still find an entry, and it must be the slot that was booting before the step or
+    /// the one the step moves to: never an entry-less or half-written slot.
+    #[test]
+    fn a_power_cut_inside_any_entry_switch_leaves_a_bootable_choice() {
+        let (_directory, tree) = tree();
+        let options = Some(("2.0.0", "console=ttyS0 keelson.slot=b"));
+        let firmware_attempt = |tree: &EspTree| {
+            let (view, _) = tree.read().unwrap();
+            let current = view.entry(Slot::B).unwrap();
+            let counter = current.counter.unwrap();
+            let next = EntryName {
+                counter: Some(BootCounter {
+                    tries_left: counter.tries_left - 1,
+                    tries_done: counter.tries_done + 1,
+                }),
+                ..current
+            };
+            std::fs::rename(tree.entry_path(&current), tree.entry_path(&next)).unwrap();
+        };
+        // An update's life: install B on trial, one firmware attempt, bless B, roll back
+        // to A, write B again (its entry goes first), install and mark it bad. `None` is
+        // the firmware's attempt.
+        let install = Action::InstallEntry {
+            slot: Slot::B,
+            tries: 3,
+        };
+        let steps = [
+            ("install", Some(install)),
+            ("attempt", None),
+            ("bless", Some(Action::Bless(Slot::B))),
+            ("rollback", Some(Action::SetDefault(Slot::A))),
+            ("remove", Some(Action::RemoveEntry(Slot::B))),
+            ("reinstall", Some(install)),
+            ("mark bad", Some(Action::MarkBad(Slot::B))),
+        ];
+        let mut cuts = 0;
+        for (what, step) in steps {
+            let before = names(&tree);
+            let picked_before = loader_pick(&before).unwrap();
+            match step {
+                Some(action) => tree.apply(action, options).unwrap(),
+                None => firmware_attempt(&tree),
+            }
+            let after = names(&tree);
+            let picked_after = loader_pick(&after).unwrap();
+            // The states a cut can leave: every prefix of the change, as sets of names:
+            // nothing done, only the new names added (a staged file or a half-done
+            // rename), and all done.
+            let added: Vec<String> = after
+                .iter()
+                .filter(|n| !before.contains(n))
+                .cloned()
+                .collect();
+            let mut half_done = before.clone();
+            half_done.extend(added.iter().cloned());
+            half_done.push(".b.new".to_owned());
+            for cut in [&before, &half_done, &after] {
+                cuts += 1;
+                let picked = loader_pick(cut)
+                    .unwrap_or_else(|| panic!("{what}: nothing to boot after a cut: {cut:?}"));
+                assert!(
+                    picked == picked_before || picked == picked_after,
+                    "{what}: a cut leaves {cut:?}, which boots slot {picked}, neither slot \
+                     {picked_before} nor slot {picked_after}"
+                );
+            }
+        }
+        assert_eq!(cuts, 21);
+    }
+
     #[test]
     fn marking_bad_spends_every_try() {
         let (_directory, tree) = tree();

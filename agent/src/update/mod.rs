@@ -15,7 +15,10 @@
 //! `state.json` beside the agent's other state keeps what the ESP cannot: a slot being
 //! written, the last error and the version that failed.
 
+pub mod auto;
+pub mod channel;
 pub mod esp;
+pub mod reboot;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -54,6 +57,12 @@ pub enum UpdateError {
     /// The slot machine refused the step.
     #[error("{0}")]
     Refused(#[from] Refusal),
+    /// The update source could not be reached or read.
+    #[error("{0}")]
+    Source(String),
+    /// The channel's metadata cannot be trusted (signature, key, expiry, content).
+    #[error("{0}")]
+    Channel(String),
     /// Another update operation is running.
     #[error("another update operation is in progress; wait for it (keelctl update status)")]
     Busy,
@@ -132,6 +141,21 @@ pub struct StatusView {
     pub progress: Progress,
     /// Ids of the trusted keys.
     pub trusted_keys: Vec<String>,
+    /// Why an installed update waits to reboot.
+    pub reboot_pending: Option<String>,
+}
+
+/// How to apply a bundle.
+#[derive(Debug, Clone)]
+pub struct ApplySpec {
+    /// Install a version older than the running one.
+    pub allow_downgrade: bool,
+    /// How long the new slot has to prove healthy.
+    pub health_timeout: Duration,
+    /// The version the source promised (a channel's release): a bundle that carries
+    /// another version is refused, so a channel cannot be made to serve a different,
+    /// older signed bundle under a new name.
+    pub expect_version: Option<String>,
 }
 
 /// The result of a successful apply.
@@ -160,6 +184,7 @@ pub struct UpdateEngine {
     progress: Mutex<Progress>,
     snapshot: Mutex<Option<(Slots, [Option<EntryInfo>; 2])>>,
     unavailable: Mutex<Option<String>>,
+    pending_reboot: Arc<reboot::PendingReboot>,
 }
 
 impl UpdateEngine {
@@ -183,6 +208,7 @@ impl UpdateEngine {
             progress: Mutex::new(Progress::default()),
             snapshot: Mutex::new(None),
             unavailable: Mutex::new(unavailable),
+            pending_reboot: Arc::default(),
         }
     }
 
@@ -200,6 +226,7 @@ impl UpdateEngine {
             progress: Mutex::new(Progress::default()),
             snapshot: Mutex::new(None),
             unavailable: Mutex::new(Some(reason.to_owned())),
+            pending_reboot: Arc::default(),
         }
     }
 
@@ -220,15 +247,7 @@ impl UpdateEngine {
     }
 
     fn save(&self, record: &Record) -> anyhow::Result<()> {
-        if let Some(parent) = self.state_file.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let staging = self.state_file.with_extension("json.new");
-        let mut file = File::create(&staging)?;
-        file.write_all(&serde_json::to_vec_pretty(record)?)?;
-        file.sync_all()?;
-        std::fs::rename(&staging, &self.state_file)?;
-        Ok(())
+        write_durably(&self.state_file, &serde_json::to_vec_pretty(record)?)
     }
 
     fn fail(&self, version: &str, error: &str) {
@@ -364,29 +383,37 @@ impl UpdateEngine {
             failed_version: record.failed_version.unwrap_or_default(),
             progress: self.progress.lock().map(|p| p.clone()).unwrap_or_default(),
             trusted_keys: self.trust.as_ref().map(TrustRoot::ids).unwrap_or_default(),
+            reboot_pending: self.pending_reboot.reason(),
         })
     }
 
     /// Streams a bundle from `source` into the inactive slot and activates it. Blocking:
     /// run it on a blocking thread. Nothing is touched until the bundle's signature and
     /// policy pass; a failure after that leaves the slot empty and the default unchanged.
-    pub fn apply(
-        &self,
-        source: impl Read,
-        allow_downgrade: bool,
-        health_timeout: Duration,
-    ) -> Result<Applied, UpdateError> {
+    pub fn apply(&self, source: impl Read, spec: &ApplySpec) -> Result<Applied, UpdateError> {
         let _guard = self.lock()?;
         let esp = self.esp()?.clone();
-        let trust = self
-            .trust
-            .as_ref()
-            .map_err(|error| UpdateError::Unavailable(error.clone()))?;
+        let trust = self.trust()?;
         let started = Instant::now();
         let mut reader = BundleReader::open(source, trust)?;
         let manifest = reader.manifest().clone();
         let machine = std::env::consts::ARCH;
-        bundle::check_policy(&manifest, &self.running_version, machine, allow_downgrade)?;
+        bundle::check_policy(
+            &manifest,
+            &self.running_version,
+            machine,
+            spec.allow_downgrade,
+        )?;
+        if let Some(expected) = spec.expect_version.as_ref() {
+            if *expected != manifest.version {
+                return Err(UpdateError::Channel(format!(
+                    "the channel lists {expected} but its bundle carries {}; the channel is \
+                     inconsistent, refusing it",
+                    manifest.version
+                )));
+            }
+        }
+        let health_timeout = spec.health_timeout;
         let target = self.running.other();
         info!(
             version = %manifest.version,
@@ -527,7 +554,7 @@ impl UpdateEngine {
                 warn!("update to {version} failed: {error}");
                 // Forget the partial write (WriteFailed): without its record the slot reads
                 // as empty again, and it never had an entry, so the default is unchanged.
-                let _ = std::fs::remove_file(&self.trial_file);
+                self.clear_trial();
                 let mut record = self.record();
                 record.pending = None;
                 let _ = self.save(&record);
@@ -536,6 +563,67 @@ impl UpdateEngine {
             }
         }
         outcome
+    }
+
+    /// The keys bundles and channels must be signed with.
+    pub fn trust(&self) -> Result<&TrustRoot, UpdateError> {
+        self.trust
+            .as_ref()
+            .map_err(|error| UpdateError::Unavailable(error.clone()))
+    }
+
+    /// The version this node runs.
+    pub fn running_version(&self) -> &str {
+        &self.running_version
+    }
+
+    /// Checks the channel at `url`. Blocking.
+    pub fn check(&self, url: &str) -> Result<channel::Checked, UpdateError> {
+        channel::check(url, self.trust()?, &self.running_version)
+    }
+
+    /// Fetches the bundle at `url` and applies it. Blocking.
+    pub fn apply_url(&self, url: &str, spec: &ApplySpec) -> Result<Applied, UpdateError> {
+        info!("update: fetching {url}");
+        let source = channel::open_bundle(url)?;
+        self.apply(source, spec)
+    }
+
+    /// The version that last failed to install or to prove healthy.
+    pub fn failed_version(&self) -> Option<String> {
+        self.record().failed_version
+    }
+
+    /// Reboots into the activated update when `gate` allows. Returns why it waits, or
+    /// `None` when the node reboots now.
+    pub fn schedule_reboot(self: &Arc<Self>, gate: reboot::RebootGate) -> Option<String> {
+        let engine = self.clone();
+        self.pending_reboot.schedule(
+            gate,
+            || {
+                crate::system::ask_pid1(
+                    keelson_init::power::reboot_signal(),
+                    "reboot into the update",
+                )
+            },
+            // Still wanted while the other slot is the loader's default (a cancel undoes
+            // that).
+            move || {
+                engine
+                    .status()
+                    .map(|view| view.default != view.running)
+                    .unwrap_or(false)
+            },
+        )
+    }
+
+    /// Deletes the trial record, durably.
+    fn clear_trial(&self) {
+        if std::fs::remove_file(&self.trial_file).is_ok() {
+            if let Some(parent) = self.trial_file.parent() {
+                let _ = File::open(parent).and_then(|directory| directory.sync_all());
+            }
+        }
     }
 
     /// Writes the trial record PID 1 watches: the slot has `timeout` to be blessed.
@@ -547,8 +635,7 @@ impl UpdateEngine {
             slot,
             timeout_secs: health_timeout_secs + PID1_GRACE_SECS,
         };
-        std::fs::write(&self.trial_file, record.to_text())?;
-        Ok(())
+        write_durably(&self.trial_file, record.to_text().as_bytes())
     }
 
     /// Makes the other (good) slot the default. The caller reboots.
@@ -564,9 +651,10 @@ impl UpdateEngine {
         Ok((target, self.version_of(target)))
     }
 
-    /// Takes back an activation that has not been booted.
+    /// Takes back an activation that has not been booted, and a reboot waiting for it.
     pub fn cancel(&self) -> Result<(Slot, String), UpdateError> {
         let _guard = self.lock()?;
+        self.pending_reboot.cancel();
         let esp = self.esp()?;
         let target = self.running.other();
         let version = self.version_of(target);
@@ -575,7 +663,7 @@ impl UpdateEngine {
             self.step(tree, &slots, Event::Cancel, None)?;
             Ok(())
         })?;
-        let _ = std::fs::remove_file(&self.trial_file);
+        self.clear_trial();
         Ok((target, version))
     }
 
@@ -642,7 +730,11 @@ impl UpdateEngine {
                 record.last_error = Some(message);
                 record.failed_version = Some(version);
                 record.trial_version = None;
-                let _ = std::fs::remove_file(&self.trial_file);
+                self.clear_trial();
+            } else if slots.state(self.running) == SlotState::Good {
+                // Blessed, but a power cut took the record's removal back: without this,
+                // PID 1 would reboot a good slot at the deadline, on every boot.
+                self.clear_trial();
             }
         }
         if let Err(error) = self.save(&record) {
@@ -671,7 +763,7 @@ impl UpdateEngine {
         });
         match (outcome, healthy) {
             (Ok(_), Ok(())) => {
-                let _ = std::fs::remove_file(&self.trial_file);
+                self.clear_trial();
                 let mut record = self.record();
                 record.trial_version = None;
                 let _ = self.save(&record);
@@ -689,7 +781,7 @@ impl UpdateEngine {
                     self.running.other()
                 );
                 logs::console(&format!("keelson: update: {message}"));
-                let _ = std::fs::remove_file(&self.trial_file);
+                self.clear_trial();
                 self.fail(&self.running_version, &message);
                 reboot
             }
@@ -705,13 +797,13 @@ impl UpdateEngine {
 
     /// Runs the health gate: waits until the node is healthy (config applied without
     /// errors, API accepting connections) and blesses the slot, or rolls back when
-    /// `timeout` passes first.
+    /// `timeout` passes first. Returns true when the slot was blessed.
     pub async fn health_gate(
         self: Arc<Self>,
         report: SharedReport,
         api: std::net::SocketAddr,
         timeout: Duration,
-    ) {
+    ) -> bool {
         let uptime = Duration::from_secs(crate::system::uptime_seconds());
         let deadline = Instant::now() + timeout.saturating_sub(uptime);
         info!(
@@ -733,13 +825,24 @@ impl UpdateEngine {
         if reboot {
             crate::system::ask_pid1(keelson_init::power::reboot_signal(), "reboot to roll back");
         }
+        !reboot && self.is_running_good()
+    }
+
+    /// True when the running slot is blessed.
+    pub fn is_running_good(&self) -> bool {
+        self.status()
+            .map(|view| {
+                view.slots
+                    .iter()
+                    .any(|slot| slot.slot == view.running && slot.state == SlotState::Good)
+            })
+            .unwrap_or(false)
     }
 
     /// The health timeout of a config (its `update.healthTimeoutSeconds`).
-    pub fn health_timeout(config: Option<&keelson_config::MachineConfig>) -> Duration {
+    pub fn health_timeout(policy: Option<&keelson_config::model::UpdatePolicy>) -> Duration {
         Duration::from_secs(
-            config
-                .and_then(|config| config.update.as_ref())
+            policy
                 .and_then(|update| update.health_timeout_seconds)
                 .unwrap_or(DEFAULT_HEALTH_TIMEOUT_SECS),
         )
@@ -769,6 +872,28 @@ async fn check_health(report: &SharedReport, api: std::net::SocketAddr) -> Resul
         Ok(Ok(_)) => Ok(()),
         _ => Err(format!("the API does not accept connections on {local}")),
     }
+}
+
+/// Replaces `path` with `bytes` so that a power cut leaves the old or the new file, never
+/// a mix or nothing: write a staging file, sync it, rename it over, and sync the directory
+/// (without that last step, ext4 may forget the rename while keeping the data).
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let parent = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    std::fs::create_dir_all(parent)?;
+    let mut staging_name = path.as_os_str().to_owned();
+    staging_name.push(".new");
+    let staging = PathBuf::from(staging_name);
+    let mut file =
+        File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&staging, path).with_context(|| format!("replacing {}", path.display()))?;
+    File::open(parent)
+        .and_then(|directory| directory.sync_all())
+        .with_context(|| format!("syncing {}", parent.display()))
 }
 
 /// The bundle's own errors come first: a truncated or corrupted artifact is named as such
