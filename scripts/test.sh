@@ -59,4 +59,9 @@ sgdisk -p "$image_dir/keelson.raw" | tail -5
 echo "==> cargo test (unit, property, proofs' property runs, QEMU end-to-end)"
 KEELSON_TEST_IMAGE="$image_dir/keelson.raw" cargo test --workspace --no-fail-fast -- --test-threads 2
 
+echo "==> update write benchmark, one run (prints figures; speed never fails the suite)"
+# The dev profile reuses what cargo test built; the bench's own work is the VM's.
+KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_BENCH_RUNS=1 \
+  cargo bench -q --profile dev -p keelson-tests --bench update
+
 echo "==> test suite finished in $((SECONDS - started)) s"

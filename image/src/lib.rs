@@ -14,11 +14,14 @@
 //! Known limits: x86-64 only; the kernel is Debian bookworm's `linux-image-amd64`; the
 //! image holds slot A only (slot B is written by the first update).
 
+pub mod baseline;
 pub mod cpio;
 pub mod host;
 pub mod inspect;
 pub mod kmod;
 pub mod publish;
+
+pub use baseline::{build_baseline, build_write_baseline, WriteBaseline, WriteBaselineRun};
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -282,11 +285,10 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
     let initrd = work.path().join("initrd");
     write_initramfs(
         &initrd,
-        &init_binary,
+        &[("init", 0o755, &init_binary)],
         &kernel.release,
         &modules,
         &initrd_modules,
-        "init",
     )?;
 
     steps.next("compressing the root filesystem (mksquashfs, zstd)");
@@ -427,56 +429,6 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
     Ok(summary)
 }
 
-/// Builds a disk with the same firmware path (OVMF → systemd-boot → the same kernel) whose
-/// initramfs powers off at once: the boot benchmark's baseline.
-pub fn build_baseline(options: &BuildOptions) -> anyhow::Result<PathBuf> {
-    host::check_tools()?;
-    std::fs::create_dir_all(&options.out_dir)?;
-    let work = tempfile::Builder::new()
-        .prefix(".keelson-baseline-")
-        .tempdir_in(&options.out_dir)?;
-    let binaries = binaries_dir(options)?;
-    let init_binary = std::fs::read(binaries.join("keelson-init"))?;
-    let packages = PackageCache::new(options.cache_dir.clone());
-    let kernel = fetch_kernel(&packages)?;
-    let (boot_loader_tree, _) = packages.unpack(BOOT_LOADER_PACKAGE)?;
-    let modules = KernelModules::scan(&kernel.modules_root)?;
-    let initrd = work.path().join("initrd");
-    write_initramfs(
-        &initrd,
-        &init_binary,
-        &kernel.release,
-        &modules,
-        &Default::default(),
-        "keelson-baseline",
-    )?;
-    let esp_image = work.path().join("esp.img");
-    let cmdline = "console=ttyS0,115200 panic=10 rdinit=/keelson-baseline keelson.slot=a";
-    make_esp(
-        &esp_image,
-        sizes::ESP,
-        &boot_loader_tree.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
-        &[EspSlot {
-            slot: Slot::A,
-            kernel: &kernel.vmlinuz,
-            initrd: &initrd,
-            entry_file: EntryName::blessed(1, Slot::A).file_name(),
-            entry_text: boot_entry::entry_text(Slot::A, "baseline", cmdline),
-        }],
-    )?;
-    let image = options.out_dir.join("baseline.raw");
-    write_disk(
-        &image,
-        &[(
-            layout::ESP_LABEL,
-            layout::ESP_TYPE,
-            sizes::ESP,
-            Some(esp_image.as_path()),
-        )],
-    )?;
-    Ok(image)
-}
-
 /// The directory with the static binaries: the one given, or a fresh cargo build.
 fn binaries_dir(options: &BuildOptions) -> anyhow::Result<PathBuf> {
     match &options.binaries {
@@ -562,19 +514,23 @@ fn fetch_kernel(packages: &PackageCache) -> anyhow::Result<Kernel> {
     })
 }
 
+/// Writes a gzip-compressed cpio initramfs holding `files` (path, mode, content; their
+/// directories are created), the device nodes PID 1 needs before devtmpfs, and the chosen
+/// modules of `release` with their `modules.dep`.
 fn write_initramfs(
     path: &Path,
-    init_binary: &[u8],
+    files: &[(&str, u32, &[u8])],
     release: &str,
     modules: &KernelModules,
     chosen: &kmod::ModuleSelection,
-    init_name: &str,
 ) -> anyhow::Result<()> {
     let file = BufWriter::new(File::create(path)?);
     let gzip = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut archive = CpioWriter::new(gzip);
+    let mut directories = std::collections::BTreeSet::new();
     for directory in ["dev", "proc", "sys", "sysroot", "lib", "lib/modules"] {
         archive.add(directory, 0o755, &EntryKind::Directory)?;
+        directories.insert(directory.to_owned());
     }
     // The kernel opens /dev/console for PID 1 before devtmpfs is mounted.
     archive.add(
@@ -590,29 +546,33 @@ fn write_initramfs(
             minor: 11,
         },
     )?;
-    archive.add(init_name, 0o755, &EntryKind::File(init_binary.to_vec()))?;
-    let base = format!("lib/modules/{release}");
-    let mut directories = std::collections::BTreeSet::new();
-    if !chosen.is_empty() {
-        archive.add(&base, 0o755, &EntryKind::Directory)?;
-    }
-    for name in chosen.keys() {
-        let relative = &modules.paths[name];
+    // The kernel's unpacker creates no missing parents: each directory comes first.
+    let mut add_parents = |archive: &mut CpioWriter<_>, path: &str| -> std::io::Result<()> {
         let mut ancestors: Vec<String> = Vec::new();
-        let mut current = Path::new(relative).parent();
+        let mut current = Path::new(path).parent();
         while let Some(directory) = current.filter(|d| !d.as_os_str().is_empty()) {
             ancestors.push(directory.to_string_lossy().into_owned());
             current = directory.parent();
         }
         for directory in ancestors.into_iter().rev() {
             if directories.insert(directory.clone()) {
-                archive.add(&format!("{base}/{directory}"), 0o755, &EntryKind::Directory)?;
+                archive.add(&directory, 0o755, &EntryKind::Directory)?;
             }
         }
+        Ok(())
+    };
+    for (name, mode, bytes) in files {
+        add_parents(&mut archive, name)?;
+        archive.add(name, *mode, &EntryKind::File(bytes.to_vec()))?;
+    }
+    let base = format!("lib/modules/{release}");
+    for name in chosen.keys() {
+        let path = format!("{base}/{}", modules.paths[name]);
+        add_parents(&mut archive, &path)?;
         archive.add(
-            &format!("{base}/{relative}"),
+            &path,
             0o644,
-            &EntryKind::File(std::fs::read(modules.root.join(relative))?),
+            &EntryKind::File(std::fs::read(modules.root.join(&modules.paths[name]))?),
         )?;
     }
     if !chosen.is_empty() {

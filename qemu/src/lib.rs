@@ -89,6 +89,21 @@ pub struct VmOptions {
     /// Run QEMU inside this network namespace (`/run/netns/NAME`), through `nsenter`; the
     /// tap device must live there.
     pub netns: Option<PathBuf>,
+    /// Boot this kernel and initramfs (QEMU's `-kernel`, loaded by the same firmware)
+    /// instead of the disk's boot loader; the disk stays attached. For baselines that
+    /// must run in the same VM as Keelson.
+    pub kernel_boot: Option<KernelBoot>,
+}
+
+/// A kernel booted directly by the firmware, see [`VmOptions::kernel_boot`].
+#[derive(Debug, Clone)]
+pub struct KernelBoot {
+    /// The kernel image (bzImage).
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub cmdline: String,
 }
 
 impl VmOptions {
@@ -109,6 +124,7 @@ impl VmOptions {
             guest_address: DEFAULT_GUEST_ADDRESS,
             tap: None,
             netns: None,
+            kernel_boot: None,
         }
     }
 }
@@ -272,6 +288,15 @@ impl Vm {
             command
                 .arg("-fw_cfg")
                 .arg(format!("name={name},file={}", config.display()));
+        }
+        if let Some(boot) = &self.options.kernel_boot {
+            command
+                .arg("-kernel")
+                .arg(&boot.kernel)
+                .arg("-initrd")
+                .arg(&boot.initrd)
+                .arg("-append")
+                .arg(&boot.cmdline);
         }
         command
             .args([

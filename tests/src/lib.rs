@@ -19,6 +19,7 @@ use keelson_api::client::ClientTls;
 use keelson_api::machine::machine_client::MachineClient;
 use keelson_api::machine::StatusResponse;
 use keelson_api::roles::Role;
+use keelson_api::update::update_client::UpdateClient;
 use keelson_config::model::ApiPki;
 use keelson_qemu::{free_port, Vm, VmOptions, MAINTENANCE_PATTERN, READY_PATTERN};
 
@@ -371,16 +372,42 @@ impl TestNode {
         self.machine_with(&tls, call)
     }
 
+    /// Runs `call` as an admin with a connected Update client, like [`TestNode::machine`].
+    pub fn update<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(UpdateClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(
+            &TestCluster::get().tls(Role::Admin),
+            UpdateClient::new,
+            call,
+        )
+    }
+
     fn machine_with<T, F, Fut>(&self, tls: &ClientTls, call: F) -> anyhow::Result<T>
     where
         F: Fn(MachineClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(tls, MachineClient::new, call)
+    }
+
+    fn call_with<C, T, F, Fut>(
+        &self,
+        tls: &ClientTls,
+        new_client: fn(tonic::transport::Channel) -> C,
+        call: F,
+    ) -> anyhow::Result<T>
+    where
+        F: Fn(C) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let error = match self.channel(tls).await {
-                    Ok(channel) => match call(MachineClient::new(channel)).await {
+                    Ok(channel) => match call(new_client(channel)).await {
                         Ok(response) => return Ok(response.into_inner()),
                         Err(status) if status.code() != tonic::Code::Unavailable => {
                             return Err(anyhow::anyhow!(

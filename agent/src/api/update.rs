@@ -326,6 +326,7 @@ impl Update for UpdateService {
             rebooting,
             bytes: applied.bytes,
             seconds: applied.seconds,
+            verify_seconds: applied.verify_seconds,
             reboot_pending,
         }))
     }

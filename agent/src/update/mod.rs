@@ -169,6 +169,8 @@ pub struct Applied {
     pub bytes: u64,
     /// Time from the first byte to the activated entry.
     pub seconds: f64,
+    /// Of that, the time spent reading everything back from the disk to verify it.
+    pub verify_seconds: f64,
 }
 
 /// The engine. One per agent; operations run one at a time.
@@ -492,6 +494,7 @@ impl UpdateEngine {
 
             // Read everything back from the disk, not from the page cache.
             progress("verifying", 0);
+            let verify_started = Instant::now();
             let root = manifest.artifact(ArtifactKind::Root);
             verify_on_disk(&partition.path(), root.size, &root.sha256)
                 .with_context(|| format!("verifying slot {target} after writing"))?;
@@ -506,6 +509,7 @@ impl UpdateEngine {
                 }
                 Ok(())
             })?;
+            let verify_seconds = verify_started.elapsed().as_secs_f64();
             let (slots, _) = slots.step(Event::WriteOk(target))?;
             record.pending = Some(Pending {
                 slot: target.letter(),
@@ -541,14 +545,20 @@ impl UpdateEngine {
                 version: version.clone(),
                 bytes: total,
                 seconds: started.elapsed().as_secs_f64(),
+                verify_seconds,
             })
         })();
 
         progress("", 0);
         match &outcome {
             Ok(applied) => info!(
-                "update: slot {} holds {} ({} bytes in {:.1} s), activated on trial",
-                applied.slot, applied.version, applied.bytes, applied.seconds
+                "update: slot {} holds {} ({} bytes in {:.1} s, of which {:.1} s reading it \
+                 back to verify), activated on trial",
+                applied.slot,
+                applied.version,
+                applied.bytes,
+                applied.seconds,
+                applied.verify_seconds
             ),
             Err(error) => {
                 warn!("update to {version} failed: {error}");
