@@ -7,14 +7,20 @@ source scripts/host-packages.sh
 ensure_host_packages
 ensure_rust
 started=$SECONDS
+# Each step says how far into the run it starts, so a slow CI run shows where time went.
+step() { echo "==> [$((SECONDS - started)) s] $*"; }
 
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy (warnings are errors)"
+step "cargo clippy (warnings are errors)"
 cargo clippy -q --workspace --all-targets -- -D warnings
 
-echo "==> building the image (and keelctl, which the end-to-end tests drive)"
-cargo build -q -p keelson-image -p keelson-ctl
+step "building the workspace and its tests (keelson-image and keelctl among them)"
+# One build for the whole workspace with every target: dependencies get the features
+# that 'cargo test --workspace' and the benchmark unify to, so neither compiles them again.
+cargo build -q --workspace --all-targets
+export KEELSON_KEELCTL="$PWD/target/debug/keelctl"
+step "building the image"
 image_dir="$PWD/target/test-image"
 updates_dir="$PWD/target/test-updates"
 rm -rf "$image_dir" "$updates_dir"
@@ -56,12 +62,13 @@ target/debug/keelson-image build --out "$updates_dir/broken" --version "$broken_
 export KEELSON_TEST_BUNDLES="$updates_dir"
 sgdisk -p "$image_dir/keelson.raw" | tail -5
 
-echo "==> cargo test (unit, property, proofs' property runs, QEMU end-to-end)"
+step "cargo test (unit, property, proofs' property runs, QEMU end-to-end)"
 KEELSON_TEST_IMAGE="$image_dir/keelson.raw" cargo test --workspace --no-fail-fast -- --test-threads 2
 
-echo "==> update write benchmark, one run (prints figures; speed never fails the suite)"
-# The dev profile reuses what cargo test built; the bench's own work is the VM's.
+step "update write benchmark, one run (prints figures; speed never fails the suite)"
+# The dev profile and the workspace's feature set reuse what the build above compiled;
+# the bench's own work is the VM's.
 KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_BENCH_RUNS=1 \
-  cargo bench -q --profile dev -p keelson-tests --bench update
+  cargo bench -q --profile dev --workspace --bench update
 
-echo "==> test suite finished in $((SECONDS - started)) s"
+step "test suite finished"

@@ -1,6 +1,7 @@
 //! HTTP servers the end-to-end tests start on 127.0.0.1 for the guest to reach through
-//! QEMU's `guestfwd`: a static directory (an update channel) and a FleetLock reboot
-//! coordinator with a one-slot semaphore the test can fill and empty.
+//! QEMU's `guestfwd`: a static directory (an update channel), a download that stops at a
+//! chosen byte, and a FleetLock reboot coordinator with a one-slot semaphore the test can
+//! fill and empty.
 //!
 //! Plain HTTP/1.1, one connection per request (`connection: close`), which is all the
 //! agent's client needs.
@@ -39,6 +40,15 @@ pub enum Reply {
     Bytes(u16, Vec<u8>),
     /// 200 with a file streamed from disk.
     File(PathBuf),
+    /// 200 announcing the whole file, of which only the first `bytes` are sent; then the
+    /// connection stays open and silent until the client goes away. A download held at an
+    /// exact point, for tests that pull the plug mid-write.
+    Stalled {
+        /// The file.
+        path: PathBuf,
+        /// How much of it to send.
+        bytes: u64,
+    },
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
@@ -133,6 +143,18 @@ fn serve_one(stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
                 "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
             )?;
             std::io::copy(&mut file, &mut stream)?;
+        }
+        Reply::Stalled { path, bytes } => {
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+            )?;
+            std::io::copy(&mut file.take(bytes), &mut stream)?;
+            stream.flush()?;
+            // The client sends nothing more; this returns when it closes or dies.
+            while stream.read(&mut [0; 64])? > 0 {}
         }
     }
     stream.flush()

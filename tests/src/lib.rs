@@ -508,11 +508,24 @@ pub fn expect_failure(outcome: (bool, String, String), what: &str) -> String {
     stderr
 }
 
-/// The `keelctl` binary of this workspace, built if needed.
+/// The `keelctl` binary of this workspace: `KEELSON_KEELCTL` when the caller built it
+/// already (scripts/test.sh does), otherwise built here.
 pub fn keelctl_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(prebuilt) = std::env::var_os("KEELSON_KEELCTL") {
+                let prebuilt = PathBuf::from(prebuilt);
+                return if prebuilt.is_file() {
+                    Ok(prebuilt)
+                } else {
+                    Err(format!(
+                        "KEELSON_KEELCTL names {}, which is not a file; build keelctl \
+                         (cargo build -p keelson-ctl) or unset it",
+                        prebuilt.display()
+                    ))
+                };
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let workspace = keelson_image::default_workspace();
             let status = Command::new(cargo)

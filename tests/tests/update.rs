@@ -13,17 +13,20 @@
 //! gets the next release written and activated, and a byte of ROOT-B flipped while it is
 //! off: dm-verity refuses B and the node returns to A.
 //!
-//! A third node loses power three times while a bundle is being written (at 20, 60 and 90%
-//! of it): each restart boots slot A, with B empty and the interruption named, and a retry
-//! then installs the release.
+//! A third node loses power three times while it fetches and writes a bundle (inside the
+//! kernel on the ESP, midway through the root image and near its end; the server stops
+//! sending at each cut so the point is exact): each restart boots slot A, with B empty and
+//! the interruption named, and a retry by upload then installs the release.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keelson_api::roles::Role;
 use keelson_config::model::{FleetLock as FleetLockConfig, RebootPolicy, UpdatePolicy};
 use keelson_disk::layout;
 use keelson_qemu::GUEST_SERVICE_ADDRESS;
-use keelson_tests::http::{FleetLock, HttpServer};
+use keelson_tests::http::{FleetLock, HttpServer, Reply};
 use keelson_tests::{
     broken_bundle, expect_failure, expect_success, next_bundle, partition_table, test_image,
     update_key, TestCluster, TestNode, BOOT_TIMEOUT,
@@ -32,6 +35,7 @@ use keelson_tests::{
 /// Guest ports of the host services.
 const CHANNEL_PORT: u16 = 8080;
 const FLEETLOCK_PORT: u16 = 8081;
+const BUNDLE_PORT: u16 = 8082;
 
 /// `keelctl update status -o json` for the one node.
 fn update_status(node: &TestNode) -> serde_json::Value {
@@ -435,11 +439,25 @@ fn a_release_that_cannot_run_and_a_tampered_slot_both_fall_back_to_a() {
     node.power_off().unwrap();
 }
 
+/// Everything written to a file shared with a child process.
+fn read_all(mut file: std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    file.rewind().unwrap();
+    file.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Where the artifacts start in a bundle: after the header and the manifest.
+fn bundle_payload_offset(bundle: &[u8]) -> usize {
+    108 + u32::from_le_bytes(bundle[104..108].try_into().unwrap()) as usize
+}
+
 /// Where the root image starts in a bundle: after the header, the manifest, the kernel and
 /// the initrd.
 fn bundle_root_offset(bundle: &[u8]) -> usize {
-    let length = u32::from_le_bytes(bundle[104..108].try_into().unwrap()) as usize;
-    let manifest: serde_json::Value = serde_json::from_slice(&bundle[108..108 + length]).unwrap();
+    let start = bundle_payload_offset(bundle);
+    let manifest: serde_json::Value = serde_json::from_slice(&bundle[108..start]).unwrap();
     let boot_files: u64 = manifest["artifacts"]
         .as_array()
         .unwrap()
@@ -447,44 +465,87 @@ fn bundle_root_offset(bundle: &[u8]) -> usize {
         .filter(|artifact| artifact["name"] != "root")
         .map(|artifact| artifact["size"].as_u64().unwrap())
         .sum();
-    108 + length + boot_files as usize
+    start + boot_files as usize
 }
 
 #[test]
 fn power_loss_while_writing_leaves_slot_a_and_a_retry_succeeds() {
     let (bundle, next_version) = next_bundle();
-    let total = std::fs::metadata(&bundle).unwrap().len();
-    let mut node = TestNode::boot(None).unwrap();
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    // The node fetches the bundle from a server that stops sending at the cut point, so
+    // the power goes off at that byte however fast the write runs.
+    let cut_at = Arc::new(AtomicU64::new(0));
+    let server = {
+        let (bundle, cut_at) = (bundle.clone(), cut_at.clone());
+        HttpServer::start(move |_| Reply::Stalled {
+            path: bundle.clone(),
+            bytes: cut_at.load(Ordering::SeqCst),
+        })
+    };
+    let url = format!("http://{GUEST_SERVICE_ADDRESS}:{BUNDLE_PORT}/next.bundle");
+    let (mut node, _) = TestNode::boot_with(|options| {
+        options.host_services = vec![(BUNDLE_PORT, server.port)];
+    })
+    .unwrap();
     wait_blessed(&node);
-    // Cut the power at several points of the write: early, midway, near the end.
-    for percent in [20, 60, 90] {
-        let mut upload = node
-            .keelctl_command(
-                Role::Operator,
-                &["upgrade", "--bundle", bundle.to_str().unwrap()],
-            )
+    // Where the payload starts, and three cuts: inside the kernel (a vfat write on the
+    // ESP), and midway and near the end of the root image (on ROOT-B).
+    let bytes = std::fs::read(&bundle).unwrap();
+    let payload_start = bundle_payload_offset(&bytes) as u64;
+    let root_start = bundle_root_offset(&bytes) as u64;
+    let root_size = size - root_start;
+    let cuts = [
+        (
+            "inside the kernel",
+            payload_start + (root_start - payload_start) / 3,
+        ),
+        ("midway through the root image", root_start + root_size / 2),
+        (
+            "near the end of the root image",
+            root_start + root_size * 9 / 10,
+        ),
+    ];
+    for (place, cut) in cuts {
+        cut_at.store(cut, Ordering::SeqCst);
+        let output = tempfile::tempfile().unwrap();
+        let mut upgrade = node
+            .keelctl_command(Role::Operator, &["upgrade", "--url", &url])
             .unwrap()
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(output.try_clone().unwrap())
+            .stderr(output.try_clone().unwrap())
             .spawn()
             .unwrap();
         let started = Instant::now();
         loop {
+            if let Some(exit) = upgrade.try_wait().unwrap() {
+                panic!(
+                    "keelctl upgrade ended ({exit}) before the cut {place}: {}",
+                    read_all(output)
+                );
+            }
             let status = update_status(&node);
             let progress = &status["progress"];
             let done = progress["done_bytes"].as_u64().unwrap_or(0);
-            if progress["phase"] == "receiving" && done * 100 >= total * percent {
+            // Within 512 KiB of the cut: what the network and the client may still hold.
+            if progress["phase"] == "receiving" && payload_start + done + (512 << 10) >= cut {
+                eprintln!(
+                    "power cut {place}: the server stopped at byte {cut} of {size}; the node \
+                     had written {done} bytes of the payload"
+                );
                 break;
             }
             assert!(
                 progress["phase"] != "verifying" && progress["phase"] != "activating",
-                "the write finished before the {percent}% mark: {status:#}"
+                "the write went past the cut {place}: {status:#}"
             );
-            assert!(started.elapsed() < Duration::from_secs(300), "{status:#}");
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the write never reached the cut {place} (byte {cut}): {status:#}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         node.vm.kill();
-        let _ = upload.wait();
+        let _ = upgrade.wait();
         let mark = node.vm.console_mark();
         node.vm.power_on().unwrap();
         node.vm
@@ -498,7 +559,7 @@ fn power_loss_while_writing_leaves_slot_a_and_a_retry_succeeds() {
                 .as_str()
                 .unwrap()
                 .contains("was interrupted"),
-            "after a cut at {percent}%: {status:#}"
+            "after the cut {place}: {status:#}"
         );
     }
     // The retry installs the release and the node boots it.

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
@@ -24,6 +25,9 @@ use nix::mount::MsFlags;
 pub struct Esp {
     device: PathBuf,
     mount_point: PathBuf,
+    /// Held while the ESP is mounted. Shared by clones: two mounts at one mount point
+    /// would stack, and the first unmount would pull the ESP from under the other.
+    in_use: Arc<Mutex<()>>,
 }
 
 impl Esp {
@@ -34,14 +38,40 @@ impl Esp {
         Ok(Esp {
             device: partition.path(),
             mount_point: PathBuf::from("/run/keelson/esp"),
+            in_use: Arc::default(),
         })
     }
 
     /// Mounts the ESP, runs `work` on it, syncs and unmounts, whatever `work` returned.
+    /// Waits while another caller has it mounted.
     pub fn with_mounted<T>(
         &self,
         work: impl FnOnce(&EspTree) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        // A poisoned lock only means a caller panicked while mounted; the mount itself
+        // was undone by then (or the next mount reports why not).
+        let _in_use = self
+            .in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.mounted(work)
+    }
+
+    /// Like [`Esp::with_mounted`], but returns `None` at once when another caller has the
+    /// ESP mounted. For readers that can make do with what they saw last.
+    pub fn try_with_mounted<T>(
+        &self,
+        work: impl FnOnce(&EspTree) -> anyhow::Result<T>,
+    ) -> Option<anyhow::Result<T>> {
+        let _in_use = match self.in_use.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(self.mounted(work))
+    }
+
+    fn mounted<T>(&self, work: impl FnOnce(&EspTree) -> anyhow::Result<T>) -> anyhow::Result<T> {
         std::fs::create_dir_all(&self.mount_point)?;
         nix::mount::mount(
             Some(&self.device),
@@ -251,6 +281,26 @@ mod tests {
         .unwrap();
         let tree = EspTree::at(directory.path());
         (directory, tree)
+    }
+
+    #[test]
+    fn a_reader_that_finds_the_esp_in_use_gets_none_instead_of_waiting() {
+        let directory = tempfile::tempdir().unwrap();
+        let esp = Esp {
+            device: directory.path().join("no-such-device"),
+            mount_point: directory.path().join("esp"),
+            in_use: Arc::default(),
+        };
+        let operation = esp.clone();
+        let held = operation.in_use.lock().unwrap();
+        assert!(esp.try_with_mounted(|_| Ok(())).is_none());
+        drop(held);
+        // Free again: the reader goes ahead, and here the mount itself fails.
+        let error = esp.try_with_mounted(|_| Ok(())).unwrap().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("mounting the ESP"),
+            "{error:#}"
+        );
     }
 
     fn names(tree: &EspTree) -> Vec<String> {

@@ -338,12 +338,12 @@ impl UpdateEngine {
         }
     }
 
-    /// What status shows; reads the ESP when no operation holds it.
+    /// What status shows; reads the ESP unless an operation has it mounted, in which case
+    /// the last reading stands. Status never takes the operation lock: a poll that held it
+    /// would make an update started in that moment fail as busy.
     pub fn status(&self) -> Result<StatusView, UpdateError> {
-        if let Ok(_guard) = self.busy.try_lock() {
-            if let Ok(esp) = self.esp() {
-                let _ = esp.with_mounted(|tree| Ok(self.read_slots(tree)));
-            }
+        if let Ok(esp) = self.esp() {
+            let _ = esp.try_with_mounted(|tree| Ok(self.read_slots(tree)));
         }
         if let Some(reason) = self.unavailable.lock().ok().and_then(|guard| guard.clone()) {
             return Err(UpdateError::Unavailable(reason));
