@@ -135,29 +135,27 @@ fn serve_one(stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
             )?;
             stream.write_all(&body)?;
         }
-        Reply::File(path) => {
-            let mut file = std::fs::File::open(&path)?;
-            let size = file.metadata()?.len();
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
-            )?;
-            std::io::copy(&mut file, &mut stream)?;
-        }
+        Reply::File(path) => send_file(&mut stream, &path, u64::MAX)?,
         Reply::Stalled { path, bytes } => {
-            let file = std::fs::File::open(&path)?;
-            let size = file.metadata()?.len();
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
-            )?;
-            std::io::copy(&mut file.take(bytes), &mut stream)?;
+            send_file(&mut stream, &path, bytes)?;
             stream.flush()?;
             // The client sends nothing more; this returns when it closes or dies.
             while stream.read(&mut [0; 64])? > 0 {}
         }
     }
     stream.flush()
+}
+
+/// A 200 announcing the whole of `path`, then at most `limit` bytes of it.
+fn send_file(stream: &mut TcpStream, path: &std::path::Path, limit: u64) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+    )?;
+    std::io::copy(&mut file.take(limit), stream)?;
+    Ok(())
 }
 
 fn reason(status: u16) -> &'static str {
