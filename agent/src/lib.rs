@@ -12,21 +12,12 @@
 //! [`dhcp`] client per interface), [`files`] and the hostname; [`seed`] finds NoCloud seeds
 //! and [`fetch`] gets `http://` documents. [`system`] gathers what `Machine.Status` reports;
 //! [`boot_history`] keeps the list of boots on STATE; [`logs`] keeps the agent's log for
-//! the API and [`kmsg`] reads the kernel's; [`api`] is the gRPC server, a thin layer over
+//! the API (`keelson_linux::kmsg` reads the kernel's); [`api`] is the gRPC server, a thin layer over
 //! the rest.
 
 pub mod api;
 pub mod boot_history;
-pub mod dhcp;
-pub mod fetch;
-pub mod files;
-pub mod kmsg;
-pub mod logs;
-pub mod machine_config;
-pub mod network;
-pub mod seed;
 pub mod system;
-pub mod update;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,15 +45,15 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     info!(slot = %identity.slot, version = %identity.os_version, "keelsond starting");
 
     record_boot(&options, &identity);
-    let environment = machine_config::Environment::node(&options.state_dir);
+    let environment = keelson_provision::machine_config::Environment::node(&options.state_dir);
     let configured = if options.manage_machine {
-        if let Err(error) = network::loopback_up().await {
+        if let Err(error) = keelson_net::node::loopback_up().await {
             warn!("network: {error:#}");
         }
-        machine_config::configure(&environment).await
+        keelson_provision::machine_config::configure(&environment).await
     } else {
-        machine_config::Configured {
-            report: machine_config::ConfigReport::unmanaged(),
+        keelson_provision::machine_config::Configured {
+            report: keelson_provision::machine_config::ConfigReport::unmanaged(),
             in_force: None,
             api: None,
             maintenance_network: Vec::new(),
@@ -71,19 +62,25 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     for line in &configured.report.applied {
         info!("config: {line}");
     }
-    machine_config::announce(&configured.report);
+    keelson_provision::machine_config::announce(&configured.report);
     let security = api_security(&configured)?;
     let update_policy = configured
         .in_force
         .as_ref()
         .and_then(|config| config.update.clone());
-    let health_timeout = update::UpdateEngine::health_timeout(update_policy.as_ref());
+    let health_timeout = keelson_updater::UpdateEngine::health_timeout(update_policy.as_ref());
     let engine = Arc::new(match (options.manage_machine, identity.slot_letter()) {
-        (true, Some(slot)) => {
-            update::UpdateEngine::for_node(&options.state_dir, slot, identity.os_version.clone())
+        (true, Some(slot)) => keelson_updater::UpdateEngine::for_node(
+            &options.state_dir,
+            slot,
+            identity.os_version.clone(),
+        ),
+        (true, None) => {
+            keelson_updater::UpdateEngine::unavailable("the kernel command line names no slot")
         }
-        (true, None) => update::UpdateEngine::unavailable("the kernel command line names no slot"),
-        (false, _) => update::UpdateEngine::unavailable("the agent does not manage this machine"),
+        (false, _) => {
+            keelson_updater::UpdateEngine::unavailable("the agent does not manage this machine")
+        }
     });
     let report = Arc::new(RwLock::new(configured.report));
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -127,7 +124,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         ApiMode::MutualTls => announce_ready(&report),
         ApiMode::Maintenance => context.security.announce_maintenance(),
     }
-    logs::drain_console();
+    keelson_log::drain_console();
     notify_pid1(&identity, &report, context.security.mode());
     let watchdog = tokio::spawn(feed_watchdog());
     let outcome = tokio::select! {
@@ -144,7 +141,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 /// Mutual TLS when a config with API certificates is in force; maintenance mode
 /// otherwise, saying why.
 fn api_security(
-    configured: &machine_config::Configured,
+    configured: &keelson_provision::machine_config::Configured,
 ) -> anyhow::Result<api::security::ApiSecurity> {
     let report = &configured.report;
     if let Some(api) = &configured.api {
@@ -160,7 +157,7 @@ fn api_security(
             }
         }
         None => {
-            logs::console(
+            keelson_log::console(
                 "keelson: maintenance reason=no-api-credentials: the config in force has no \
                  api section, so the API cannot authenticate clients",
             );
@@ -183,7 +180,11 @@ fn record_boot(options: &AgentOptions, identity: &system::Identity) {
 }
 
 /// Tells PID 1 the agent is serving.
-fn notify_pid1(identity: &system::Identity, report: &machine_config::SharedReport, mode: ApiMode) {
+fn notify_pid1(
+    identity: &system::Identity,
+    report: &keelson_provision::machine_config::SharedReport,
+    mode: ApiMode,
+) {
     let source = report
         .read()
         .map(|report| report.source.to_string())
@@ -206,9 +207,9 @@ fn notify_pid1(identity: &system::Identity, report: &machine_config::SharedRepor
 /// After a boot: bless (or roll back) a slot on trial; once the running slot is good, give
 /// back the FleetLock reboot slot and, with `strategy: auto`, follow the update channel.
 async fn settle_updates(
-    engine: Arc<update::UpdateEngine>,
+    engine: Arc<keelson_updater::UpdateEngine>,
     trial: Option<(
-        machine_config::SharedReport,
+        keelson_provision::machine_config::SharedReport,
         SocketAddr,
         std::time::Duration,
     )>,
@@ -216,7 +217,8 @@ async fn settle_updates(
 ) {
     let good = match trial {
         Some((report, listen, timeout)) => {
-            engine.clone().health_gate(report, listen, timeout).await
+            let check = || check_health(&report, listen);
+            engine.clone().health_gate(check, timeout).await
         }
         None => {
             let engine = engine.clone();
@@ -229,26 +231,54 @@ async fn settle_updates(
         return;
     }
     let node_id = system::hostname();
-    if let update::reboot::RebootGate::FleetLock(client) =
-        update::reboot::RebootGate::of(policy.as_ref(), &node_id)
+    if let keelson_updater::reboot::RebootGate::FleetLock(client) =
+        keelson_updater::reboot::RebootGate::of(policy.as_ref(), &node_id)
     {
-        tokio::spawn(update::reboot::report_steady_state(client));
+        tokio::spawn(keelson_updater::reboot::report_steady_state(client));
     }
     if let Some(policy) = policy {
-        update::auto::follow_channel(engine, policy, node_id).await;
+        keelson_updater::auto::follow_channel(engine, policy, node_id).await;
+    }
+}
+
+/// The node is healthy when its config is applied without errors and the API accepts
+/// connections. (Static pods join this list once the node runs them.)
+async fn check_health(
+    report: &keelson_provision::machine_config::SharedReport,
+    api: std::net::SocketAddr,
+) -> Result<(), String> {
+    if let Ok(report) = report.read() {
+        if let Some(first) = report.errors.first() {
+            return Err(format!("the machine config was not applied: {first}"));
+        }
+        if let Some(reason) = &report.maintenance {
+            if reason != "no-config" {
+                return Err(format!("the node is in maintenance mode ({reason})"));
+            }
+        }
+    }
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], api.port()));
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(local),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(format!("the API does not accept connections on {local}")),
     }
 }
 
 /// Prints the ready line: the one line the QEMU harness and operators wait for. Printed
 /// as a plain line rather than through tracing so that its form never changes with the
 /// log format.
-pub fn announce_ready(report: &machine_config::SharedReport) {
+pub fn announce_ready(report: &keelson_provision::machine_config::SharedReport) {
     let identity = system::Identity::read();
     let source = report
         .read()
         .map(|report| report.source.to_string())
         .unwrap_or_default();
-    logs::console(&format!(
+    keelson_log::console(&format!(
         "keelson: ready hostname={} slot={} version={} config={source}",
         system::hostname(),
         identity.slot,

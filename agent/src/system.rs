@@ -26,7 +26,7 @@ impl Identity {
     pub fn read() -> Identity {
         let cmdline = read("/proc/cmdline");
         let value = |key: &str| {
-            keelson_init::cmdline::value(&cmdline, key)
+            keelson_contract::cmdline::value(&cmdline, key)
                 .unwrap_or_default()
                 .to_owned()
         };
@@ -217,7 +217,7 @@ pub fn loader_variable(name: &str) -> String {
 /// The dm-verity verdict on the root: `verified`, `corrupted`, or empty when the root is
 /// not a verity device (a development host).
 pub fn root_verity() -> String {
-    match keelson_init::devmapper::verity_status(keelson_init::stage1::ROOT_DM_NAME) {
+    match keelson_linux::devmapper::verity_status(keelson_contract::devices::ROOT_DM_NAME) {
         Ok(status) => match status.split_ascii_whitespace().nth(1) {
             Some("V") => "verified".into(),
             Some("C") => "corrupted".into(),
@@ -229,10 +229,8 @@ pub fn root_verity() -> String {
 
 /// How many times PID 1 has started the agent since boot (1 on a clean boot).
 pub fn agent_starts() -> u32 {
-    std::env::var("KEELSON_AGENT_START")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
+    let reported = std::env::var(keelson_contract::pid1::AGENT_START_ENV).ok();
+    keelson_contract::pid1::parse_agent_start(reported.as_deref()).unwrap_or(1)
 }
 
 /// Removes everything in `directory` (not the directory itself, not `lost+found`, and
@@ -262,7 +260,7 @@ pub fn wipe_directory(directory: &Path) -> std::io::Result<usize> {
     Ok(removed)
 }
 
-/// Asks PID 1 for a power action (`keelson_init::power` signals) a moment from now, so
+/// Asks PID 1 for a power action (`keelson_contract::pid1` signals) a moment from now, so
 /// that the API response that caused it reaches the client first.
 pub fn ask_pid1(signal: i32, what: &'static str) {
     tokio::spawn(async move {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use keelson_agent::api::security::ApiSecurity;
 use keelson_agent::api::ApiContext;
-use keelson_agent::machine_config::{ConfigReport, Environment};
 use keelson_api::client::{self, ClientTls};
 use keelson_api::files::files_client::FilesClient;
 use keelson_api::files::{ListRequest, ReadRequest};
@@ -23,6 +22,7 @@ use keelson_api::update::{
     StatusRequest as UpdateStatusRequest,
 };
 use keelson_config::model::ApiPki;
+use keelson_provision::machine_config::{ConfigReport, Environment};
 use time::OffsetDateTime;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -118,7 +118,7 @@ async fn serve(security: ApiSecurity) -> Server {
         listen: address,
         kmsg: PathBuf::from("/dev/kmsg"),
         files_root: files.path().to_path_buf(),
-        update: Arc::new(keelson_agent::update::UpdateEngine::unavailable(
+        update: Arc::new(keelson_updater::UpdateEngine::unavailable(
             "the agent does not manage this machine",
         )),
     });
@@ -375,7 +375,7 @@ async fn maintenance_mode_takes_only_apply_config_with_the_right_token() {
     let fingerprint = security.fingerprint();
     // The token is read where an operator reads it: the console line.
     security.announce_maintenance();
-    let line = keelson_agent::logs::ring()
+    let line = keelson_log::ring()
         .snapshot(0)
         .0
         .into_iter()

@@ -31,12 +31,12 @@ impl KernelModules {
         let mut paths = BTreeMap::new();
         for path in crate::host::files_with_extension(&root.join("kernel"), "ko")? {
             let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
-            paths.insert(keelson_init::modules::module_name(&relative), relative);
+            paths.insert(keelson_contract::kmod::module_name(&relative), relative);
         }
         let builtin = std::fs::read_to_string(root.join("modules.builtin"))
             .unwrap_or_default()
             .lines()
-            .map(keelson_init::modules::module_name)
+            .map(keelson_contract::kmod::module_name)
             .collect();
         Ok(KernelModules {
             root: root.to_owned(),

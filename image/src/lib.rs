@@ -334,7 +334,7 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
     steps.next("making the ESP (FAT32) and STATE (ext4)");
     let cmdline = format!(
         "{BASE_CMDLINE} {}",
-        keelson_init::cmdline::boot_args(Slot::A, &verity_params)
+        keelson_contract::cmdline::boot_args(Slot::A, &verity_params)
     );
     let entry = EntryName::counted(1, Slot::A, boot_entry::DEFAULT_TRIES);
     let esp_image = work.path().join("esp.img");

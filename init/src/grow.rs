@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 
 use keelson_disk::gpt;
 
-use crate::block::PartitionDevice;
+use keelson_linux::block::PartitionDevice;
 
 /// What growing did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,7 @@ pub enum Level {
     Notice = 5,
 }
 
-/// The prefix of every line PID 1 writes.
-pub const PREFIX: &str = "keelson-init:";
+use keelson_contract::pid1::LOG_PREFIX as PREFIX;
 
 /// Writes one line to `/dev/kmsg`, or to stderr if the kernel log cannot be opened.
 pub fn write(level: Level, message: &str) {

@@ -9,47 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-/// How the machine should go down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerAction {
-    /// Turn the machine off.
-    PowerOff,
-    /// Restart it.
-    Reboot,
-}
-
-impl std::fmt::Display for PowerAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PowerAction::PowerOff => "poweroff",
-            PowerAction::Reboot => "reboot",
-        })
-    }
-}
-
-/// The signal the agent sends PID 1 to ask for a poweroff (systemd's convention).
-pub fn poweroff_signal() -> i32 {
-    libc::SIGRTMIN() + 4
-}
-
-/// The signal the agent sends PID 1 to ask for a reboot (systemd's convention).
-pub fn reboot_signal() -> i32 {
-    libc::SIGRTMIN() + 5
-}
-
-/// What a signal to PID 1 asks for. SIGINT is what the kernel sends on ctrl-alt-del once
-/// PID 1 has disabled the immediate reboot, and means reboot, as on other Linux systems.
-pub fn action_for_signal(signal: i32) -> Option<PowerAction> {
-    match signal {
-        libc::SIGTERM | libc::SIGPWR => Some(PowerAction::PowerOff),
-        libc::SIGINT => Some(PowerAction::Reboot),
-        other if other == libc::SIGRTMIN() + 3 || other == poweroff_signal() => {
-            Some(PowerAction::PowerOff)
-        }
-        other if other == reboot_signal() => Some(PowerAction::Reboot),
-        _ => None,
-    }
-}
+use keelson_contract::pid1::PowerAction;
 
 /// Opens every input device named "Power Button" (the ACPI button driver creates one per
 /// button; QEMU's `system_powerdown` presses it).

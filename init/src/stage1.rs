@@ -14,18 +14,19 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keelson_disk::layout::STATE_LABEL;
 use nix::mount::MsFlags;
 
-use crate::cmdline::parse_boot_params;
-use crate::{block, devmapper, modules, mounts};
+use keelson_contract::cmdline::parse_boot_params;
+use keelson_contract::devices::{root_dm_uuid, ROOT_DM_NAME};
+use keelson_linux::{block, devmapper, mounts};
+
+use crate::modules;
 
 /// Where the new root is assembled.
 pub const NEW_ROOT: &str = "/sysroot";
-/// The device-mapper name of the verified root.
-pub const ROOT_DM_NAME: &str = "keelson-root";
 /// How long to wait for a partition to appear.
 pub const PARTITION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to show a fatal error before rebooting.
@@ -47,17 +48,14 @@ pub fn run() -> Result<Infallible, String> {
     crate::notice!("loaded {} modules: {}", loaded.len(), loaded.join(" "));
 
     let root_label = params.slot.root_label();
-    let root = block::wait_for_partition(root_label, PARTITION_TIMEOUT)?;
+    let root = wait_for_partition(root_label, PARTITION_TIMEOUT)?;
     crate::notice!(
         "slot {}: {root_label} is {} ({})",
         params.slot,
         root.path().display(),
         root.dev_t_text()
     );
-    let uuid = format!(
-        "KEELSON-VERITY-{}",
-        params.slot.letter().to_ascii_uppercase()
-    );
+    let uuid = root_dm_uuid(params.slot);
     let mapped = devmapper::create_verity(ROOT_DM_NAME, &uuid, &root.dev_t_text(), &params.verity)
         .map_err(|error| format!("dm-verity setup for {root_label} failed: {error}"))?;
     wait_for_node(&mapped.path())?;
@@ -76,7 +74,7 @@ pub fn run() -> Result<Infallible, String> {
     )
     .map_err(|error| explain_verity(error, root_label))?;
 
-    let state = block::wait_for_partition(STATE_LABEL, PARTITION_TIMEOUT)?;
+    let state = wait_for_partition(STATE_LABEL, PARTITION_TIMEOUT)?;
     let var = format!("{NEW_ROOT}/var");
     mounts::mount_fs(
         &state.path().to_string_lossy(),
@@ -129,6 +127,33 @@ fn switch_root(new_root: &str, init: &str) -> Result<Infallible, String> {
     let program = CString::new(init).map_err(|_| format!("bad init path {init}"))?;
     nix::unistd::execv(&program, &[&program])
         .map_err(|errno| format!("cannot execute {init} in the new root: {}", errno.desc()))
+}
+
+/// Waits up to `timeout` for a partition named `label` and for its device node.
+fn wait_for_partition(label: &str, timeout: Duration) -> Result<block::PartitionDevice, String> {
+    let deadline = Instant::now() + timeout;
+    let mut announced = false;
+    loop {
+        if let Some(partition) = block::find_partition(label) {
+            if partition.path().exists() {
+                return Ok(partition);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no partition labelled {label} appeared within {} s (is the disk attached, and is its driver in the initramfs?)",
+                timeout.as_secs()
+            ));
+        }
+        if !announced && Instant::now() + timeout - Duration::from_secs(2) > deadline {
+            crate::notice!(
+                "waiting up to {} s for partition {label}",
+                timeout.as_secs()
+            );
+            announced = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Prints the cause of a failed boot and reboots after [`FAILURE_REBOOT_DELAY`].

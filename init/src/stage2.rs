@@ -24,9 +24,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::power::{self, PowerAction};
-use crate::supervisor::{Action, Event, NotifyMessage, Supervisor, WATCHDOG_INTERVAL};
-use crate::{block, grow, modules, mounts, AGENT_PATH, NOTIFY_SOCKET_PATH};
+use keelson_contract::pid1::{
+    action_for_signal, NotifyMessage, PowerAction, AGENT_PATH, AGENT_START_ENV, NOTIFY_SOCKET_PATH,
+};
+use keelson_linux::clock::monotonic as now;
+use keelson_linux::{block, mounts};
+use keelson_supervise::agent::{Action, Event, Supervisor, WATCHDOG_INTERVAL};
+use keelson_supervise::trial::{Trial, TrialVerdict};
+
+use crate::{grow, modules, power};
 
 /// Runs stage 2. Never returns.
 pub fn run() -> ! {
@@ -193,68 +199,26 @@ fn open_notify_socket() -> Option<UnixDatagram> {
     Some(socket)
 }
 
-/// Monotonic time since boot.
-fn now() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|spec| Duration::new(spec.tv_sec() as u64, spec.tv_nsec() as u32))
-        .unwrap_or_default()
+/// The trial to watch this boot: armed when the trial record on STATE names the running
+/// slot (see `keelson_update::trial`).
+fn arm_trial() -> Option<Trial> {
+    let record = read_trial_record();
+    let cmdline = keelson_linux::proc_cmdline();
+    let running =
+        keelson_contract::cmdline::value(&cmdline, "keelson.slot").and_then(Slot::from_letter);
+    let trial = Trial::arm(record, running, now())?;
+    crate::notice!(
+        "slot {} is on trial: it must be blessed within {} s or PID 1 reboots",
+        trial.slot,
+        trial.deadline.saturating_sub(now()).as_secs()
+    );
+    Some(trial)
 }
 
-/// Agent starts on a trial boot after which the trial is failed at once: an agent that
-/// crashed this often will not bless the slot, and waiting out the deadline on each of the
-/// loader's tries only delays the fallback.
-const TRIAL_AGENT_STARTS: u32 = 4;
-
-/// The deadline by which a slot booted on trial must be blessed (see
-/// `keelson_update::trial`): armed when the trial record names the running slot.
-struct TrialDeadline {
-    slot: Slot,
-    at: Duration,
-}
-
-impl TrialDeadline {
-    fn arm() -> Option<TrialDeadline> {
-        let record = TrialRecord::parse(&std::fs::read_to_string(TRIAL_FILE).ok()?)?;
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let running =
-            crate::cmdline::value(&cmdline, "keelson.slot").and_then(Slot::from_letter)?;
-        if record.slot != running {
-            return None;
-        }
-        crate::notice!(
-            "slot {running} is on trial: it must be blessed within {} s or PID 1 reboots",
-            record.timeout_secs
-        );
-        Some(TrialDeadline {
-            slot: running,
-            at: now() + Duration::from_secs(record.timeout_secs),
-        })
-    }
-
-    /// True while the trial record still names the slot (the agent removes it when it
-    /// blesses or rolls back).
-    fn still_on_trial(&self) -> bool {
-        std::fs::read_to_string(TRIAL_FILE)
-            .ok()
-            .and_then(|text| TrialRecord::parse(&text))
-            .is_some_and(|record| record.slot == self.slot)
-    }
-
-    /// Why the trial has failed, if it has: the deadline passed, or the agent keeps
-    /// crashing.
-    fn failed(&self, agent_starts: u32) -> Option<String> {
-        if now() >= self.at && self.still_on_trial() {
-            return Some(format!("slot {} was not blessed in time", self.slot));
-        }
-        if agent_starts >= TRIAL_AGENT_STARTS && self.still_on_trial() {
-            return Some(format!(
-                "the agent of slot {} on trial has crashed {} times",
-                self.slot,
-                agent_starts - 1
-            ));
-        }
-        None
-    }
+/// The trial record on STATE, if there is one (the agent removes it when it blesses or
+/// rolls back the slot).
+fn read_trial_record() -> Option<TrialRecord> {
+    TrialRecord::parse(&std::fs::read_to_string(TRIAL_FILE).ok()?)
 }
 
 /// The main loop. Returns the power action that ended it, after asking the agent to stop.
@@ -265,7 +229,7 @@ fn supervise(
 ) -> PowerAction {
     let mut supervisor = Supervisor::new(now());
     let mut pending = supervisor.handle(now(), Event::Tick);
-    let mut trial = TrialDeadline::arm();
+    let mut trial = arm_trial();
     loop {
         let mut requested = None;
         while let Some(action) = pending.pop() {
@@ -275,7 +239,7 @@ fn supervise(
         let timeout = supervisor
             .next_deadline()
             .into_iter()
-            .chain(trial.as_ref().map(|trial| trial.at))
+            .chain(trial.as_ref().map(|trial| trial.deadline))
             .min()
             .map(|deadline| deadline.saturating_sub(now()))
             .map(|wait| {
@@ -301,7 +265,7 @@ fn supervise(
             if signal == libc::SIGCHLD {
                 continue; // reaped below in every iteration
             }
-            match power::action_for_signal(signal) {
+            match action_for_signal(signal) {
                 Some(action) => {
                     crate::notice!("received signal {signal}: {action}");
                     requested = Some(action);
@@ -324,14 +288,18 @@ fn supervise(
             }
         }
         pending.extend(supervisor.handle(now(), Event::Tick));
-        if let Some(deadline) = &trial {
-            if let Some(reason) = deadline.failed(supervisor.starts()) {
-                crate::error!(
-                    "{reason}; rebooting so that the boot counter can fall back to the other slot"
-                );
-                requested = Some(PowerAction::Reboot);
-            } else if now() >= deadline.at {
-                trial = None;
+        if let Some(watched) = &trial {
+            let still_on_trial =
+                read_trial_record().is_some_and(|record| record.slot == watched.slot);
+            match watched.judge(now(), still_on_trial, supervisor.starts()) {
+                TrialVerdict::Pending => {}
+                TrialVerdict::Over => trial = None,
+                TrialVerdict::Failed(failure) => {
+                    crate::error!(
+                        "{failure}; rebooting so that the boot counter can fall back to the other slot"
+                    );
+                    requested = Some(PowerAction::Reboot);
+                }
             }
         }
 
@@ -374,7 +342,7 @@ fn spawn_agent(start_number: u32) -> Result<i32, String> {
         .env("PATH", "/usr/bin:/usr/sbin")
         .env("NOTIFY_SOCKET", NOTIFY_SOCKET_PATH)
         .env("WATCHDOG_USEC", WATCHDOG_INTERVAL.as_micros().to_string())
-        .env("KEELSON_AGENT_START", start_number.to_string())
+        .env(AGENT_START_ENV, start_number.to_string())
         .current_dir("/");
     // SAFETY: only async-signal-safe calls between fork and exec: unblock the signals PID 1
     // blocked for its signalfd, and start a new session.

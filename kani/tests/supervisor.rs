@@ -1,10 +1,12 @@
-//! PID 1's agent supervisor (`keelson_init::supervisor`).
+//! PID 1's agent supervisor (`keelson_supervise::agent`).
 
 use std::time::Duration;
 
-use keelson_init::supervisor::{
-    Action, AgentState, Backoff, Event, NotifyMessage, Supervisor, INITIAL_BACKOFF, MAX_BACKOFF,
+use keelson_contract::pid1::NotifyMessage;
+use keelson_supervise::agent::{
+    Action, AgentState, Event, Supervisor, INITIAL_BACKOFF, MAX_BACKOFF,
 };
+use keelson_supervise::backoff::Backoff;
 
 /// Every restart delay lies between the initial and the maximum backoff, and a run of at
 /// least the reset period always brings the delay back to the initial one.

@@ -1,5 +1,5 @@
 //! `keelson.machine.v1.Machine`: a thin layer over [`crate::system`], the logs, the
-//! kernel log, [`crate::machine_config`] and PID 1's signals.
+//! kernel log, `keelson_provision::machine_config` and PID 1's signals.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +22,12 @@ use tracing::{info, warn};
 
 use super::ApiContext;
 use crate::boot_history::BootHistory;
-use crate::machine_config::{self, ApplyRefusal, ConfigReport};
-use crate::{kmsg, logs, system};
+use keelson_linux::kmsg;
+use keelson_provision::machine_config::{self, ApplyRefusal, ConfigReport};
+
+use keelson_log as logs;
+
+use crate::system;
 
 /// The machine service.
 #[derive(Debug, Clone)]
@@ -211,12 +215,12 @@ impl Machine for MachineService {
                 booted_at: record.booted_at,
             })
             .collect();
-        let addresses = crate::network::addresses()
+        let addresses = keelson_net::node::addresses()
             .await
             .into_iter()
             .map(|(interface, address)| NetworkAddress { interface, address })
             .collect();
-        let routes = crate::network::routes()
+        let routes = keelson_net::node::routes()
             .await
             .into_iter()
             .map(|route| NetworkRoute {
@@ -226,7 +230,7 @@ impl Machine for MachineService {
                 metric: route.metric,
             })
             .collect();
-        let (dns_servers, search_domains) = crate::network::resolver_in_force();
+        let (dns_servers, search_domains) = keelson_net::node::resolver_in_force();
         let config = self
             .context
             .report
@@ -369,8 +373,11 @@ impl Machine for MachineService {
                 })))
             }
             "init" => {
-                let is_init =
-                    |record: &kmsg::Record| record.message.starts_with(keelson_init::log::PREFIX);
+                let is_init = |record: &kmsg::Record| {
+                    record
+                        .message
+                        .starts_with(keelson_contract::pid1::LOG_PREFIX)
+                };
                 let entry = |record: kmsg::Record| LogEntry {
                     service: "init".into(),
                     uptime_micros: record.uptime_micros,
@@ -408,7 +415,7 @@ impl Machine for MachineService {
         &self,
         request: Request<RebootRequest>,
     ) -> Result<Response<RebootResponse>, Status> {
-        self.power(&request, keelson_init::power::reboot_signal(), "reboot")?;
+        self.power(&request, keelson_contract::pid1::reboot_signal(), "reboot")?;
         Ok(Response::new(RebootResponse {}))
     }
 
@@ -418,7 +425,7 @@ impl Machine for MachineService {
     ) -> Result<Response<ShutdownResponse>, Status> {
         self.power(
             &request,
-            keelson_init::power::poweroff_signal(),
+            keelson_contract::pid1::poweroff_signal(),
             "power off",
         )?;
         Ok(Response::new(ShutdownResponse {}))
@@ -495,7 +502,7 @@ impl Machine for MachineService {
         }
         if outcome.reboot {
             system::ask_pid1(
-                keelson_init::power::reboot_signal(),
+                keelson_contract::pid1::reboot_signal(),
                 "reboot into the new config",
             );
         }
@@ -532,7 +539,10 @@ impl Machine for MachineService {
             "keelson: reset by {caller}: wiped {wiped} entries of {}; rebooting to the first-boot state",
             var.display()
         ));
-        system::ask_pid1(keelson_init::power::reboot_signal(), "reboot after reset");
+        system::ask_pid1(
+            keelson_contract::pid1::reboot_signal(),
+            "reboot after reset",
+        );
         Ok(Response::new(ResetResponse {}))
     }
 }

@@ -35,7 +35,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{info, warn};
 
-use crate::machine_config::{Environment, SharedReport};
+use keelson_provision::machine_config::{Environment, SharedReport};
 use security::ApiSecurity;
 
 /// Everything the services read or change.
@@ -62,7 +62,7 @@ pub struct ApiContext {
     /// What `Files` serves, beneath `/` (or a test directory).
     pub files_root: PathBuf,
     /// The A/B update engine.
-    pub update: Arc<crate::update::UpdateEngine>,
+    pub update: Arc<keelson_updater::UpdateEngine>,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.

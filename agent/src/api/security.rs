@@ -12,7 +12,7 @@ use keelson_api::pki;
 use keelson_config::model::ApiPki;
 use rustls::ServerConfig;
 
-use crate::logs;
+use keelson_log as logs;
 
 struct State {
     mode: ApiMode,

@@ -1,4 +1,4 @@
-//! `keelson.update.v1.Update`: a thin layer over [`crate::update::UpdateEngine`].
+//! `keelson.update.v1.Update`: a thin layer over [`keelson_updater::UpdateEngine`].
 //!
 //! `Apply` receives the bundle as a stream of chunks and hands them to the engine on a
 //! blocking thread through a small bounded channel, so the bundle is never held in memory
@@ -22,8 +22,8 @@ use tracing::info;
 use super::machine::who;
 use super::ApiContext;
 use crate::system;
-use crate::update::reboot::RebootGate;
-use crate::update::{ApplySpec, UpdateEngine, UpdateError};
+use keelson_updater::reboot::RebootGate;
+use keelson_updater::{ApplySpec, UpdateEngine, UpdateError};
 
 /// The update service.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ impl UpdateService {
         latest: bool,
         url: &str,
         mut spec: ApplySpec,
-    ) -> Result<crate::update::Applied, Status> {
+    ) -> Result<keelson_updater::Applied, Status> {
         let url = if latest {
             // Apply is an operator's call already, so any channel may be named.
             let channel_url = if channel.is_empty() {
@@ -122,7 +122,7 @@ impl UpdateService {
         &self,
         mut stream: Streaming<ApplyRequest>,
         spec: ApplySpec,
-    ) -> Result<crate::update::Applied, Status> {
+    ) -> Result<keelson_updater::Applied, Status> {
         let (sender, chunks) = tokio::sync::mpsc::channel(8);
         let engine = self.engine();
         let writer = tokio::task::spawn_blocking(move || {
@@ -341,7 +341,10 @@ impl Update for UpdateService {
             .await
             .map_err(|error| Status::internal(error.to_string()))?
             .map_err(status_of)?;
-        system::ask_pid1(keelson_init::power::reboot_signal(), "reboot to roll back");
+        system::ask_pid1(
+            keelson_contract::pid1::reboot_signal(),
+            "reboot to roll back",
+        );
         Ok(Response::new(RollbackResponse {
             slot: slot.to_string(),
             version,

@@ -23,7 +23,7 @@ struct Arguments {
 
 fn main() {
     let arguments = Arguments::parse();
-    keelson_agent::logs::install();
+    keelson_log::install();
     let options = keelson_agent::AgentOptions {
         listen: arguments.listen,
         state_dir: arguments.state_dir,

@@ -33,7 +33,7 @@ pub struct Esp {
 impl Esp {
     /// Finds the partition labelled KEELSON-ESP.
     pub fn find() -> anyhow::Result<Esp> {
-        let partition = keelson_init::block::find_partition(keelson_disk::layout::ESP_LABEL)
+        let partition = keelson_linux::block::find_partition(keelson_disk::layout::ESP_LABEL)
             .context("no partition labelled KEELSON-ESP")?;
         Ok(Esp {
             device: partition.path(),

@@ -64,8 +64,8 @@ fn unescape(text: &str) -> String {
     let mut out = Vec::with_capacity(text.len());
     let bytes = text.as_bytes();
     let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'\\' && bytes.get(index + 1) == Some(&b'x') {
+    while let Some(&byte) = bytes.get(index) {
+        if byte == b'\\' && bytes.get(index + 1) == Some(&b'x') {
             if let Some(value) = text
                 .get(index + 2..index + 4)
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
@@ -75,7 +75,7 @@ fn unescape(text: &str) -> String {
                 continue;
             }
         }
-        out.push(bytes[index]);
+        out.push(byte);
         index += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -111,7 +111,8 @@ impl KernelLog {
             match self.file.get_ref().read(&mut self.buffer) {
                 Ok(0) => return Ok(None),
                 Ok(length) => {
-                    let text = String::from_utf8_lossy(&self.buffer[..length]);
+                    let read = self.buffer.get(..length).unwrap_or_default();
+                    let text = String::from_utf8_lossy(read);
                     if let Some(record) = parse(&text) {
                         return Ok(Some(record));
                     }
@@ -167,6 +168,7 @@ impl std::fmt::Debug for KernelLog {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -1,24 +1,4 @@
-//! The update engine: the I/O shell around `keelson_update::slots`.
-//!
-//! Every decision (may this slot be written, which entry to rename, when to reboot) is the
-//! pure machine's; this module reads the machine's state off the disk, feeds it events and
-//! carries out the actions it returns:
-//! - [`UpdateEngine::apply`] streams a bundle: the signature and policy are checked from
-//!   the header before any slot is touched, then the kernel and initrd go to the ESP and the
-//!   root image to the inactive slot's partition, each hashed on the way and read back
-//!   after; only then is the slot activated with a counted entry.
-//! - [`UpdateEngine::on_boot`] reconciles what happened while the agent was not running (a
-//!   write cut by power loss, a trial the loader gave up on) and, when the running slot is
-//!   on trial, starts the health gate that blesses it or rolls it back.
-//! - [`UpdateEngine::rollback`] and [`UpdateEngine::cancel`] are the operator's levers.
-//!
-//! `state.json` beside the agent's other state keeps what the ESP cannot: a slot being
-//! written, the last error and the version that failed.
-
-pub mod auto;
-pub mod channel;
-pub mod esp;
-pub mod reboot;
+//! The update engine itself: [`UpdateEngine`], the I/O shell around `keelson_update::slots`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -37,9 +17,9 @@ use keelson_update::trial::{TrialRecord, DEFAULT_HEALTH_TIMEOUT_SECS, TRIAL_FILE
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::logs;
-use crate::machine_config::SharedReport;
-use esp::{EntryInfo, Esp, EspTree};
+use keelson_log as logs;
+
+use crate::esp::{EntryInfo, Esp, EspTree};
 
 /// PID 1 gets this much longer than the agent's own health gate, so that a working agent
 /// always decides first and PID 1 only steps in for one that cannot.
@@ -186,7 +166,7 @@ pub struct UpdateEngine {
     progress: Mutex<Progress>,
     snapshot: Mutex<Option<(Slots, [Option<EntryInfo>; 2])>>,
     unavailable: Mutex<Option<String>>,
-    pending_reboot: Arc<reboot::PendingReboot>,
+    pending_reboot: Arc<crate::reboot::PendingReboot>,
 }
 
 impl UpdateEngine {
@@ -479,7 +459,7 @@ impl UpdateEngine {
             })
             .map_err(bundle_error_first)?;
             // The root image and its hash tree to the slot's partition.
-            let partition = keelson_init::block::find_partition(target.root_label())
+            let partition = keelson_linux::block::find_partition(target.root_label())
                 .with_context(|| format!("no partition labelled {}", target.root_label()))?;
             let mut device = open_exclusive(&partition.path())?;
             let base = done;
@@ -523,7 +503,7 @@ impl UpdateEngine {
             let options = format!(
                 "{} {}",
                 manifest.cmdline,
-                keelson_init::cmdline::boot_args(target, &manifest.verity_params())
+                keelson_contract::cmdline::boot_args(target, &manifest.verity_params())
             );
             // PID 1's deadline exists before the entry does.
             self.arm_trial(target, health_timeout.as_secs())?;
@@ -588,14 +568,14 @@ impl UpdateEngine {
     }
 
     /// Checks the channel at `url`. Blocking.
-    pub fn check(&self, url: &str) -> Result<channel::Checked, UpdateError> {
-        channel::check(url, self.trust()?, &self.running_version)
+    pub fn check(&self, url: &str) -> Result<crate::channel::Checked, UpdateError> {
+        crate::channel::check(url, self.trust()?, &self.running_version)
     }
 
     /// Fetches the bundle at `url` and applies it. Blocking.
     pub fn apply_url(&self, url: &str, spec: &ApplySpec) -> Result<Applied, UpdateError> {
         info!("update: fetching {url}");
-        let source = channel::open_bundle(url)?;
+        let source = crate::channel::open_bundle(url)?;
         self.apply(source, spec)
     }
 
@@ -606,13 +586,13 @@ impl UpdateEngine {
 
     /// Reboots into the activated update when `gate` allows. Returns why it waits, or
     /// `None` when the node reboots now.
-    pub fn schedule_reboot(self: &Arc<Self>, gate: reboot::RebootGate) -> Option<String> {
+    pub fn schedule_reboot(self: &Arc<Self>, gate: crate::reboot::RebootGate) -> Option<String> {
         let engine = self.clone();
         self.pending_reboot.schedule(
             gate,
             || {
-                crate::system::ask_pid1(
-                    keelson_init::power::reboot_signal(),
+                keelson_linux::ask_pid1(
+                    keelson_contract::pid1::reboot_signal(),
                     "reboot into the update",
                 )
             },
@@ -805,16 +785,19 @@ impl UpdateEngine {
         }
     }
 
-    /// Runs the health gate: waits until the node is healthy (config applied without
-    /// errors, API accepting connections) and blesses the slot, or rolls back when
-    /// `timeout` passes first. Returns true when the slot was blessed.
-    pub async fn health_gate(
+    /// Runs the health gate: waits until `check_health` passes (the agent decides what
+    /// healthy means: config applied, API up, static pods ready) and blesses the slot, or
+    /// rolls back when `timeout` passes first. Returns true when the slot was blessed.
+    pub async fn health_gate<Check, Checked>(
         self: Arc<Self>,
-        report: SharedReport,
-        api: std::net::SocketAddr,
+        check_health: Check,
         timeout: Duration,
-    ) -> bool {
-        let uptime = Duration::from_secs(crate::system::uptime_seconds());
+    ) -> bool
+    where
+        Check: Fn() -> Checked,
+        Checked: std::future::Future<Output = Result<(), String>>,
+    {
+        let uptime = Duration::from_secs(keelson_linux::clock::uptime_seconds());
         let deadline = Instant::now() + timeout.saturating_sub(uptime);
         info!(
             slot = %self.running,
@@ -822,7 +805,7 @@ impl UpdateEngine {
             timeout.as_secs()
         );
         let verdict = loop {
-            let health = check_health(&report, api).await;
+            let health = check_health().await;
             if health.is_ok() || Instant::now() >= deadline {
                 break health;
             }
@@ -833,7 +816,10 @@ impl UpdateEngine {
             .await
             .unwrap_or(false);
         if reboot {
-            crate::system::ask_pid1(keelson_init::power::reboot_signal(), "reboot to roll back");
+            keelson_linux::ask_pid1(
+                keelson_contract::pid1::reboot_signal(),
+                "reboot to roll back",
+            );
         }
         !reboot && self.is_running_good()
     }
@@ -856,31 +842,6 @@ impl UpdateEngine {
                 .and_then(|update| update.health_timeout_seconds)
                 .unwrap_or(DEFAULT_HEALTH_TIMEOUT_SECS),
         )
-    }
-}
-
-/// The node is healthy when its config is applied without errors and the API accepts
-/// connections. (Static pods join this list once the node runs them.)
-async fn check_health(report: &SharedReport, api: std::net::SocketAddr) -> Result<(), String> {
-    if let Ok(report) = report.read() {
-        if let Some(first) = report.errors.first() {
-            return Err(format!("the machine config was not applied: {first}"));
-        }
-        if let Some(reason) = &report.maintenance {
-            if reason != "no-config" {
-                return Err(format!("the node is in maintenance mode ({reason})"));
-            }
-        }
-    }
-    let local = std::net::SocketAddr::from(([127, 0, 0, 1], api.port()));
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(local),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(format!("the API does not accept connections on {local}")),
     }
 }
 

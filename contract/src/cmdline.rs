@@ -25,14 +25,61 @@ impl std::fmt::Display for CmdlineError {
     }
 }
 
-/// The value of `key=` on the command line (the last one wins, as in the kernel).
+/// The parameters of a command line in order, as the kernel splits them: words separated
+/// by white space, where double quotes keep white space inside a word and are removed
+/// (`key="a b"` is `key` = `a b`). A word without `=` is a flag with no value.
+pub fn parameters(cmdline: &str) -> Vec<(&str, Option<&str>)> {
+    let mut words = Vec::new();
+    let mut start = None;
+    let mut quoted = false;
+    for (index, character) in cmdline.char_indices() {
+        match character {
+            '"' => {
+                quoted = !quoted;
+                start.get_or_insert(index);
+            }
+            c if c.is_ascii_whitespace() && !quoted => {
+                if let Some(begin) = start.take() {
+                    words.push(cmdline.get(begin..index).unwrap_or_default());
+                }
+            }
+            _ => {
+                start.get_or_insert(index);
+            }
+        }
+    }
+    if let Some(begin) = start {
+        words.push(cmdline.get(begin..).unwrap_or_default());
+    }
+    words
+        .into_iter()
+        .map(|word| match word.split_once('=') {
+            Some((name, value)) => (name.trim_matches('"'), Some(strip_quotes(value))),
+            None => (word.trim_matches('"'), None),
+        })
+        .collect()
+}
+
+fn strip_quotes(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+        .unwrap_or(value)
+}
+
+/// The value of `key=` on the command line. A key given more than once takes its last
+/// value, as the kernel does; a bare `key` (no `=`) has no value.
 pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_ascii_whitespace()
-        .filter_map(|word| word.split_once('='))
+    parameters(cmdline)
+        .into_iter()
         .filter(|(name, _)| *name == key)
-        .map(|(_, value)| value)
+        .filter_map(|(_, value)| value)
         .next_back()
+}
+
+/// True when `key` is on the command line, bare or with a value (`keelson.config.reapply`).
+pub fn flag(cmdline: &str, key: &str) -> bool {
+    parameters(cmdline).iter().any(|(name, _)| *name == key)
 }
 
 /// Parses the slot and verity parameters.
@@ -142,6 +189,51 @@ mod tests {
     fn last_value_wins() {
         assert_eq!(value("a=1 b=2 a=3", "a"), Some("3"));
         assert_eq!(value("a", "a"), None);
+        // The agent's `keelson.config=` once took the first value while PID 1 took the
+        // last; both read through here now.
+        assert_eq!(
+            value(
+                "keelson.config=http://a/1 keelson.config=http://b/2",
+                "keelson.config"
+            ),
+            Some("http://b/2")
+        );
+    }
+
+    #[test]
+    fn quotes_keep_spaces_and_flags_have_no_value() {
+        let line = "console=ttyS0  dyndbg=\"file a.c +p\" keelson.config.reapply quiet";
+        assert_eq!(
+            parameters(line),
+            vec![
+                ("console", Some("ttyS0")),
+                ("dyndbg", Some("file a.c +p")),
+                ("keelson.config.reapply", None),
+                ("quiet", None),
+            ]
+        );
+        assert!(flag(line, "keelson.config.reapply"));
+        assert!(flag(line, "console"));
+        assert!(!flag(line, "keelson.config"));
+    }
+
+    #[test]
+    fn without_quotes_the_words_are_the_white_space_separated_ones() {
+        bolero::check!().with_type::<String>().for_each(|line| {
+            if line.contains('"') {
+                let _ = parameters(line);
+                return;
+            }
+            let rejoined: Vec<String> = parameters(line)
+                .into_iter()
+                .map(|(name, value)| match value {
+                    Some(value) => format!("{name}={value}"),
+                    None => name.to_owned(),
+                })
+                .collect();
+            let words: Vec<&str> = line.split_ascii_whitespace().collect();
+            assert_eq!(rejoined, words);
+        });
     }
 
     #[test]

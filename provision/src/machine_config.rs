@@ -23,8 +23,10 @@ use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
 use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
 
+use keelson_net::node as network;
+
 use crate::files::{self, ResolvedFile};
-use crate::{fetch, network, seed};
+use crate::{fetch, seed};
 
 /// fw_cfg entry holding an Ignition config (the name Fedora CoreOS uses).
 pub const FW_CFG_IGNITION: &str = "opt/com.coreos/config";
@@ -129,10 +131,7 @@ impl Environment {
     }
 
     fn cmdline_value(&self, key: &str) -> Option<String> {
-        self.cmdline.split_whitespace().find_map(|word| {
-            let (name, value) = word.split_once('=').unwrap_or((word, ""));
-            (name == key).then(|| value.to_owned())
-        })
+        keelson_contract::cmdline::value(&self.cmdline, key).map(str::to_owned)
     }
 }
 
@@ -165,9 +164,7 @@ impl Found {
 fn look(environment: &Environment) -> Found {
     let mut found = Found {
         url: environment.cmdline_value("keelson.config"),
-        reapply: environment
-            .cmdline_value("keelson.config.reapply")
-            .is_some(),
+        reapply: keelson_contract::cmdline::flag(&environment.cmdline, "keelson.config.reapply"),
         ..Found::default()
     };
     if let Ok(bytes) = std::fs::read(environment.saved_config()) {
@@ -614,7 +611,7 @@ pub async fn apply_requested(
     applied.format = loaded.format.to_string();
     applied.instance_id = instance_id;
     applied.warnings = loaded.warnings.clone();
-    let hostname_before = crate::system::hostname();
+    let hostname_before = keelson_linux::hostname();
     let fetched = match apply(environment, &loaded.plan, Steps::Live, &mut applied).await {
         Ok(fetched) => fetched,
         Err(error) => {
@@ -658,20 +655,20 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// every error. Returns true when the node is in maintenance mode.
 pub fn announce(report: &ConfigReport) -> bool {
     for warning in &report.warnings {
-        crate::logs::console(&format!("keelson: {warning}"));
+        keelson_log::console(&format!("keelson: {warning}"));
     }
     let Some(reason) = &report.maintenance else {
         return false;
     };
-    crate::logs::console(&format!(
+    keelson_log::console(&format!(
         "keelson: maintenance reason={reason} source={} errors={}",
         report.source,
         report.errors.len()
     ));
     for error in &report.errors {
-        crate::logs::console(&format!("keelson: {error}"));
+        keelson_log::console(&format!("keelson: {error}"));
     }
-    crate::logs::console(
+    keelson_log::console(
         "keelson: nothing of the config was applied; the API accepts only apply-config",
     );
     true
@@ -687,7 +684,7 @@ mod tests {
             state_dir: PathBuf::new(),
             fw_cfg_root: PathBuf::new(),
             cmdline:
-                "console=ttyS0 keelson.config=http://10.0.2.2:8000/c.yaml keelson.config.reapply"
+                "console=ttyS0 keelson.config=http://10.0.2.2:8000/old.yaml keelson.config=http://10.0.2.2:8000/c.yaml keelson.config.reapply"
                     .into(),
             root: PathBuf::new(),
         };
@@ -695,12 +692,9 @@ mod tests {
             environment.cmdline_value("keelson.config").as_deref(),
             Some("http://10.0.2.2:8000/c.yaml")
         );
-        assert_eq!(
-            environment
-                .cmdline_value("keelson.config.reapply")
-                .as_deref(),
-            Some("")
-        );
+        // The kernel's rule, as PID 1 reads the line: a repeated key takes its last value.
+        assert_eq!(look(&environment).url.as_deref(), Some("http://10.0.2.2:8000/c.yaml"));
+        assert!(look(&environment).reapply);
         assert_eq!(environment.cmdline_value("keelson.slot"), None);
     }
 }

@@ -4,7 +4,6 @@
 //! `/sys/class/block/<dev>/uevent`, so no udev and no blkid are needed.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// A partition found by label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,33 +87,6 @@ pub fn find_partition(label: &str) -> Option<PartitionDevice> {
         });
     }
     None
-}
-
-/// Waits up to `timeout` for a partition named `label` and for its device node.
-pub fn wait_for_partition(label: &str, timeout: Duration) -> Result<PartitionDevice, String> {
-    let deadline = Instant::now() + timeout;
-    let mut announced = false;
-    loop {
-        if let Some(partition) = find_partition(label) {
-            if partition.path().exists() {
-                return Ok(partition);
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "no partition labelled {label} appeared within {} s (is the disk attached, and is its driver in the initramfs?)",
-                timeout.as_secs()
-            ));
-        }
-        if !announced && Instant::now() + timeout - Duration::from_secs(2) > deadline {
-            crate::notice!(
-                "waiting up to {} s for partition {label}",
-                timeout.as_secs()
-            );
-            announced = true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use keelson_update::channel::{self, Channel, Release, MAX_BYTES};
 use keelson_update::keys::TrustRoot;
 
-use super::UpdateError;
+use crate::UpdateError;
 
 /// How long connecting and the response headers may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

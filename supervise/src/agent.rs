@@ -1,6 +1,6 @@
-//! The agent supervisor: when to start, restart and kill `keelsond`. Pure.
+//! PID 1's agent supervisor: when to start, restart and kill `keelsond`. Pure.
 //!
-//! The shell in [`crate::stage2`] feeds it events (the agent was spawned, exited, sent an
+//! The shell in PID 1's stage 2 feeds it events (the agent was spawned, exited, sent an
 //! sd_notify message, time passed, shutdown began) with the current monotonic time, and
 //! performs the [`Action`]s it returns. It reads no clock and touches no process, so every
 //! path (crash loops, watchdog expiry, exits during shutdown) is tested on the host.
@@ -11,6 +11,10 @@
 
 use std::time::Duration;
 
+use keelson_contract::pid1::NotifyMessage;
+
+use crate::backoff::Backoff;
+
 /// First restart delay.
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest restart delay.
@@ -19,66 +23,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub const RESET_BACKOFF_AFTER: Duration = Duration::from_secs(120);
 /// How long the agent may go without a watchdog ping once ready.
 pub const WATCHDOG_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Exponential restart delay.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    reset_after: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial`, doubling to `max`, reset after `reset_after` of uptime.
-    pub fn new(initial: Duration, max: Duration, reset_after: Duration) -> Backoff {
-        debug_assert!(initial <= max);
-        Backoff {
-            initial,
-            max,
-            reset_after,
-            next: initial,
-        }
-    }
-
-    /// The delay before restarting a service that ran for `ran_for` and then exited.
-    pub fn delay_after_exit(&mut self, ran_for: Duration) -> Duration {
-        if ran_for >= self.reset_after {
-            self.next = self.initial;
-        }
-        let delay = self.next;
-        self.next = self.next.saturating_mul(2).min(self.max);
-        debug_assert!(delay >= self.initial && delay <= self.max);
-        delay
-    }
-}
-
-/// One sd_notify datagram, as far as PID 1 cares.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NotifyMessage {
-    /// `READY=1`.
-    pub ready: bool,
-    /// `WATCHDOG=1`.
-    pub watchdog: bool,
-    /// `STATUS=…`.
-    pub status: Option<String>,
-}
-
-impl NotifyMessage {
-    /// Parses newline-separated `KEY=VALUE` assignments; unknown keys are ignored.
-    pub fn parse(text: &str) -> NotifyMessage {
-        let mut message = NotifyMessage::default();
-        for line in text.lines() {
-            match line.split_once('=') {
-                Some(("READY", "1")) => message.ready = true,
-                Some(("WATCHDOG", "1")) => message.watchdog = true,
-                Some(("STATUS", status)) => message.status = Some(status.to_owned()),
-                _ => {}
-            }
-        }
-        message
-    }
-}
 
 /// Where the agent is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,16 +301,6 @@ mod tests {
             AgentState::Running { pid, .. } => *pid,
             other => panic!("not running: {other:?}"),
         }
-    }
-
-    #[test]
-    fn a_long_run_resets_the_backoff() {
-        let mut backoff = Backoff::new(secs(1), secs(60), secs(120));
-        for _ in 0..10 {
-            backoff.delay_after_exit(secs(0));
-        }
-        assert_eq!(backoff.delay_after_exit(secs(0)), secs(60));
-        assert_eq!(backoff.delay_after_exit(secs(500)), secs(1));
     }
 
     #[test]

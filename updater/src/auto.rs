@@ -13,8 +13,8 @@ use std::time::Duration;
 use keelson_config::model::{UpdatePolicy, UpdateStrategy};
 use tracing::{info, warn};
 
-use super::reboot::RebootGate;
-use super::{ApplySpec, UpdateEngine};
+use crate::reboot::RebootGate;
+use crate::{ApplySpec, UpdateEngine};
 
 /// Minutes between checks when the config does not say.
 pub const DEFAULT_CHECK_MINUTES: u32 = 60;

@@ -370,7 +370,7 @@ fn start_dhcp(
             }
         };
         let name = interface.name.clone();
-        if let Err(error) = dhcp::run(name.clone(), interface.mac, perform).await {
+        if let Err(error) = crate::dhcp_socket::run(name.clone(), interface.mac, perform).await {
             tracing::warn!("dhcp {name}: client stopped: {error:#}");
         }
     });

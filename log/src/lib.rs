@@ -1,4 +1,5 @@
-//! The agent's log, kept in memory for `Machine.Logs`.
+//! `keelson-log`: the agent's log, kept in memory for `Machine.Logs`, and its console
+//! lines.
 //!
 //! Every tracing event and every line the agent prints on the console (the ready line,
 //! maintenance lines) goes into a bounded ring, oldest entries dropping first, and to the
@@ -84,9 +85,7 @@ pub fn ring() -> &'static LogRing {
 
 /// Microseconds since boot, on the kernel log's clock.
 pub fn uptime_micros() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|time| time.tv_sec() as u64 * 1_000_000 + time.tv_nsec() as u64 / 1_000)
-        .unwrap_or_default()
+    u64::try_from(keelson_linux::clock::monotonic().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Prints `line` on the console (stdout, which PID 1 connects to it) and logs it.

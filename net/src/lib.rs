@@ -1,0 +1,16 @@
+//! `keelson-net`: the node's networking.
+//!
+//! * [`node`]: the rtnetlink shell that puts a `NetworkPlan` in force: links up, MTU,
+//!   static addresses and routes, a DHCP client per interface, and the resolver file;
+//! * [`dhcp`]: the DHCPv4 client as a pure state machine (RFC 2131 selecting, requesting,
+//!   bound, renewing, rebinding, expiry), with message building and reply parsing;
+//! * [`dhcp_socket`]: the client's socket and timer loop.
+//!
+//! Everything goes through netlink; nothing shells out to `ip`. The pod network (bridge,
+//! veth pairs, IPAM, VXLAN, nftables) lands here next, beside these.
+//!
+//! Known limits: IPv4 DHCP only (IPv6 addresses and routes may be static).
+
+pub mod dhcp;
+pub mod dhcp_socket;
+pub mod node;
