@@ -8,7 +8,8 @@
 //! * [`pid1`]: the agent's path, the sd_notify socket and messages, the power signals and
 //!   the log prefix;
 //! * [`devices`]: the device-mapper names stage 1 gives the verified root;
-//! * [`kmod`]: module names and the `modules.dep` load order.
+//! * [`kmod`]: module names and the `modules.dep` load order;
+//! * [`trial`]: the trial record the updater leaves for PID 1 when it activates a slot.
 //!
 //! Nothing here does I/O; every crate may import it.
 
@@ -16,3 +17,4 @@ pub mod cmdline;
 pub mod devices;
 pub mod kmod;
 pub mod pid1;
+pub mod trial;

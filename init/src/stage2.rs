@@ -17,8 +17,8 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
+use keelson_contract::trial::{TrialRecord, TRIAL_FILE};
 use keelson_disk::layout::{Slot, STATE_LABEL};
-use keelson_update::trial::{TrialRecord, TRIAL_FILE};
 use nix::mount::MsFlags;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -200,7 +200,7 @@ fn open_notify_socket() -> Option<UnixDatagram> {
 }
 
 /// The trial to watch this boot: armed when the trial record on STATE names the running
-/// slot (see `keelson_update::trial`).
+/// slot (see `keelson_contract::trial`).
 fn arm_trial() -> Option<Trial> {
     let record = read_trial_record();
     let cmdline = keelson_linux::proc_cmdline();

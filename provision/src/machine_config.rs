@@ -23,6 +23,7 @@ use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
 use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
 
+use keelson_linux::clock::unix_now;
 use keelson_net::node as network;
 
 use crate::files::{self, ResolvedFile};
@@ -347,13 +348,6 @@ fn check_api_material(location: &str, loaded: Loaded) -> Result<Loaded, Rejected
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 async fn bring_up_default(report: &mut ConfigReport) -> Vec<tokio::task::AbortHandle> {
     match network::apply(&NetworkPlan::default(), FIRST_LEASE).await {
         Ok(applied) => {
@@ -635,20 +629,7 @@ pub async fn apply_requested(
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent).map_err(|error| format!("{}: {error}", parent.display()))?;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)
-        .map_err(|error| format!("{}: {error}", temporary.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|error| format!("{}: {error}", temporary.display()))?;
-    std::fs::rename(&temporary, path).map_err(|error| format!("{}: {error}", path.display()))?;
-    if let Ok(directory) = std::fs::File::open(parent) {
-        let _ = directory.sync_all();
-    }
-    Ok(())
+    keelson_linux::durable::write(path, bytes).map_err(|error| error.to_string())
 }
 
 /// Prints the outcome on the console: warnings, and in maintenance mode the reason and
@@ -693,7 +674,10 @@ mod tests {
             Some("http://10.0.2.2:8000/c.yaml")
         );
         // The kernel's rule, as PID 1 reads the line: a repeated key takes its last value.
-        assert_eq!(look(&environment).url.as_deref(), Some("http://10.0.2.2:8000/c.yaml"));
+        assert_eq!(
+            look(&environment).url.as_deref(),
+            Some("http://10.0.2.2:8000/c.yaml")
+        );
         assert!(look(&environment).reapply);
         assert_eq!(environment.cmdline_value("keelson.slot"), None);
     }

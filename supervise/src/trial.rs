@@ -1,7 +1,7 @@
 //! The outcome of a trial boot, as PID 1 decides it. Pure.
 //!
 //! When the agent activates a new slot it leaves a trial record on STATE
-//! (`keelson_update::trial`). On the next boot PID 1 arms a deadline from it, if it names
+//! (`keelson_contract::trial`). On the next boot PID 1 arms a deadline from it, if it names
 //! the slot that is running, and fails the trial (by rebooting, so that the boot loader's
 //! counter moves on) when either the deadline passes with the record still there, or the
 //! agent has crashed so often that it will never bless the slot. The shell reads the clock
@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
+use keelson_contract::trial::TrialRecord;
 use keelson_disk::layout::Slot;
-use keelson_update::trial::TrialRecord;
 
 /// Agent starts on a trial boot after which the trial is failed at once: an agent that
 /// crashed this often will not bless the slot, and waiting out the deadline on each of the

@@ -18,6 +18,7 @@
 //! sending at each cut so the point is exact): each restart boots slot A, with B empty and
 //! the interruption named, and a retry by upload then installs the release.
 
+use keelson_linux::clock::unix_now;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,13 +109,6 @@ fn publish_channel(dir: &std::path::Path, bundle: &std::path::Path, now: i64, va
         now,
     })
     .unwrap();
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// Waits until the running slot is blessed.

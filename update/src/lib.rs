@@ -10,8 +10,9 @@
 //! - [`channel`]: the signed, expiring list of releases that a directory served over HTTP
 //!   publishes, and how a node picks the release to move to.
 //! - [`window`]: weekly maintenance windows (UTC) that bound when a node may reboot.
-//! - [`trial`]: the record that lets PID 1 reboot a trial slot whose agent never proves it
-//!   healthy.
+//! - [`fleetlock`]: the FleetLock client's decisions (ask, retry, reboot, give back).
+//! - [`reconcile`]: reading the slots off the ESP and the update record, and what to do
+//!   about the record at boot.
 //!
 //! Nothing here mounts, opens a device or reboots: the agent does that. So the builder, the
 //! agent and the proofs in `kani/` share one definition of what a slot and a bundle are.
@@ -19,7 +20,8 @@
 pub mod boot_entry;
 pub mod bundle;
 pub mod channel;
+pub mod fleetlock;
 pub mod keys;
+pub mod reconcile;
 pub mod slots;
-pub mod trial;
 pub mod window;

@@ -1,20 +1,20 @@
 //! The update engine itself: [`UpdateEngine`], the I/O shell around `keelson_update::slots`.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use keelson_contract::trial::{TrialRecord, DEFAULT_HEALTH_TIMEOUT_SECS, TRIAL_FILE};
 use keelson_disk::layout::Slot;
 use keelson_update::boot_entry;
 use keelson_update::bundle::{self, ArtifactKind, BundleError, BundleReader, PolicyRefusal};
 use keelson_update::keys::{TrustRoot, TRUST_DIR};
+use keelson_update::reconcile::{self, PendingWrite, UpdateRecord};
 use keelson_update::slots::{Action, Event, Refusal, SlotState, Slots};
-use keelson_update::trial::{TrialRecord, DEFAULT_HEALTH_TIMEOUT_SECS, TRIAL_FILE};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use keelson_log as logs;
@@ -52,30 +52,6 @@ pub enum UpdateError {
     /// Writing or reading the disk failed.
     #[error("{0:#}")]
     Io(#[from] anyhow::Error),
-}
-
-/// What `state.json` keeps.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Record {
-    /// A slot being written or written, with the version it receives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pending: Option<Pending>,
-    /// The version booted on trial (so that a fallback can be named after the fact).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    trial_version: Option<String>,
-    /// What went wrong last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_error: Option<String>,
-    /// The version that last failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    failed_version: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pending {
-    slot: char,
-    version: String,
-    written: bool,
 }
 
 /// An update in progress, for status.
@@ -221,15 +197,18 @@ impl UpdateEngine {
             .ok_or_else(|| UpdateError::Unavailable("no ESP".to_owned()))
     }
 
-    fn record(&self) -> Record {
+    fn record(&self) -> UpdateRecord {
         std::fs::read(&self.state_file)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
-    fn save(&self, record: &Record) -> anyhow::Result<()> {
-        write_durably(&self.state_file, &serde_json::to_vec_pretty(record)?)
+    fn save(&self, record: &UpdateRecord) -> anyhow::Result<()> {
+        Ok(keelson_linux::durable::write(
+            &self.state_file,
+            &serde_json::to_vec_pretty(record)?,
+        )?)
     }
 
     fn fail(&self, version: &str, error: &str) {
@@ -244,34 +223,7 @@ impl UpdateEngine {
     /// Reads the slots off the ESP and the record; keeps them for status.
     fn read_slots(&self, tree: &EspTree) -> Result<Slots, UpdateError> {
         let (view, infos) = tree.read()?;
-        let record = self.record();
-        let state_of = |slot: Slot| match view.entry(slot) {
-            Some(name) => match name.counter {
-                None => SlotState::Good,
-                Some(counter) if counter.tries_left > 0 => SlotState::Trial {
-                    tries_left: counter.tries_left,
-                },
-                // The last attempt is the one running; anywhere else it is spent.
-                Some(_) if slot == self.running => SlotState::Trial { tries_left: 0 },
-                Some(_) => SlotState::Bad,
-            },
-            None => match &record.pending {
-                Some(pending) if Slot::from_letter(&pending.slot.to_string()) == Some(slot) => {
-                    if pending.written {
-                        SlotState::Written
-                    } else {
-                        SlotState::Writing
-                    }
-                }
-                _ => SlotState::Empty,
-            },
-        };
-        let slots = Slots {
-            a: state_of(Slot::A),
-            b: state_of(Slot::B),
-            default: view.default_slot().unwrap_or(self.running),
-            running: self.running,
-        };
+        let slots = reconcile::read_slots(&view, &self.record(), self.running);
         if let Ok(mut snapshot) = self.snapshot.lock() {
             *snapshot = Some((slots, infos));
         }
@@ -428,7 +380,7 @@ impl UpdateEngine {
                 Ok(slots)
             })?;
             let mut record = self.record();
-            record.pending = Some(Pending {
+            record.pending = Some(PendingWrite {
                 slot: target.letter(),
                 version: version.clone(),
                 written: false,
@@ -491,7 +443,7 @@ impl UpdateEngine {
             })?;
             let verify_seconds = verify_started.elapsed().as_secs_f64();
             let (slots, _) = slots.step(Event::WriteOk(target))?;
-            record.pending = Some(Pending {
+            record.pending = Some(PendingWrite {
                 slot: target.letter(),
                 version: version.clone(),
                 written: true,
@@ -625,7 +577,10 @@ impl UpdateEngine {
             slot,
             timeout_secs: health_timeout_secs + PID1_GRACE_SECS,
         };
-        write_durably(&self.trial_file, record.to_text().as_bytes())
+        Ok(keelson_linux::durable::write(
+            &self.trial_file,
+            record.to_text().as_bytes(),
+        )?)
     }
 
     /// Makes the other (good) slot the default. The caller reboots.
@@ -670,67 +625,52 @@ impl UpdateEngine {
     /// Reconciles after a boot. Returns true when the running slot is on trial and needs
     /// the health gate.
     pub fn on_boot(&self) -> bool {
-        let Ok(_guard) = self.lock() else {
-            return false;
-        };
-        let Ok(esp) = self.esp() else {
-            return false;
-        };
-        let trial_record = std::fs::read_to_string(&self.trial_file)
-            .ok()
-            .and_then(|text| TrialRecord::parse(&text));
-        let outcome = esp.with_mounted(|tree| {
-            let slots = self.read_slots(tree)?;
-            let (slots, _) = self.step(tree, &slots, Event::Booted, None)?;
-            Ok(slots)
-        });
-        let slots = match outcome {
-            Ok(slots) => slots,
+        // Wait for an operation that got in first: the boot must be reconciled either way.
+        let outcome = self
+            .busy
+            .lock()
+            .map_err(|_| UpdateError::Busy)
+            .and_then(|_guard| {
+                let esp = self.esp()?;
+                let trial = std::fs::read_to_string(&self.trial_file)
+                    .ok()
+                    .and_then(|text| TrialRecord::parse(&text));
+                let slots = esp.with_mounted(|tree| {
+                    let slots = self.read_slots(tree)?;
+                    let (slots, _) = self.step(tree, &slots, Event::Booted, None)?;
+                    Ok(slots)
+                })?;
+                Ok(reconcile::reconcile_on_boot(
+                    self.record(),
+                    &slots,
+                    trial,
+                    &self.running_version,
+                ))
+            });
+        let reconciled = match outcome {
+            Ok(reconciled) => reconciled,
             Err(error) => {
-                warn!("update: cannot reconcile the boot entries: {error:#}");
+                // Said on the console and kept for `update status`: a node whose updates
+                // cannot be reconciled must not look as if all were well.
+                let message = format!("cannot reconcile the slots after boot: {error}");
+                warn!("update: {message}");
+                logs::console(&format!("keelson: update: {message}"));
                 if let Ok(mut unavailable) = self.unavailable.lock() {
-                    *unavailable = Some(format!("{error:#}"));
+                    unavailable.get_or_insert(message);
                 }
                 return false;
             }
         };
-        let mut record = self.record();
-        if let Some(pending) = record.pending.take() {
-            if !pending.written || slots.state(self.running.other()) == SlotState::Empty {
-                record.last_error = Some(format!(
-                    "the update to {} was interrupted: the machine restarted while slot {} \
-                     was being written; run the update again",
-                    pending.version, pending.slot
-                ));
-                record.failed_version = Some(pending.version);
-            }
+        if let Some(line) = &reconciled.console {
+            logs::console(&format!("keelson: update: {line}"));
         }
-        if let Some(trial) = trial_record {
-            if trial.slot != self.running {
-                let version = record.trial_version.clone().unwrap_or_default();
-                let message = format!(
-                    "{version} on slot {} did not prove healthy within {} boot attempts; the \
-                     loader fell back to slot {} ({})",
-                    trial.slot,
-                    keelson_update::slots::TRIES,
-                    self.running,
-                    self.running_version
-                );
-                logs::console(&format!("keelson: update: {message}"));
-                record.last_error = Some(message);
-                record.failed_version = Some(version);
-                record.trial_version = None;
-                self.clear_trial();
-            } else if slots.state(self.running) == SlotState::Good {
-                // Blessed, but a power cut took the record's removal back: without this,
-                // PID 1 would reboot a good slot at the deadline, on every boot.
-                self.clear_trial();
-            }
+        if reconciled.clear_trial {
+            self.clear_trial();
         }
-        if let Err(error) = self.save(&record) {
+        if let Err(error) = self.save(&reconciled.record) {
             warn!("cannot save the update record: {error:#}");
         }
-        matches!(slots.state(self.running), SlotState::Trial { .. })
+        reconciled.health_gate
     }
 
     /// Blesses the running slot or, on failure, rolls it back. Returns true when the node
@@ -843,28 +783,6 @@ impl UpdateEngine {
                 .unwrap_or(DEFAULT_HEALTH_TIMEOUT_SECS),
         )
     }
-}
-
-/// Replaces `path` with `bytes` so that a power cut leaves the old or the new file, never
-/// a mix or nothing: write a staging file, sync it, rename it over, and sync the directory
-/// (without that last step, ext4 may forget the rename while keeping the data).
-fn write_durably(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let parent = path
-        .parent()
-        .with_context(|| format!("{} has no directory", path.display()))?;
-    std::fs::create_dir_all(parent)?;
-    let mut staging_name = path.as_os_str().to_owned();
-    staging_name.push(".new");
-    let staging = PathBuf::from(staging_name);
-    let mut file =
-        File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&staging, path).with_context(|| format!("replacing {}", path.display()))?;
-    File::open(parent)
-        .and_then(|directory| directory.sync_all())
-        .with_context(|| format!("syncing {}", parent.display()))
 }
 
 /// The bundle's own errors come first: a truncated or corrupted artifact is named as such

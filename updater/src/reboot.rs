@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keelson_config::model::{RebootPolicy, UpdatePolicy};
+use keelson_linux::clock::unix_now;
+use keelson_update::fleetlock::{FleetLock, LockAction, LockEvent};
 use keelson_update::window::Window;
 use tracing::{info, warn};
 
@@ -193,16 +195,38 @@ impl PendingReboot {
         let first = waiting_reason(&gate, None);
         let me = self.clone();
         let task = tokio::spawn(async move {
-            me.wait_at(&gate).await;
-            if still_wanted() {
+            let granted = match &gate {
+                RebootGate::Immediate => true,
+                RebootGate::Window(window) => {
+                    me.wait_for_window(&gate, window).await;
+                    true
+                }
+                RebootGate::FleetLock(client) => {
+                    let mut lock = FleetLock::new();
+                    let waiting = |lock: &FleetLock| {
+                        me.set_reason(waiting_reason(&gate, lock.last_error()));
+                    };
+                    let granted =
+                        drive_fleet_lock(client, &mut lock, LockEvent::RebootWanted, waiting).await;
+                    if granted && !still_wanted() {
+                        info!("update: the reboot is no longer wanted; giving the FleetLock slot back");
+                        drive_fleet_lock(
+                            client,
+                            &mut lock,
+                            LockEvent::RebootNoLongerWanted,
+                            |_| {},
+                        )
+                        .await;
+                        return;
+                    }
+                    granted
+                }
+            };
+            if granted && still_wanted() {
                 if let Ok(mut state) = me.state.lock() {
                     *state = None;
                 }
                 reboot();
-            } else if let RebootGate::FleetLock(client) = &gate {
-                info!("update: the reboot is no longer wanted; giving the FleetLock slot back");
-                let client = client.clone();
-                let _ = tokio::task::spawn_blocking(move || client.steady_state()).await;
             }
         });
         if let Ok(mut state) = self.state.lock() {
@@ -211,45 +235,81 @@ impl PendingReboot {
         Some(first)
     }
 
-    async fn wait_at(&self, gate: &RebootGate) {
-        match gate {
-            RebootGate::Immediate => {}
-            RebootGate::Window(window) => loop {
-                let now = unix_now();
-                if window.is_open(now) {
-                    info!("update: the maintenance window is open; rebooting");
-                    return;
-                }
-                self.set_reason(waiting_reason(gate, None));
-                let wait = (window.next_open(now) - now).clamp(1, 60);
-                tokio::time::sleep(Duration::from_secs(wait as u64)).await;
-            },
-            RebootGate::FleetLock(client) => {
-                let mut backoff = Duration::from_secs(5);
-                loop {
-                    let attempt = client.clone();
-                    let outcome = tokio::task::spawn_blocking(move || attempt.pre_reboot())
-                        .await
-                        .unwrap_or_else(|error| Err(error.to_string()));
-                    match outcome {
-                        Ok(()) => {
-                            info!(
-                                url = client.url(),
-                                "update: FleetLock granted a reboot slot"
-                            );
-                            return;
-                        }
-                        Err(error) => {
-                            warn!("update: no reboot slot yet: {error}");
-                            self.set_reason(waiting_reason(gate, Some(&error)));
-                        }
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+    async fn wait_for_window(&self, gate: &RebootGate, window: &Window) {
+        loop {
+            let now = unix_now();
+            if window.is_open(now) {
+                info!("update: the maintenance window is open; rebooting");
+                return;
             }
+            self.set_reason(waiting_reason(gate, None));
+            let wait = (window.next_open(now) - now).clamp(1, 60);
+            tokio::time::sleep(Duration::from_secs(wait as u64)).await;
         }
     }
+}
+
+/// Runs the FleetLock machine from `event`: sends the requests it asks for and sleeps the
+/// delays it sets (calling `waiting` before each), until it asks for a reboot (true) or has
+/// nothing left to do (false).
+async fn drive_fleet_lock(
+    client: &FleetLockClient,
+    lock: &mut FleetLock,
+    event: LockEvent,
+    waiting: impl Fn(&FleetLock),
+) -> bool {
+    let mut actions = lock.step(event);
+    while let Some(action) = actions.pop() {
+        let event = match action {
+            LockAction::Reboot => {
+                info!(
+                    url = client.url(),
+                    "update: FleetLock granted a reboot slot"
+                );
+                return true;
+            }
+            LockAction::RequestSlot => match blocking(client, FleetLockClient::pre_reboot).await {
+                Ok(()) => LockEvent::Granted,
+                Err(error) => {
+                    warn!("update: no reboot slot yet: {error}");
+                    LockEvent::Refused(error)
+                }
+            },
+            LockAction::ReleaseSlot => {
+                match blocking(client, FleetLockClient::steady_state).await {
+                    Ok(()) => {
+                        info!(
+                            url = client.url(),
+                            "update: reported steady state to FleetLock"
+                        );
+                        LockEvent::Released
+                    }
+                    Err(error) => {
+                        warn!("update: cannot report steady state yet: {error}");
+                        LockEvent::ReleaseFailed(error)
+                    }
+                }
+            }
+            LockAction::RetryAfter(delay) => {
+                waiting(lock);
+                tokio::time::sleep(delay).await;
+                LockEvent::RetryDue
+            }
+        };
+        actions = lock.step(event);
+    }
+    false
+}
+
+/// Runs one blocking FleetLock request off the async threads.
+async fn blocking(
+    client: &FleetLockClient,
+    request: fn(&FleetLockClient) -> Result<(), String>,
+) -> Result<(), String> {
+    let client = client.clone();
+    tokio::task::spawn_blocking(move || request(&client))
+        .await
+        .unwrap_or_else(|error| Err(error.to_string()))
 }
 
 fn waiting_reason(gate: &RebootGate, last_error: Option<&str>) -> String {
@@ -274,32 +334,13 @@ fn waiting_reason(gate: &RebootGate, last_error: Option<&str>) -> String {
 /// Gives the FleetLock slot back once the node runs a blessed slot, retrying until the
 /// server takes it.
 pub async fn report_steady_state(client: FleetLockClient) {
-    let mut backoff = Duration::from_secs(2);
-    loop {
-        let attempt = client.clone();
-        match tokio::task::spawn_blocking(move || attempt.steady_state())
-            .await
-            .unwrap_or_else(|error| Err(error.to_string()))
-        {
-            Ok(()) => {
-                info!(
-                    url = client.url(),
-                    "update: reported steady state to FleetLock"
-                );
-                return;
-            }
-            Err(error) => warn!("update: cannot report steady state yet: {error}"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
-    }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or_default()
+    drive_fleet_lock(
+        &client,
+        &mut FleetLock::new(),
+        LockEvent::SteadyState,
+        |_| {},
+    )
+    .await;
 }
 
 #[cfg(test)]
