@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use keelson_disk::layout::Slot;
-use keelson_update::slots::{Action, Event, SlotState, Slots, TRIES};
+use keelson_update::slots::{Action, Event, Refusal, SlotState, Slots, TRIES};
 
 /// Every event the machine takes, for both slots where the event names one.
 const EVENTS: [Event; 14] = [
@@ -78,7 +78,10 @@ impl World {
     fn apply(&self, event: Event) -> Option<World> {
         let (slots, actions) = match self.slots.step(event) {
             Ok(step) => step,
-            Err(_) => return None,
+            Err(refusal) => {
+                assert_refusal_is_true(&self.slots, event, &refusal);
+                return None;
+            }
         };
         let mut next = *self;
         next.slots = slots;
@@ -160,6 +163,71 @@ impl World {
             panic!("after {event:?} from {:?}: {broken}", self.slots);
         }
         Some(next)
+    }
+}
+
+/// A refusal must say something true of the state it refused in: the slot it names is in
+/// the state it claims, and it is a slot the event concerns.
+fn assert_refusal_is_true(slots: &Slots, event: Event, refusal: &Refusal) {
+    let named = match event {
+        Event::BeginWrite(slot)
+        | Event::WriteOk(slot)
+        | Event::WriteFailed(slot)
+        | Event::Activate(slot) => Some(slot),
+        _ => None,
+    };
+    let context = format!("{event:?} from {slots:?} refused as {refusal:?}");
+    match *refusal {
+        Refusal::SlotIsRunning(slot) => {
+            assert_eq!(named, Some(slot), "{context}");
+            assert_eq!(slot, slots.running, "{context}");
+        }
+        Refusal::RunningOnTrial(slot) => {
+            assert_eq!(slot, slots.running, "{context}");
+            assert!(
+                matches!(slots.state(slot), SlotState::Trial { .. }),
+                "{context}"
+            );
+        }
+        Refusal::RollbackPending(slot) => {
+            assert_eq!(slot, slots.running, "{context}");
+            assert_eq!(slots.state(slot), SlotState::Bad, "{context}");
+        }
+        Refusal::WriteInProgress(slot) => {
+            assert_eq!(slots.state(slot), SlotState::Writing, "{context}");
+        }
+        Refusal::WrongState {
+            slot,
+            actual,
+            expected,
+        } => {
+            assert_eq!(named.unwrap_or(slots.running), slot, "{context}");
+            assert_eq!(slots.state(slot).name(), actual, "{context}");
+            assert_ne!(actual, expected, "{context}");
+        }
+        Refusal::NothingToCancel => {
+            assert_eq!(event, Event::Cancel, "{context}");
+            let activated_not_booted = slots.default != slots.running
+                && slots.state(slots.default) == (SlotState::Trial { tries_left: TRIES });
+            assert!(!activated_not_booted, "{context}");
+        }
+        Refusal::NoGoodSlot(slot) => {
+            assert!(
+                matches!(event, Event::RollbackRequested | Event::HealthFailed),
+                "{context}"
+            );
+            assert_ne!(slots.state(slot), SlotState::Good, "{context}");
+        }
+        Refusal::AlreadyBlessed(slot) => {
+            assert_eq!(event, Event::HealthFailed, "{context}");
+            assert_eq!(slots.state(slot), SlotState::Good, "{context}");
+        }
+        Refusal::Unbootable => {
+            assert!(
+                Slot::ALL.iter().all(|&slot| !slots.state(slot).has_entry()),
+                "{context}"
+            );
+        }
     }
 }
 

@@ -175,6 +175,10 @@ pub enum Refusal {
     /// The running slot is still on trial, so the other slot is the only good one.
     #[error("slot {0} is still on trial; an update may start once it is blessed or rolled back")]
     RunningOnTrial(Slot),
+    /// The running slot failed and the machine is on its way back to the other slot: that
+    /// slot is the only good one, and a reboot comes first.
+    #[error("slot {0} failed and the machine is rolling back to the other slot; reboot first, then update")]
+    RollbackPending(Slot),
     /// An update is already being written.
     #[error("an update is already being written into slot {0}")]
     WriteInProgress(Slot),
@@ -252,8 +256,10 @@ impl Slots {
                 if slot == running {
                     return Err(Refusal::SlotIsRunning(slot));
                 }
-                if self.state(running) != SlotState::Good {
-                    return Err(Refusal::RunningOnTrial(running));
+                match self.state(running) {
+                    SlotState::Good => {}
+                    SlotState::Trial { .. } => return Err(Refusal::RunningOnTrial(running)),
+                    _ => return Err(Refusal::RollbackPending(running)),
                 }
                 if self.state(slot) == SlotState::Writing {
                     return Err(Refusal::WriteInProgress(slot));
@@ -343,7 +349,15 @@ impl Slots {
                     actions.push(Action::SetDefault(other));
                     actions.push(Action::Reboot);
                 }
-                _ => return Err(Refusal::AlreadyBlessed(running)),
+                SlotState::Good => return Err(Refusal::AlreadyBlessed(running)),
+                SlotState::Bad => return Err(Refusal::RollbackPending(running)),
+                actual => {
+                    return Err(Refusal::WrongState {
+                        slot: running,
+                        actual: actual.name(),
+                        expected: "trial",
+                    })
+                }
             },
             Event::RollbackRequested => {
                 if self.state(other) != SlotState::Good {
