@@ -4,11 +4,12 @@
 //! 1. probe the sources (the copy saved on STATE, QEMU fw_cfg, a NoCloud seed, a
 //!    `keelson.config=` URL) and let [`keelson_config::acquire::choose`] pick one;
 //! 2. read it, translate it and validate it whole;
-//! 3. if it is valid, apply it in order (hostname, network, remote file contents, files),
-//!    then save it on STATE; if there is none, it is not valid, or applying fails, enter
-//!    maintenance mode: nothing of the config is applied (or saved), the network comes up
-//!    by DHCP so the API is reachable, and every error is printed on the console and
-//!    returned to callers the API refuses.
+//! 3. if it is valid, apply it in phases (network, then every remote file fetched and
+//!    verified, then hostname and files), then save it on STATE; if there is none, it is
+//!    not valid, or applying fails, enter maintenance mode: nothing is saved, the console
+//!    says exactly what was applied before the failure (nothing, for an invalid config),
+//!    the network comes up by DHCP so the API is reachable, and every error is printed on
+//!    the console and returned to callers the API refuses.
 //!
 //! [`apply_requested`] is `ApplyConfig`: the same validation, a diff against the config in
 //! force, and then (by mode) a live apply, a save and reboot, or a save for the next boot.
@@ -380,26 +381,31 @@ enum Steps {
     Live,
 }
 
-/// Applies the plan in order; returns the fetched file contents (by file index).
+/// Applies the plan as a list of phases; returns the fetched file contents (by file index).
+///
+/// 1. the network (at boot only), since remote files may need it;
+/// 2. fetch and verify every remote file, before anything else is written;
+/// 3. the hostname;
+/// 4. every file, directory and link, all-or-nothing.
+///
+/// What lands in `report.applied` is exactly what was done, so that a failure part-way
+/// reports what stayed in force.
 async fn apply(
     environment: &Environment,
     plan: &Plan,
     steps: Steps,
     report: &mut ConfigReport,
 ) -> Result<Vec<(usize, Vec<u8>)>, ApplyError> {
-    let failed = |step, reason, network_applied| ApplyError {
-        step,
-        reason,
-        network_applied,
-    };
-    if let Some(hostname) = &plan.hostname {
-        set_hostname(environment, hostname).map_err(|reason| failed("hostname", reason, false))?;
-        report.applied.push(format!("hostname {hostname}"));
-    }
+    let mut network_applied = false;
     if steps == Steps::All {
         let applied = network::apply(&plan.network, FIRST_LEASE)
             .await
-            .map_err(|error| failed("network", format!("{error:#}"), false))?;
+            .map_err(|error| ApplyError {
+                step: "network",
+                reason: format!("{error:#}"),
+                network_applied: false,
+            })?;
+        network_applied = true;
         report
             .applied
             .extend(applied.lines.iter().map(|line| format!("network {line}")));
@@ -409,6 +415,29 @@ async fn apply(
                 .push(format!("network: no interface matches {unmatched}"));
         }
     }
+    let failed = |step, reason| ApplyError {
+        step,
+        reason,
+        network_applied,
+    };
+    let (resolved, fetched) = fetch_remote_files(plan)
+        .await
+        .map_err(|reason| failed("files", reason))?;
+    if let Some(hostname) = &plan.hostname {
+        set_hostname(environment, hostname).map_err(|reason| failed("hostname", reason))?;
+        report.applied.push(format!("hostname {hostname}"));
+    }
+    let written = files::write_all(&environment.root, &plan.directories, &resolved, &plan.links)
+        .map_err(|reason| failed("files", reason))?;
+    report.applied.extend(written);
+    Ok(fetched)
+}
+
+/// Every file's contents: inline ones as they are, remote ones fetched, checked against
+/// their hash and decompressed. Nothing is written; the first failure names the file.
+async fn fetch_remote_files(
+    plan: &Plan,
+) -> Result<(Vec<ResolvedFile<'_>>, Vec<(usize, Vec<u8>)>), String> {
     let mut fetched = Vec::new();
     let mut resolved = Vec::new();
     for (index, file) in plan.files.iter().enumerate() {
@@ -418,15 +447,14 @@ async fn apply(
                 let field = format!("files[{index}].source");
                 let raw = fetch::get(url, FETCH_TIMEOUT)
                     .await
-                    .map_err(|reason| failed("files", format!("{field}: {reason}"), true))?;
+                    .map_err(|reason| format!("{field}: {reason}"))?;
                 if let Some(hash) = hash {
-                    hash.verify(&raw).map_err(|reason| {
-                        failed("files", format!("{field}: {url}: {reason}"), true)
-                    })?;
+                    hash.verify(&raw)
+                        .map_err(|reason| format!("{field}: {url}: {reason}"))?;
                 }
                 let bytes = if *gzip {
                     keelson_config::plan::gunzip(&raw)
-                        .map_err(|reason| failed("files", format!("{field}: {reason}"), true))?
+                        .map_err(|reason| format!("{field}: {reason}"))?
                 } else {
                     raw
                 };
@@ -436,10 +464,7 @@ async fn apply(
         };
         resolved.push(ResolvedFile { plan: file, bytes });
     }
-    let written = files::write_all(&environment.root, &plan.directories, &resolved, &plan.links)
-        .map_err(|reason| failed("files", reason, true))?;
-    report.applied.extend(written);
-    Ok(fetched)
+    Ok((resolved, fetched))
 }
 
 fn set_hostname(environment: &Environment, hostname: &str) -> Result<(), String> {
@@ -649,15 +674,76 @@ pub fn announce(report: &ConfigReport) -> bool {
     for error in &report.errors {
         keelson_log::console(&format!("keelson: {error}"));
     }
-    keelson_log::console(
-        "keelson: nothing of the config was applied; the API accepts only apply-config",
-    );
+    keelson_log::console(&format!("keelson: {}", what_stayed_applied(report)));
     true
+}
+
+/// The maintenance line that says what of the config is in force: nothing, or exactly the
+/// steps that ran before the failure.
+pub fn what_stayed_applied(report: &ConfigReport) -> String {
+    if report.applied.is_empty() {
+        "nothing of the config was applied; the API accepts only apply-config".to_owned()
+    } else {
+        format!(
+            "applied before the failure, and still in force: {}; nothing else was applied; the \
+             API accepts only apply-config",
+            report.applied.join("; ")
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A remote file that cannot be fetched stops the apply before the hostname or any
+    /// file is written, and the report (and so the console) says exactly that.
+    #[tokio::test]
+    async fn remote_files_are_fetched_before_anything_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        // The machine's own name, so that a regression cannot rename the test host.
+        let hostname = keelson_linux::hostname();
+        let yaml = format!(
+            "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nhostname: {hostname}\n\
+             files:\n  - path: /etc/motd\n    content: hello\n\
+             \x20 - path: /etc/remote\n    source: http://127.0.0.1:9/unreachable\n"
+        );
+        let loaded = keelson_config::load("test", yaml.as_bytes()).unwrap();
+        let environment = Environment {
+            state_dir: root.path().join("var"),
+            fw_cfg_root: PathBuf::new(),
+            cmdline: String::new(),
+            root: root.path().to_path_buf(),
+        };
+        let mut report = ConfigReport::new(SourceKind::Api);
+        let error = apply(&environment, &loaded.plan, Steps::Live, &mut report)
+            .await
+            .unwrap_err();
+        assert_eq!(error.step, "files");
+        assert!(
+            error.reason.starts_with("files[1].source: "),
+            "{}",
+            error.reason
+        );
+        assert_eq!(report.applied, Vec::<String>::new());
+        assert!(!root.path().join("etc/motd").exists());
+        assert!(!root.path().join("etc/hostname").exists());
+        assert_eq!(
+            what_stayed_applied(&report),
+            "nothing of the config was applied; the API accepts only apply-config"
+        );
+    }
+
+    #[test]
+    fn maintenance_names_what_stayed_applied() {
+        let mut report = ConfigReport::new(SourceKind::FwCfg);
+        report.applied = vec!["network eth0 10.0.2.15/24 by DHCP".into()];
+        assert_eq!(
+            what_stayed_applied(&report),
+            "applied before the failure, and still in force: network eth0 10.0.2.15/24 by \
+             DHCP; nothing else was applied; the API accepts only apply-config"
+        );
+    }
 
     #[test]
     fn command_line_values_are_found() {
