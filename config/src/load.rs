@@ -30,6 +30,27 @@ impl fmt::Display for Format {
     }
 }
 
+/// Why a document that is neither a `#cloud-config` nor a script failed to parse as YAML
+/// (JSON is YAML too). The parser's alias limit is named as such: a document that expands
+/// its aliases past it is refused, and saying only "not YAML" would hide why.
+fn yaml_failure(text: &str, error: &str) -> String {
+    if error.contains("repetition limit exceeded") {
+        return format!(
+            "the YAML expands its aliases (&anchor … *anchor) past the parser's limit \
+             ({error}); write the values out instead of nesting aliases"
+        );
+    }
+    let looks_native = text
+        .lines()
+        .map(str::trim_start)
+        .any(|line| line.starts_with("apiVersion:") || line.starts_with("kind:"));
+    if looks_native {
+        format!("this MachineConfig is not valid YAML: {error}")
+    } else {
+        format!("not a #cloud-config (no header line), not JSON and not YAML either: {error}")
+    }
+}
+
 /// Works out which format `bytes` are in, or says why none fits.
 pub fn detect(bytes: &[u8]) -> Result<Format, String> {
     let text = String::from_utf8_lossy(bytes);
@@ -53,9 +74,8 @@ pub fn detect(bytes: &[u8]) -> Result<Format, String> {
     if text.is_empty() {
         return Err("the document is empty".to_owned());
     }
-    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|error| {
-        format!("not a #cloud-config (no header line), not JSON and not YAML either: {error}")
-    })?;
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|error| yaml_failure(text, &error.to_string()))?;
     if value.get("apiVersion").is_some() || value.get("kind").is_some() {
         return Ok(Format::Native);
     }
@@ -231,6 +251,30 @@ pub fn load_nocloud(seed: &NoCloudSeed<'_>) -> Result<(Loaded, MetaData), Reject
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_past_the_limit_are_named_as_such() {
+        let mut doc = String::from(
+            "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+        );
+        for level in 1..9 {
+            let previous = format!("*a{}", level - 1);
+            let list = [previous.as_str(); 10].join(", ");
+            doc.push_str(&format!("a{level}: &a{level} [{list}]\n"));
+        }
+        let reason = detect(doc.as_bytes()).unwrap_err();
+        assert!(
+            reason.starts_with(
+                "the YAML expands its aliases (&anchor … *anchor) past the parser's limit"
+            ),
+            "{reason}"
+        );
+        let broken = detect(b"apiVersion: keelson.dev/v1alpha1\nkind: [\n").unwrap_err();
+        assert!(
+            broken.starts_with("this MachineConfig is not valid YAML: "),
+            "{broken}"
+        );
+    }
 
     #[test]
     fn formats_are_told_apart() {

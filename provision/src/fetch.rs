@@ -5,15 +5,15 @@ use std::time::Duration;
 /// The largest document or file fetched.
 pub const MAX_BYTES: u64 = 64 << 20;
 
-/// Fetches `url` (http:// only), giving up after `timeout`.
-pub async fn get(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+/// Fetches `url` (http:// only), giving up after `timeout` or past `limit` bytes.
+pub async fn get(url: &str, timeout: Duration, limit: u64) -> Result<Vec<u8>, String> {
     let url = url.to_owned();
-    tokio::task::spawn_blocking(move || get_blocking(&url, timeout))
+    tokio::task::spawn_blocking(move || get_blocking(&url, timeout, limit))
         .await
         .map_err(|error| format!("the fetch task failed: {error}"))?
 }
 
-fn get_blocking(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+fn get_blocking(url: &str, timeout: Duration, limit: u64) -> Result<Vec<u8>, String> {
     if !url.starts_with("http://") {
         return Err(format!("{url}: only http:// URLs are fetched"));
     }
@@ -28,7 +28,7 @@ fn get_blocking(url: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     response
         .body_mut()
         .with_config()
-        .limit(MAX_BYTES)
+        .limit(limit)
         .read_to_vec()
-        .map_err(|error| format!("reading {url} failed: {error}"))
+        .map_err(|error| format!("reading {url} failed (the limit is {limit} bytes): {error}"))
 }

@@ -28,7 +28,7 @@ use keelson_linux::clock::unix_now;
 use keelson_net::node as network;
 
 use crate::files::{self, ResolvedFile};
-use crate::{fetch, seed};
+use crate::{bounded, fetch, seed};
 
 /// fw_cfg entry holding an Ignition config (the name Fedora CoreOS uses).
 pub const FW_CFG_IGNITION: &str = "opt/com.coreos/config";
@@ -137,13 +137,18 @@ impl Environment {
     }
 }
 
+/// A source's bytes, or why they could not be read within its bounds.
+type SourceBytes = Result<Vec<u8>, String>;
+
 /// Everything the probe read (sources are small, so the chosen one needs no second read).
 #[derive(Debug, Default)]
 struct Found {
-    saved: Option<(Vec<u8>, Option<SavedMeta>)>,
-    fw_cfg: Option<(&'static str, Vec<u8>)>,
+    saved: Option<(SourceBytes, Option<SavedMeta>)>,
+    fw_cfg: Option<(&'static str, SourceBytes)>,
     seed: Option<seed::SeedFiles>,
     seed_instance: Option<String>,
+    /// A seed was found but could not be read within its bounds.
+    seed_error: Option<(PathBuf, String)>,
     url: Option<String>,
     reapply: bool,
 }
@@ -157,9 +162,20 @@ impl Found {
                 .map(|(_, meta)| meta.as_ref().and_then(|meta| meta.instance_id.clone())),
             reapply: self.reapply,
             fw_cfg: self.fw_cfg.is_some(),
-            nocloud: self.seed.as_ref().map(|_| self.seed_instance.clone()),
+            nocloud: match (&self.seed, &self.seed_error) {
+                (Some(_), _) => Some(self.seed_instance.clone()),
+                (None, Some(_)) => Some(None),
+                (None, None) => None,
+            },
             url: self.url.is_some(),
         }
+    }
+}
+
+/// A source that was found but could not be read within its bounds.
+fn unreadable(location: &str, reason: String) -> Rejected {
+    Rejected {
+        diagnostics: vec![Diagnostic::error(location, "$", reason)],
     }
 }
 
@@ -169,18 +185,37 @@ fn look(environment: &Environment) -> Found {
         reapply: keelson_contract::cmdline::flag(&environment.cmdline, "keelson.config.reapply"),
         ..Found::default()
     };
-    if let Ok(bytes) = std::fs::read(environment.saved_config()) {
+    let saved = bounded::read(
+        &environment.saved_config(),
+        None,
+        bounded::MAX_SAVED_BYTES,
+        bounded::READ_DEADLINE,
+    );
+    let saved = match saved {
+        Ok(None) => None,
+        Ok(Some(bytes)) => Some(Ok(bytes)),
+        Err(error) => Some(Err(format!("the saved config cannot be read: {error}"))),
+    };
+    if let Some(bytes) = saved {
         let meta = std::fs::read(environment.saved_meta())
             .ok()
             .and_then(|meta| serde_json::from_slice(&meta).ok());
         found.saved = Some((bytes, meta));
     }
     for name in [FW_CFG_IGNITION, FW_CFG_NATIVE] {
-        let path = environment.fw_cfg_root.join(name).join("raw");
-        if let Ok(bytes) = std::fs::read(&path) {
-            found.fw_cfg = Some((name, bytes));
-            break;
+        let entry = environment.fw_cfg_root.join(name);
+        let read = bounded::read(
+            &entry.join("raw"),
+            bounded::fw_cfg_size(&entry),
+            bounded::MAX_SOURCE_BYTES,
+            bounded::READ_DEADLINE,
+        );
+        match read {
+            Ok(None) => continue,
+            Ok(Some(bytes)) => found.fw_cfg = Some((name, Ok(bytes))),
+            Err(error) => found.fw_cfg = Some((name, Err(error.to_string()))),
         }
+        break;
     }
     if let Some((device, fs)) = seed::find_seed() {
         match seed::read_seed(&device, fs) {
@@ -192,7 +227,10 @@ fn look(environment: &Environment) -> Found {
                     .and_then(|meta| meta.instance_id);
                 found.seed = Some(files);
             }
-            Err(error) => tracing::warn!("{error}"),
+            Err(error) => {
+                tracing::warn!("{error}");
+                found.seed_error = Some((device.clone(), error));
+            }
         }
     }
     found
@@ -207,23 +245,24 @@ pub async fn configure(environment: &Environment) -> Configured {
     let mut network_up: Vec<tokio::task::AbortHandle> = Vec::new();
     let loaded = match source {
         SourceKind::Saved => {
-            let (bytes, meta) = found
-                .saved
-                .as_ref()
-                .map(|(b, m)| (b.as_slice(), m.clone()))
-                .unwrap_or_default();
+            let (bytes, meta) = found.saved.clone().unwrap_or((Ok(Vec::new()), None));
             report.location = format!("saved {}", environment.saved_config().display());
             report.instance_id = meta.as_ref().and_then(|meta| meta.instance_id.clone());
-            keelson_config::load(&report.location, bytes)
+            bytes
+                .map_err(|reason| unreadable(&report.location, reason))
+                .and_then(|bytes| keelson_config::load(&report.location, &bytes))
         }
         SourceKind::FwCfg => {
-            let (name, bytes) = found
-                .fw_cfg
-                .as_ref()
-                .map(|(n, b)| (*n, b.as_slice()))
-                .unwrap_or_default();
+            let (name, bytes) = found.fw_cfg.clone().unwrap_or(("", Ok(Vec::new())));
             report.location = format!("fw_cfg {name}");
-            keelson_config::load(&report.location, bytes)
+            bytes
+                .map_err(|reason| unreadable(&report.location, reason))
+                .and_then(|bytes| keelson_config::load(&report.location, &bytes))
+        }
+        SourceKind::NoCloud if found.seed.is_none() => {
+            let (device, error) = found.seed_error.clone().unwrap_or_default();
+            report.location = format!("nocloud {}", device.display());
+            Err(unreadable(&report.location, error))
         }
         SourceKind::NoCloud => {
             let files = found.seed.clone().unwrap_or_default();
@@ -241,11 +280,9 @@ pub async fn configure(environment: &Environment) -> Configured {
             report.location = format!("url {url}");
             // The URL needs the network first: DHCP on the first interface.
             network_up = bring_up_default(&mut report).await;
-            match fetch::get(&url, FETCH_TIMEOUT).await {
+            match fetch::get(&url, FETCH_TIMEOUT, bounded::MAX_SOURCE_BYTES).await {
                 Ok(bytes) => keelson_config::load(&report.location, &bytes),
-                Err(reason) => Err(Rejected {
-                    diagnostics: vec![Diagnostic::error(&report.location, "$", reason)],
-                }),
+                Err(reason) => Err(unreadable(&report.location, reason)),
             }
         }
         SourceKind::None | SourceKind::Api => {
@@ -445,7 +482,7 @@ async fn fetch_remote_files(
             Contents::Inline(bytes) => bytes.clone(),
             Contents::Fetch { url, hash, gzip } => {
                 let field = format!("files[{index}].source");
-                let raw = fetch::get(url, FETCH_TIMEOUT)
+                let raw = fetch::get(url, FETCH_TIMEOUT, fetch::MAX_BYTES)
                     .await
                     .map_err(|reason| format!("{field}: {reason}"))?;
                 if let Some(hash) = hash {

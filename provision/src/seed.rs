@@ -137,7 +137,24 @@ pub fn read_seed(device: &Path, fs: SeedFs) -> Result<SeedFiles, String> {
             errno.desc()
         )
     })?;
-    let read = |name: &str| std::fs::read(Path::new(SEED_MOUNT).join(name)).ok();
+    // Each file is bounded like any first-boot source; one over the bound is left out and
+    // named, so that the node enters maintenance mode saying why.
+    let mut too_large = Vec::new();
+    let mut read = |name: &str| {
+        let path = Path::new(SEED_MOUNT).join(name);
+        match crate::bounded::read(
+            &path,
+            None,
+            crate::bounded::MAX_SOURCE_BYTES,
+            crate::bounded::READ_DEADLINE,
+        ) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                too_large.push(format!("{name}: {error}"));
+                None
+            }
+        }
+    };
     let files = SeedFiles {
         device: device.to_path_buf(),
         meta_data: read("meta-data"),
@@ -146,6 +163,13 @@ pub fn read_seed(device: &Path, fs: SeedFs) -> Result<SeedFiles, String> {
     };
     if let Err(errno) = nix::mount::umount(SEED_MOUNT) {
         tracing::warn!("cannot unmount the NoCloud seed: {}", errno.desc());
+    }
+    if !too_large.is_empty() {
+        return Err(format!(
+            "the NoCloud seed {} cannot be used: {}",
+            device.display(),
+            too_large.join("; ")
+        ));
     }
     Ok(files)
 }

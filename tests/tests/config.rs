@@ -15,6 +15,15 @@ use keelson_tests::{
     fixture, maintenance_credentials, ExportedState, TestCluster, TestNode, BOOT_TIMEOUT,
 };
 
+/// The ready line of a node booted from the image under test, whose version is the
+/// workspace's.
+fn ready_line(hostname: &str, source: &str) -> String {
+    format!(
+        "keelson: ready hostname={hostname} slot=a version={} config={source}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 fn has_address(status: &StatusResponse, interface: &str, cidr: &str) -> bool {
     status
         .addresses
@@ -51,10 +60,7 @@ fn ignition_by_fw_cfg_sets_the_hostname_and_writes_a_file() {
         options.config = Some(TestCluster::get().ignition_fixture("ignition/e2e.json"));
     })
     .unwrap();
-    assert_eq!(
-        line.trim(),
-        "keelson: ready hostname=ignited slot=a version=0.1.0 config=fw_cfg"
-    );
+    assert_eq!(line.trim(), ready_line("ignited", "fw_cfg"));
     let status = node.status().unwrap();
     assert_eq!(status.hostname, "ignited");
     let config = status.config.clone().unwrap();
@@ -99,10 +105,7 @@ fn a_nocloud_seed_configures_the_node_and_the_saved_copy_outlives_the_seed() {
         options.guest_address = Ipv4Addr::new(10, 0, 2, 50);
     })
     .unwrap();
-    assert_eq!(
-        line.trim(),
-        "keelson: ready hostname=seeded slot=a version=0.1.0 config=nocloud"
-    );
+    assert_eq!(line.trim(), ready_line("seeded", "nocloud"));
     let status = node.status().unwrap();
     assert_eq!(status.hostname, "seeded");
     // The static address from network-config, and no DHCP address.
@@ -150,10 +153,7 @@ fn a_nocloud_seed_configures_the_node_and_the_saved_copy_outlives_the_seed() {
         .vm
         .wait_for_console_from(mark, READY_PATTERN, BOOT_TIMEOUT)
         .unwrap();
-    assert_eq!(
-        line.trim(),
-        "keelson: ready hostname=seeded slot=a version=0.1.0 config=saved"
-    );
+    assert_eq!(line.trim(), ready_line("seeded", "saved"));
     let again = node.status().unwrap();
     assert_eq!(again.hostname, "seeded");
     assert!(
@@ -183,10 +183,7 @@ fn a_native_config_by_fw_cfg_is_applied() {
         options.config = Some(TestCluster::get().native_fixture("native/e2e.yaml"));
     })
     .unwrap();
-    assert_eq!(
-        line.trim(),
-        "keelson: ready hostname=native-node slot=a version=0.1.0 config=fw_cfg"
-    );
+    assert_eq!(line.trim(), ready_line("native-node", "fw_cfg"));
     let status = node.status().unwrap();
     let config = status.config.clone().unwrap();
     assert_eq!(config.location, "fw_cfg opt/dev.keelson/config");
@@ -215,11 +212,12 @@ fn a_native_config_by_fw_cfg_is_applied() {
 }
 
 /// Boots with a bad config and checks that the node says why and applied none of it.
+/// Returns the console.
 fn rejected(
     configure: impl FnOnce(&mut keelson_qemu::VmOptions),
     source: &str,
     expected_fields: &[&str],
-) {
+) -> String {
     let (mut node, line) = TestNode::boot_with(configure).unwrap();
     assert!(line.contains(MAINTENANCE_PATTERN), "{line}");
     assert!(line.contains("reason=invalid-config"), "{line}");
@@ -273,6 +271,40 @@ fn rejected(
         state.stat("/lib/keelson/config/machine.yaml").unwrap(),
         None,
         "a rejected config was saved"
+    );
+    console
+}
+
+/// A config too large for its source is refused before it is read: the node says which
+/// source, how large it is and the limit, and waits in maintenance mode. (A 12 MiB
+/// Ignition config by fw_cfg once kept a node silent for minutes.)
+#[test]
+fn an_oversized_config_is_refused_before_it_is_read() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("big.ign.json");
+    let inline = "x".repeat(2 << 20);
+    let config = serde_json::json!({
+        "ignition": { "version": "3.4.0" },
+        "storage": { "files": [
+            { "path": "/etc/big", "contents": { "source": format!("data:,{inline}") } }
+        ] }
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let console = rejected(
+        move |options| options.config = Some(path),
+        "fw_cfg opt/com.coreos/config",
+        &["$"],
+    );
+    let expected =
+        format!("keelson: error: fw_cfg opt/com.coreos/config: $: it holds {size} bytes");
+    assert!(
+        console.contains(&expected),
+        "{expected:?} not on the console:\n{console}"
+    );
+    assert!(
+        console.contains("over the limit of 1048576 bytes (1.0 MiB)"),
+        "{console}"
     );
 }
 

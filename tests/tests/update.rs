@@ -19,6 +19,7 @@
 //! the interruption named, and a retry by upload then installs the release.
 
 use keelson_linux::clock::unix_now;
+use keelson_update::bundle::header;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,10 +187,15 @@ fn bad_updates_are_refused_and_a_channel_release_upgrades_through_fleetlock_and_
     keelson_image::keygen(&foreign_key).unwrap();
     let foreign = scratch.path().join("foreign.bundle");
     resign(&bytes, &foreign_key, &foreign);
-    for (file, reason) in [
-        (&corrupted, "corrupted"),
-        (&truncated, "truncated"),
-        (&foreign, "does not trust"),
+    // A damaged payload is caught while the slot is written ("installing V failed"); a
+    // bundle from an untrusted signer is refused from its header, before any slot is
+    // touched. Either way `update status` keeps the reason.
+    let next = &next_version;
+    let damaged = format!("installing {next} failed: ");
+    for (file, reason, recorded_as) in [
+        (&corrupted, "corrupted", damaged.as_str()),
+        (&truncated, "truncated", damaged.as_str()),
+        (&foreign, "does not trust", "refused a bundle: "),
     ] {
         let error = expect_failure(
             node.keelctl(
@@ -204,10 +210,9 @@ fn bad_updates_are_refused_and_a_channel_release_upgrades_through_fleetlock_and_
         assert_eq!(status["default_slot"], "a", "{status:#}");
         assert_eq!(slot(&status, "a")["state"], "good", "{status:#}");
         assert_eq!(slot(&status, "b")["state"], "empty", "{status:#}");
-        assert!(
-            status["last_error"].as_str().unwrap().contains(reason) || reason == "does not trust",
-            "{status:#}"
-        );
+        let last_error = status["last_error"].as_str().unwrap();
+        assert!(last_error.starts_with(recorded_as), "{reason}: {status:#}");
+        assert!(last_error.contains(reason), "{reason}: {status:#}");
     }
     // A reader may look but not upgrade.
     let error = expect_failure(
@@ -341,13 +346,12 @@ fn bad_updates_are_refused_and_a_channel_release_upgrades_through_fleetlock_and_
 fn resign(bundle: &[u8], key: &std::path::Path, out: &std::path::Path) {
     let key =
         keelson_update::keys::SigningKey::parse(&std::fs::read_to_string(key).unwrap()).unwrap();
-    let length = u32::from_le_bytes(bundle[104..108].try_into().unwrap()) as usize;
-    let manifest = &bundle[108..108 + length];
+    let manifest = &bundle[header::manifest(bundle).unwrap()];
     let mut signed = keelson_update::bundle::SIGNING_CONTEXT.to_vec();
     signed.extend_from_slice(manifest);
     let mut copy = bundle.to_vec();
-    copy[8..40].copy_from_slice(&key.public().id().0);
-    copy[40..104].copy_from_slice(&key.sign(&signed));
+    copy[header::KEY_ID].copy_from_slice(&key.public().id().0);
+    copy[header::SIGNATURE].copy_from_slice(&key.sign(&signed));
     std::fs::write(out, copy).unwrap();
 }
 
@@ -444,14 +448,15 @@ fn read_all(mut file: std::fs::File) -> String {
 
 /// Where the artifacts start in a bundle: after the header and the manifest.
 fn bundle_payload_offset(bundle: &[u8]) -> usize {
-    108 + u32::from_le_bytes(bundle[104..108].try_into().unwrap()) as usize
+    header::manifest(bundle).unwrap().end
 }
 
 /// Where the root image starts in a bundle: after the header, the manifest, the kernel and
 /// the initrd.
 fn bundle_root_offset(bundle: &[u8]) -> usize {
     let start = bundle_payload_offset(bundle);
-    let manifest: serde_json::Value = serde_json::from_slice(&bundle[108..start]).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&bundle[header::BYTES..start]).unwrap();
     let boot_files: u64 = manifest["artifacts"]
         .as_array()
         .unwrap()

@@ -25,6 +25,27 @@ use crate::keys::{KeyId, SigningKey, TrustRoot};
 
 /// The first 8 bytes of every bundle: `KEELBND` and the format version.
 pub const MAGIC: [u8; 8] = *b"KEELBND\x01";
+/// Where the header's fields lie: magic (8 bytes), signer key id (32), Ed25519 signature
+/// of the manifest (64), manifest length (4, little-endian); the manifest follows.
+pub mod header {
+    /// The signer's key id.
+    pub const KEY_ID: std::ops::Range<usize> = 8..40;
+    /// The signature over the manifest.
+    pub const SIGNATURE: std::ops::Range<usize> = 40..104;
+    /// The manifest's length.
+    pub const MANIFEST_LENGTH: std::ops::Range<usize> = 104..108;
+    /// Bytes before the manifest.
+    pub const BYTES: usize = 108;
+
+    /// Where the manifest lies in a bundle that starts with `prefix` (at least the
+    /// header), or `None` when the prefix is too short to say.
+    pub fn manifest(prefix: &[u8]) -> Option<std::ops::Range<usize>> {
+        let length: [u8; 4] = prefix.get(MANIFEST_LENGTH)?.try_into().ok()?;
+        let length = usize::try_from(u32::from_le_bytes(length)).ok()?;
+        Some(BYTES..BYTES + length)
+    }
+}
+
 /// The format version in [`MAGIC`] and the manifest.
 pub const FORMAT: u32 = 1;
 /// Prefixed to the manifest before signing, so that a bundle signature can never be

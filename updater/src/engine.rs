@@ -329,24 +329,35 @@ impl UpdateEngine {
         let esp = self.esp()?.clone();
         let trust = self.trust()?;
         let started = Instant::now();
-        let mut reader = BundleReader::open(source, trust)?;
-        let manifest = reader.manifest().clone();
-        let machine = std::env::consts::ARCH;
-        bundle::check_policy(
-            &manifest,
-            &self.running_version,
-            machine,
-            spec.allow_downgrade,
-        )?;
-        if let Some(expected) = spec.expect_version.as_ref() {
-            if *expected != manifest.version {
-                return Err(UpdateError::Channel(format!(
-                    "the channel lists {expected} but its bundle carries {}; the channel is \
-                     inconsistent, refusing it",
-                    manifest.version
-                )));
+        let checked = (|| {
+            let reader = BundleReader::open(source, trust)?;
+            let manifest = reader.manifest().clone();
+            bundle::check_policy(
+                &manifest,
+                &self.running_version,
+                std::env::consts::ARCH,
+                spec.allow_downgrade,
+            )?;
+            if let Some(expected) = spec.expect_version.as_ref() {
+                if *expected != manifest.version {
+                    return Err(UpdateError::Channel(format!(
+                        "the channel lists {expected} but its bundle carries {}; the channel \
+                         is inconsistent, refusing it",
+                        manifest.version
+                    )));
+                }
             }
-        }
+            Ok((reader, manifest))
+        })();
+        let (mut reader, manifest) = checked.inspect_err(|refusal| {
+            // Kept for `update status`, as a failed write is: the operator who uploaded the
+            // bundle sees why it was refused. No slot was touched.
+            let mut record = self.record();
+            record.last_error = Some(format!("refused a bundle: {refusal}"));
+            if let Err(error) = self.save(&record) {
+                warn!("cannot record the refusal: {error:#}");
+            }
+        })?;
         let health_timeout = spec.health_timeout;
         let target = self.running.other();
         info!(
