@@ -10,6 +10,20 @@ started=$SECONDS
 # Each step says how far into the run it starts, so a slow CI run shows where time went.
 step() { echo "==> [$((SECONDS - started)) s] $*"; }
 
+# Tests skip through keelson_testkit::skip, which appends to this file (and fails under
+# CI=true as root). The count is printed at the end of the suite, pass or fail.
+export KEELSON_SKIP_LOG="$PWD/target/skipped-tests.log"
+mkdir -p target
+rm -f "$KEELSON_SKIP_LOG"
+report_skips() {
+  local count=0
+  [ -f "$KEELSON_SKIP_LOG" ] && count=$(wc -l < "$KEELSON_SKIP_LOG")
+  echo "==> skipped tests: $count"
+  [ "$count" -gt 0 ] && sed 's/^/    /' "$KEELSON_SKIP_LOG"
+  return 0
+}
+trap report_skips EXIT
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"

@@ -155,7 +155,10 @@ mod tests {
             .output()
             .is_err()
         {
-            eprintln!("SKIPPED: cpio is not installed (apt-get install cpio)");
+            keelson_testkit::skip(
+                "host_cpio_reads_it",
+                "cpio is not installed (apt-get install cpio)",
+            );
             return;
         }
         let mut writer = CpioWriter::new(Vec::new());

@@ -14,7 +14,10 @@ use keelson_tests::{DhcpLab, TestNode};
 #[test]
 fn dhcp_gives_the_address_a_default_route_and_dns_and_renews_the_lease() {
     if !DhcpLab::possible() {
-        eprintln!("SKIPPED: DHCP against dnsmasq needs root to create a network namespace");
+        keelson_testkit::skip(
+            "dhcp_gives_the_address_a_default_route_and_dns_and_renews_the_lease",
+            "DHCP against dnsmasq needs root to create a network namespace",
+        );
         return;
     }
     let lab = DhcpLab::start("2m").unwrap();
