@@ -258,6 +258,32 @@ impl ServerCertVerifier for MaintenanceVerifier {
     }
 }
 
+/// The check a node makes of a machine config beyond `keelson_config::load`: its API
+/// certificates must build a mutual-TLS server (they parse, the key goes with the
+/// certificate, the certificate is signed by the CA), so that bad material is a config
+/// error rather than an API that cannot start. Shared by the node and `keelctl validate`, so that both refuse the
+/// same configs with the same words.
+pub fn check_config_pki(
+    location: &str,
+    loaded: keelson_config::Loaded,
+) -> Result<keelson_config::Loaded, keelson_config::Rejected> {
+    let Some(api) = &loaded.plan.api else {
+        return Ok(loaded);
+    };
+    match mutual_server_config(&api.ca, &api.cert, &api.key) {
+        Ok(_) => Ok(loaded),
+        Err(error) => {
+            let mut diagnostics = loaded.warnings.clone();
+            diagnostics.push(keelson_config::Diagnostic::error(
+                location,
+                &error.what,
+                error.reason,
+            ));
+            Err(keelson_config::Rejected { diagnostics })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

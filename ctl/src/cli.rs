@@ -68,6 +68,9 @@ pub enum Command {
     /// A/B slot status, check the channel, or cancel an activated update.
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
+    /// the node's own parser and validation; exits 1 when a node would refuse it.
+    Validate(ValidateArgs),
     /// Generate PKI, machine configs and keelctl configs.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -206,6 +209,14 @@ pub struct ResetArgs {
     /// Do not ask: everything on STATE will be erased.
     #[arg(long, short)]
     pub yes: bool,
+}
+
+/// `validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The config file (`-` for standard input).
+    #[arg(short, long)]
+    pub file: PathBuf,
 }
 
 /// `ls`.

@@ -16,6 +16,7 @@ pub mod generate;
 pub mod keelconfig;
 pub mod output;
 pub mod update;
+pub mod validate;
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
@@ -241,6 +242,7 @@ fn report<T: serde::Serialize>(
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     match &cli.command {
         Command::Gen(command) => return generate(command),
+        Command::Validate(arguments) => return validate::run(&arguments.file, cli.output),
         Command::Completion(arguments) => {
             use clap::CommandFactory;
             let mut command = Cli::command();
@@ -435,7 +437,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             })
         }
         Command::Read(arguments) => read_file(&session, &arguments.path).await,
-        Command::Gen(_) | Command::Completion(_) => Ok(true),
+        Command::Gen(_) | Command::Completion(_) | Command::Validate(_) => Ok(true),
     }
 }
 

@@ -115,3 +115,83 @@ fn shell_completion_is_generated() {
         "{script}"
     );
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/../tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `validate` refuses exactly what the e2e tests see a node refuse, in the node's words,
+/// and exits 1; it accepts what `gen config` writes and exits 0.
+#[test]
+fn validate_checks_a_config_as_the_node_does() {
+    for (file, fields) in [
+        (
+            "invalid/native.yaml",
+            &["network.interfaces[0].addresses[0]", "files[0].mode"][..],
+        ),
+        (
+            "invalid/outside-tree.ign.json",
+            &["storage.files[1].path"][..],
+        ),
+        ("invalid/cloud-config.yaml", &["write_files[1].content"][..]),
+    ] {
+        let path = fixture(file);
+        let output = keelctl(&["validate", "-f", &path], None);
+        assert_eq!(output.status.code(), Some(1), "{file}: {}", stderr(&output));
+        let printed = stdout(&output);
+        for field in fields {
+            let line = format!("error: {path}: {field}: ");
+            assert!(printed.contains(&line), "{line:?} not in:\n{printed}");
+        }
+        let last = printed.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("{path}: a node would refuse this ")),
+            "{last}"
+        );
+    }
+
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("lab");
+    let generated = keelctl(
+        &[
+            "gen",
+            "config",
+            "--cluster",
+            "lab",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let node = out.join("node.yaml");
+    let output = keelctl(&["validate", "-f", node.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output).trim(),
+        format!("{}: valid native config", node.display())
+    );
+
+    let json = keelctl(
+        &[
+            "-o",
+            "json",
+            "validate",
+            "-f",
+            &fixture("invalid/native.yaml"),
+        ],
+        None,
+    );
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["valid"], false);
+    assert_eq!(value["format"], "native");
+    assert_eq!(
+        value["errors"].as_array().map(Vec::len),
+        Some(2),
+        "{value:#}"
+    );
+}

@@ -22,7 +22,7 @@ use base64::Engine;
 use keelson_config::acquire::{choose, Probe, SavedMeta, SourceKind};
 use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
-use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
+use keelson_config::{Diagnostic, MachineConfig, NoCloudSeed, Rejected};
 
 use keelson_linux::clock::unix_now;
 use keelson_net::node as network;
@@ -297,7 +297,8 @@ pub async fn configure(environment: &Environment) -> Configured {
             };
         }
     };
-    let loaded = loaded.and_then(|loaded| check_api_material(&report.location, loaded));
+    let loaded =
+        loaded.and_then(|loaded| keelson_api::tls::check_config_pki(&report.location, loaded));
     let loaded = match loaded {
         Ok(loaded) => loaded,
         Err(rejected) => {
@@ -365,23 +366,6 @@ pub async fn configure(environment: &Environment) -> Configured {
                 api: None,
                 maintenance_network,
             }
-        }
-    }
-}
-
-/// Checks the API's certificates and key as the node will use them (they parse, the key
-/// goes with the certificate, the certificate is signed by the CA), so that bad material
-/// is a config error rather than an API that cannot start.
-fn check_api_material(location: &str, loaded: Loaded) -> Result<Loaded, Rejected> {
-    let Some(api) = &loaded.plan.api else {
-        return Ok(loaded);
-    };
-    match keelson_api::tls::mutual_server_config(&api.ca, &api.cert, &api.key) {
-        Ok(_) => Ok(loaded),
-        Err(error) => {
-            let mut diagnostics = loaded.warnings.clone();
-            diagnostics.push(Diagnostic::error(location, &error.what, error.reason));
-            Err(Rejected { diagnostics })
         }
     }
 }
@@ -596,7 +580,7 @@ pub async fn apply_requested(
 ) -> Result<ApplyOutcome, ApplyRefusal> {
     let location = "apply-config";
     let loaded = keelson_config::load(location, bytes)
-        .and_then(|loaded| check_api_material(location, loaded))
+        .and_then(|loaded| keelson_api::tls::check_config_pki(location, loaded))
         .map_err(|rejected| ApplyRefusal::Invalid(rejected.errors().cloned().collect()))?;
     if api_in_force && loaded.plan.api.is_none() {
         return Err(ApplyRefusal::Invalid(vec![Diagnostic::error(
