@@ -261,6 +261,10 @@ pub struct GenConfigArgs {
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
+    /// The node config's format: native (node.yaml), ignition (node.ign) or cloud-config
+    /// (user-data), with the API credentials as the files those formats carry.
+    #[arg(long, value_enum, default_value = "native")]
+    pub format: crate::generate::NodeFormat,
 }
 
 /// `gen client`.

@@ -34,6 +34,55 @@ pub struct GenConfig {
     pub endpoints: Vec<String>,
     /// Overwrite existing files.
     pub force: bool,
+    /// The format of the node config.
+    pub format: NodeFormat,
+}
+
+/// The format `gen config` writes the node config in: whatever the user's provisioning
+/// tooling speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NodeFormat {
+    /// A Keelson `MachineConfig` (`node.yaml`).
+    #[default]
+    Native,
+    /// Ignition v3 JSON (`node.ign`), the API credentials as `storage.files`.
+    Ignition,
+    /// cloud-init user-data (`user-data`), the API credentials as `write_files`.
+    CloudConfig,
+}
+
+impl NodeFormat {
+    /// The file the node config is written to.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            NodeFormat::Native => NODE_CONFIG,
+            NodeFormat::Ignition => "node.ign",
+            NodeFormat::CloudConfig => "user-data",
+        }
+    }
+}
+
+/// The node config in `format`. Ignition and cloud-init have no place for Keelson's
+/// `cluster` section: their node configs carry the API credentials (as the files
+/// `keelson_config` takes them from) and leave the cluster to a native config.
+pub fn node_config_text(config: &MachineConfig, format: NodeFormat) -> anyhow::Result<String> {
+    let api = config.api.as_ref();
+    Ok(match format {
+        NodeFormat::Native => keelson_config::native::to_yaml(config),
+        NodeFormat::Ignition => {
+            let files = api.map(ignition_api_files).unwrap_or_default();
+            let document = serde_json::json!({
+                "ignition": { "version": "3.4.0" },
+                "storage": { "files": files },
+            });
+            format!("{}\n", serde_json::to_string_pretty(&document)?)
+        }
+        NodeFormat::CloudConfig => {
+            let files = api.map(cloud_config_api_files).unwrap_or_default();
+            let document = serde_json::json!({ "write_files": files });
+            format!("#cloud-config\n{}", serde_yaml::to_string(&document)?)
+        }
+    })
 }
 
 /// A file to write and whether it holds a secret (mode 0600, else 0644).
@@ -166,8 +215,8 @@ pub fn gen_config(request: &GenConfig, now: OffsetDateTime) -> anyhow::Result<Ve
             secret: true,
         },
         Output {
-            name: NODE_CONFIG.into(),
-            contents: keelson_config::native::to_yaml(&config),
+            name: request.format.file_name().into(),
+            contents: node_config_text(&config, request.format)?,
             secret: true,
         },
         Output {
@@ -301,6 +350,38 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// Each format goes through the node's own parser and yields the same API credentials,
+    /// so an Ignition or cloud-init node comes up with the API instead of waiting in
+    /// maintenance mode.
+    #[test]
+    fn every_format_carries_the_api_credentials_the_node_takes() {
+        let directory = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        for (format, detected) in [
+            (NodeFormat::Native, keelson_config::Format::Native),
+            (NodeFormat::Ignition, keelson_config::Format::Ignition),
+            (NodeFormat::CloudConfig, keelson_config::Format::CloudConfig),
+        ] {
+            let out = directory.path().join(format.file_name());
+            let request = GenConfig {
+                cluster: "lab".into(),
+                out: out.clone(),
+                endpoints: Vec::new(),
+                force: false,
+                format,
+            };
+            gen_config(&request, now).unwrap();
+            let bytes = std::fs::read(out.join(format.file_name())).unwrap();
+            let loaded = keelson_config::load(format.file_name(), &bytes).unwrap();
+            assert_eq!(loaded.format, detected);
+            assert_eq!(loaded.warnings, Vec::new(), "{format:?}");
+            let api = loaded.plan.api.expect("API credentials");
+            keelson_api::tls::mutual_server_config(&api.ca, &api.cert, &api.key).unwrap();
+            let ca = std::fs::read_to_string(out.join(CA_CERT)).unwrap();
+            assert_eq!(api.ca, ca, "{format:?}");
+        }
+    }
+
     #[test]
     fn gen_config_writes_secrets_0600_and_refuses_to_overwrite() {
         let directory = tempfile::tempdir().unwrap();
@@ -309,6 +390,7 @@ mod tests {
             out: directory.path().join("pki"),
             endpoints: vec!["10.0.0.5".into()],
             force: false,
+            format: Default::default(),
         };
         let now = OffsetDateTime::now_utc();
         let written = gen_config(&request, now).unwrap();

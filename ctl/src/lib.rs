@@ -795,6 +795,7 @@ fn generate(command: &GenCommand) -> anyhow::Result<bool> {
                     out: arguments.out.clone(),
                     endpoints: arguments.endpoints.clone(),
                     force: arguments.force,
+                    format: arguments.format,
                 },
                 now,
             )?;
@@ -804,7 +805,7 @@ fn generate(command: &GenCommand) -> anyhow::Result<bool> {
             println!(
                 "next: boot nodes with {} (e.g. keelson-qemu --config), then \
                  export KEELCONFIG={} and run keelctl status",
-                arguments.out.join(generate::NODE_CONFIG).display(),
+                arguments.out.join(arguments.format.file_name()).display(),
                 arguments.out.join(generate::KEELCTL_CONFIG).display()
             );
         }

@@ -144,6 +144,7 @@ impl TestCluster {
                     out: dir.clone(),
                     endpoints: vec!["127.0.0.1".into()],
                     force: true,
+                    format: Default::default(),
                 },
                 now,
             )
