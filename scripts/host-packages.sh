@@ -9,6 +9,7 @@ keelson_packages=(
   iproute2 dnsmasq-base util-linux       # the DHCP test: a namespace, a tap, a real server
   socat                                  # guests reach test HTTP servers through guestfwd
   apt dpkg ca-certificates curl gcc libc6-dev pkg-config
+  libclang-dev                           # bindgen, for the loopdev-3 crate (loop devices)
 )
 
 ensure_host_packages() {

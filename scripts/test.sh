@@ -34,6 +34,7 @@ step "building the workspace and its tests (keelson-image and keelctl among them
 # that 'cargo test --workspace' and the benchmark unify to, so neither compiles them again.
 cargo build -q --workspace --all-targets
 export KEELSON_KEELCTL="$PWD/target/debug/keelctl"
+export KEELSON_IMAGE_TOOL="$PWD/target/debug/keelson-image"
 step "building the image"
 image_dir="$PWD/target/test-image"
 updates_dir="$PWD/target/test-updates"

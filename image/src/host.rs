@@ -213,24 +213,38 @@ fn apt_hint(package: &str) -> String {
     )
 }
 
-/// Every file under `directory` (recursively) whose name ends in `.extension`, sorted.
-pub fn files_with_extension(directory: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
+/// Every path under `directory` (recursively; links are listed, not followed), relative
+/// to it, sorted, each with whether it is a directory.
+pub fn paths_under(directory: &Path) -> anyhow::Result<Vec<(PathBuf, bool)>> {
     let mut found = Vec::new();
     let mut pending = vec![directory.to_owned()];
-    while let Some(directory) = pending.pop() {
-        for entry in std::fs::read_dir(&directory)
-            .with_context(|| format!("reading {}", directory.display()))?
+    while let Some(current) = pending.pop() {
+        for entry in
+            std::fs::read_dir(&current).with_context(|| format!("reading {}", current.display()))?
         {
-            let path = entry?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|found| found == extension) {
-                found.push(path);
+            let entry = entry?;
+            let is_dir = entry.file_type()?.is_dir();
+            let path = entry.path();
+            if is_dir {
+                pending.push(path.clone());
             }
+            let relative = path.strip_prefix(directory).unwrap_or(&path).to_path_buf();
+            found.push((relative, is_dir));
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// Every file under `directory` (recursively) whose name ends in `.extension`, sorted.
+pub fn files_with_extension(directory: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(paths_under(directory)?
+        .into_iter()
+        .filter(|(path, is_dir)| {
+            !is_dir && path.extension().is_some_and(|found| found == extension)
+        })
+        .map(|(path, _)| directory.join(path))
+        .collect())
 }
 
 /// Where downloads are cached by default: `$XDG_CACHE_HOME/keelson` or `~/.cache/keelson`.

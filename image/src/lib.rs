@@ -16,6 +16,7 @@
 
 pub mod baseline;
 pub mod cpio;
+pub mod flash;
 pub mod host;
 pub mod inspect;
 pub mod kmod;

@@ -64,10 +64,29 @@ enum Verb {
         valid_for: String,
     },
     /// Show an image's (or a flashed disk's) partitions, slot entries, versions and root
-    /// hashes. Needs no root.
+    /// hashes. Needs no root; `--deep` (as root) also looks inside through loop devices.
     Inspect {
         /// The image file or block device.
         image: PathBuf,
+        /// As root: check each slot against its verity root hash and list the root's and
+        /// STATE's files (read-only loop devices and mounts).
+        #[arg(long)]
+        deep: bool,
+        /// With --deep, list every file (default: counts and STATE's top level).
+        #[arg(long, requires = "deep")]
+        files: bool,
+    },
+    /// Write an image to a whole disk: refuses partitions, mounted disks and the disk of
+    /// the running system, asks first, shows progress and reads everything back.
+    Flash {
+        /// The image (keelson.raw).
+        image: PathBuf,
+        /// The whole-disk device, e.g. /dev/sdb.
+        #[arg(long)]
+        device: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Build DIR/baseline.raw: the same firmware, boot loader and kernel with an initramfs
     /// that powers off at once (the boot benchmark's baseline).
@@ -159,7 +178,15 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
                 );
             }
         }
-        Verb::Inspect { image } => print!("{}", keelson_image::inspect::inspect(&image)?),
+        Verb::Inspect {
+            image, deep: false, ..
+        } => print!("{}", keelson_image::inspect::inspect(&image)?),
+        Verb::Inspect { image, files, .. } => {
+            print!("{}", keelson_image::inspect::inspect_deep(&image, files)?)
+        }
+        Verb::Flash { image, device, yes } => {
+            keelson_image::flash::flash(&keelson_image::flash::FlashOptions { image, device, yes })?
+        }
         Verb::Baseline { out, binaries } => {
             let mut options = keelson_image::BuildOptions::new(out);
             options.binaries = binaries;

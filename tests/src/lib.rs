@@ -514,36 +514,50 @@ pub fn expect_failure(outcome: (bool, String, String), what: &str) -> String {
 pub fn keelctl_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            if let Some(prebuilt) = std::env::var_os("KEELSON_KEELCTL") {
-                let prebuilt = PathBuf::from(prebuilt);
-                return if prebuilt.is_file() {
-                    Ok(prebuilt)
-                } else {
-                    Err(format!(
-                        "KEELSON_KEELCTL names {}, which is not a file; build keelctl \
-                         (cargo build -p keelson-ctl) or unset it",
-                        prebuilt.display()
-                    ))
-                };
-            }
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let workspace = keelson_image::default_workspace();
-            let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "keelson-ctl", "--bin", "keelctl"])
-                .current_dir(&workspace)
-                .status()
-                .map_err(|error| format!("cannot run cargo: {error}"))?;
-            if !status.success() {
-                return Err("cargo build -p keelson-ctl failed".into());
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace.join("target"));
-            Ok(target.join("debug/keelctl"))
-        })
+        .get_or_init(|| workspace_binary("KEELSON_KEELCTL", "keelson-ctl", "keelctl"))
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// The `keelson-image` binary of this workspace: `KEELSON_IMAGE_TOOL` when the caller built
+/// it already (scripts/test.sh does), otherwise built here.
+pub fn keelson_image_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| workspace_binary("KEELSON_IMAGE_TOOL", "keelson-image", "keelson-image"))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A binary of this workspace: the file named by `variable` when set, else built with
+/// cargo.
+fn workspace_binary(variable: &str, package: &str, binary: &str) -> Result<PathBuf, String> {
+    if let Some(prebuilt) = std::env::var_os(variable) {
+        let prebuilt = PathBuf::from(prebuilt);
+        return if prebuilt.is_file() {
+            Ok(prebuilt)
+        } else {
+            Err(format!(
+                "{variable} names {}, which is not a file; build {binary} (cargo build -p \
+                 {package}) or unset it",
+                prebuilt.display()
+            ))
+        };
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let workspace = keelson_image::default_workspace();
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--bin", binary])
+        .current_dir(&workspace)
+        .status()
+        .map_err(|error| format!("cannot run cargo: {error}"))?;
+    if !status.success() {
+        return Err(format!("cargo build -p {package} failed"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(target.join("debug").join(binary))
 }
 
 /// The fingerprint and token from a node's maintenance line on the console.
