@@ -18,6 +18,63 @@ pub struct Change {
     pub reboot_needed_for: Vec<&'static str>,
 }
 
+/// How `ApplyConfig` is asked to put a config in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApplyMode {
+    /// Live when the change allows it, else save and reboot.
+    Auto,
+    /// Live, or refuse.
+    NoReboot,
+    /// Save for the next boot only.
+    Staged,
+}
+
+/// What `ApplyConfig` does with a valid config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApplyPlan {
+    /// Refuse: the change needs a reboot and the mode forbids one.
+    RefuseNeedsReboot,
+    /// Save it for the next boot and leave the node as it is.
+    Stage,
+    /// Save it and reboot into it.
+    SaveAndReboot,
+    /// Apply the hostname and files now, then save it.
+    Live,
+}
+
+/// The decision, and whether anything is written (a dry run describes the plan only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApplyDecision {
+    /// What is done (or, in a dry run, would be).
+    pub plan: ApplyPlan,
+    /// Write the config and change the node (false for a dry run).
+    pub write: bool,
+    /// Reboot once the config is saved.
+    pub reboot: bool,
+}
+
+/// Which plan a config change takes: mode × whether the change needs a reboot × dry run.
+/// Pure; every combination is checked in the tests.
+pub fn decide_apply(mode: ApplyMode, needs_reboot: bool, dry_run: bool) -> ApplyDecision {
+    let plan = match (mode, needs_reboot) {
+        (ApplyMode::NoReboot, true) => ApplyPlan::RefuseNeedsReboot,
+        (ApplyMode::Staged, _) => ApplyPlan::Stage,
+        (ApplyMode::Auto, true) => ApplyPlan::SaveAndReboot,
+        (ApplyMode::Auto | ApplyMode::NoReboot, false) => ApplyPlan::Live,
+    };
+    let write = !dry_run && plan != ApplyPlan::RefuseNeedsReboot;
+    let decision = ApplyDecision {
+        plan,
+        write,
+        reboot: write && plan == ApplyPlan::SaveAndReboot,
+    };
+    debug_assert!(
+        !decision.reboot || needs_reboot,
+        "never reboot for a live change"
+    );
+    decision
+}
+
 /// Shown in place of private keys.
 pub const REDACTED: &str = "(redacted)";
 
@@ -86,6 +143,39 @@ pub fn compare(in_force: Option<&MachineConfig>, new: &MachineConfig) -> Change 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every combination, as a table a person can read.
+    #[test]
+    fn every_mode_change_and_dry_run_takes_the_documented_plan() {
+        use ApplyMode::*;
+        use ApplyPlan::*;
+        let table = [
+            // mode, needs reboot, dry run → plan, writes, reboots
+            (Auto, false, false, Live, true, false),
+            (Auto, false, true, Live, false, false),
+            (Auto, true, false, SaveAndReboot, true, true),
+            (Auto, true, true, SaveAndReboot, false, false),
+            (NoReboot, false, false, Live, true, false),
+            (NoReboot, false, true, Live, false, false),
+            (NoReboot, true, false, RefuseNeedsReboot, false, false),
+            (NoReboot, true, true, RefuseNeedsReboot, false, false),
+            (Staged, false, false, Stage, true, false),
+            (Staged, false, true, Stage, false, false),
+            (Staged, true, false, Stage, true, false),
+            (Staged, true, true, Stage, false, false),
+        ];
+        for (mode, needs_reboot, dry_run, plan, write, reboot) in table {
+            assert_eq!(
+                decide_apply(mode, needs_reboot, dry_run),
+                ApplyDecision {
+                    plan,
+                    write,
+                    reboot
+                },
+                "{mode:?} needs_reboot={needs_reboot} dry_run={dry_run}"
+            );
+        }
+    }
     use crate::model::ApiPki;
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use keelson_config::acquire::{choose, Probe, SavedMeta, SourceKind};
+use keelson_config::change::{decide_apply, ApplyPlan};
 use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
 use keelson_config::{Diagnostic, MachineConfig, NoCloudSeed, Rejected};
@@ -523,16 +524,7 @@ fn save(environment: &Environment, config: &MachineConfig, meta: &SavedMeta) -> 
     )
 }
 
-/// How `ApplyConfig` puts a config in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyMode {
-    /// Live when the change allows it, else save and reboot.
-    Auto,
-    /// Live, or refuse.
-    NoReboot,
-    /// Save for the next boot only.
-    Staged,
-}
+pub use keelson_config::change::ApplyMode;
 
 /// What `ApplyConfig` did (or, for a dry run, would do).
 #[derive(Debug, Clone)]
@@ -602,9 +594,7 @@ pub async fn apply_requested(
         api: loaded.plan.api.clone(),
     };
     let needs_reboot = !change.reboot_needed_for.is_empty();
-    if mode == ApplyMode::NoReboot && needs_reboot {
-        return Err(ApplyRefusal::NeedsReboot(change.reboot_needed_for));
-    }
+    let decision = decide_apply(mode, needs_reboot, dry_run);
     let would = if dry_run { "would " } else { "" };
     let instance_id = report.read().ok().and_then(|r| r.instance_id.clone());
     let meta = SavedMeta {
@@ -616,35 +606,35 @@ pub async fn apply_requested(
         saved_at: unix_now(),
     };
     let saved_path = environment.saved_config();
-    if mode == ApplyMode::Staged || needs_reboot {
-        if !dry_run {
-            save(environment, &loaded.config, &meta).map_err(ApplyRefusal::Failed)?;
+    let save_line = format!("{would}save the config to {}", saved_path.display());
+    match decision.plan {
+        ApplyPlan::RefuseNeedsReboot => {
+            return Err(ApplyRefusal::NeedsReboot(change.reboot_needed_for));
         }
-        outcome.actions.push(format!(
-            "{would}save the config to {}",
-            saved_path.display()
-        ));
-        if mode == ApplyMode::Staged {
+        ApplyPlan::Stage | ApplyPlan::SaveAndReboot => {
+            if decision.write {
+                save(environment, &loaded.config, &meta).map_err(ApplyRefusal::Failed)?;
+            }
+            outcome.actions.push(save_line);
+            outcome.reboot = decision.reboot;
+            outcome.actions.push(if decision.plan == ApplyPlan::Stage {
+                format!("{would}leave it for the next boot (staged)")
+            } else {
+                format!(
+                    "{would}reboot to apply the change to {}",
+                    change.reboot_needed_for.join(", ")
+                )
+            });
+            return Ok(outcome);
+        }
+        ApplyPlan::Live if !decision.write => {
             outcome
                 .actions
-                .push(format!("{would}leave it for the next boot (staged)"));
-        } else {
-            outcome.reboot = !dry_run;
-            outcome.actions.push(format!(
-                "{would}reboot to apply the change to {}",
-                change.reboot_needed_for.join(", ")
-            ));
+                .push("would apply the hostname and files now".into());
+            outcome.actions.push(save_line);
+            return Ok(outcome);
         }
-        return Ok(outcome);
-    }
-    if dry_run {
-        outcome
-            .actions
-            .push("would apply the hostname and files now".into());
-        outcome
-            .actions
-            .push(format!("would save the config to {}", saved_path.display()));
-        return Ok(outcome);
+        ApplyPlan::Live => {}
     }
     let mut applied = ConfigReport::new(SourceKind::Api);
     applied.location = "api".into();

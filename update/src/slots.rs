@@ -368,6 +368,13 @@ impl Slots {
                 actions.push(Action::Reboot);
             }
         }
+        // Firecracker's habit: the invariants are checked after every step in debug
+        // builds (and so in every test and harness), not only where a test thinks to.
+        debug_assert!(
+            self.check().is_err() || next.check().is_ok(),
+            "{event:?} took {self:?} to {next:?}, which breaks {:?}",
+            next.check()
+        );
         Ok((next, actions))
     }
 
