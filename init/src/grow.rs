@@ -13,6 +13,8 @@ use keelson_disk::gpt;
 
 use keelson_linux::block::PartitionDevice;
 
+use crate::error::{io, InitError};
+
 /// What growing did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrowOutcome {
@@ -53,43 +55,43 @@ struct BlkpgIoctlArg {
 }
 
 /// Grows `state` (mounted at `mount_point`) to the end of its disk.
-pub fn grow_state(state: &PartitionDevice, mount_point: &str) -> Result<GrowOutcome, String> {
+pub fn grow_state(state: &PartitionDevice, mount_point: &str) -> Result<GrowOutcome, InitError> {
     let disk_path = state.disk_path();
     let mut disk = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&disk_path)
-        .map_err(|error| format!("cannot open {}: {error}", disk_path.display()))?;
-    let disk_bytes = block_size_bytes(&disk)
-        .map_err(|error| format!("cannot size {}: {error}", disk_path.display()))?;
-    let mut table = gpt::read_table(&mut disk, disk_bytes).map_err(|error| {
-        format!(
-            "reading the partition table of {}: {error}",
-            disk_path.display()
-        )
-    })?;
+        .map_err(io("opening", disk_path.display()))?;
+    let disk_bytes = block_size_bytes(&disk).map_err(io("sizing", disk_path.display()))?;
+    let layout = |what: &str| {
+        let disk = disk_path.display().to_string();
+        let what = what.to_owned();
+        move |error: gpt::GptError| InitError::Layout(format!("{what} of {disk}: {error}"))
+    };
+    let mut table =
+        gpt::read_table(&mut disk, disk_bytes).map_err(layout("reading the partition table"))?;
     table
         .set_disk_sectors(disk_bytes / gpt::SECTOR_SIZE)
-        .map_err(|error| error.to_string())?;
+        .map_err(layout("sizing the partition table"))?;
     if table
         .grow_to_end(state.number)
-        .map_err(|error| error.to_string())?
+        .map_err(layout("growing STATE in the partition table"))?
         .is_some()
     {
-        gpt::write_table(&mut disk, &table).map_err(|error| {
-            format!(
-                "writing the partition table of {}: {error}",
-                disk_path.display()
-            )
-        })?;
+        gpt::write_table(&mut disk, &table).map_err(layout("writing the partition table"))?;
         disk.sync_all()
-            .map_err(|error| format!("syncing {}: {error}", disk_path.display()))?;
+            .map_err(io("syncing", disk_path.display()))?;
     }
     let partition = table
         .partitions
         .iter()
         .find(|partition| partition.number == state.number)
-        .ok_or_else(|| format!("partition {} vanished from the table", state.number))?;
+        .ok_or_else(|| {
+            InitError::Layout(format!(
+                "partition {} vanished from the table",
+                state.number
+            ))
+        })?;
     let partition_bytes = partition.size_bytes();
     let kernel_bytes = std::fs::read_to_string(format!("/sys/class/block/{}/size", state.name))
         .ok()
@@ -112,8 +114,7 @@ pub fn grow_state(state: &PartitionDevice, mount_point: &str) -> Result<GrowOutc
             bytes: partition_bytes,
         });
     }
-    let mount =
-        File::open(mount_point).map_err(|error| format!("cannot open {mount_point}: {error}"))?;
+    let mount = File::open(mount_point).map_err(io("opening", mount_point))?;
     let count: u64 = wanted_blocks;
     // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer.
     let result = unsafe {
@@ -124,9 +125,8 @@ pub fn grow_state(state: &PartitionDevice, mount_point: &str) -> Result<GrowOutc
         )
     };
     if result < 0 {
-        return Err(format!(
-            "online resize of ext4 on {mount_point} failed: {}",
-            std::io::Error::last_os_error()
+        return Err(io("resizing ext4 online at", mount_point)(
+            std::io::Error::last_os_error(),
         ));
     }
     Ok(GrowOutcome::Grown {
@@ -151,7 +151,7 @@ fn resize_kernel_partition(
     number: u32,
     start: u64,
     length: u64,
-) -> Result<(), String> {
+) -> Result<(), InitError> {
     let mut partition = BlkpgPartition {
         start: start as libc::c_longlong,
         length: length as libc::c_longlong,
@@ -169,23 +169,23 @@ fn resize_kernel_partition(
     let result =
         unsafe { libc::ioctl(disk.as_raw_fd(), BLKPG as _, &mut arg as *mut BlkpgIoctlArg) };
     if result < 0 {
-        return Err(format!(
-            "telling the kernel partition {number} is now {length} bytes failed: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(io(
+            "telling the kernel the new size of",
+            format!("partition {number} ({length} bytes)"),
+        )(std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
 /// Reads block size and block count from the ext4 superblock at byte 1024 of `device`.
-pub fn ext4_geometry(device: &str) -> Result<(u64, u64), String> {
-    let mut file = File::open(device).map_err(|error| format!("cannot open {device}: {error}"))?;
+pub fn ext4_geometry(device: &str) -> Result<(u64, u64), InitError> {
+    let mut file = File::open(device).map_err(io("opening", device))?;
     let mut superblock = [0u8; 1024];
     file.seek(SeekFrom::Start(1024))
         .and_then(|_| file.read_exact(&mut superblock))
-        .map_err(|error| format!("cannot read the ext4 superblock of {device}: {error}"))?;
+        .map_err(io("reading the ext4 superblock of", device))?;
     parse_ext4_geometry(&superblock)
-        .ok_or_else(|| format!("{device} does not hold an ext4 filesystem"))
+        .ok_or_else(|| InitError::Layout(format!("{device} does not hold an ext4 filesystem")))
 }
 
 /// (block size, block count) from a 1024-byte ext4 superblock.

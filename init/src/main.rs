@@ -23,6 +23,7 @@
 //! Known limits: only GPT disks with 512-byte sectors; modules are loaded by explicit list
 //! (what the image ships), not by modalias.
 
+mod error;
 mod grow;
 mod log;
 mod modules;
@@ -52,7 +53,7 @@ fn main() {
         if stage_one {
             match stage1::run() {
                 Ok(never) => match never {},
-                Err(cause) => stage1::fail(&cause),
+                Err(cause) => stage1::fail(&cause.to_string()),
             }
         } else {
             stage2::run()

@@ -23,6 +23,7 @@ use keelson_contract::cmdline::parse_boot_params;
 use keelson_contract::devices::{root_dm_uuid, ROOT_DM_NAME};
 use keelson_linux::{block, devmapper, mounts};
 
+use crate::error::{io, syscall, InitError};
 use crate::modules;
 
 /// Where the new root is assembled.
@@ -33,15 +34,14 @@ pub const PARTITION_TIMEOUT: Duration = Duration::from_secs(30);
 pub const FAILURE_REBOOT_DELAY: Duration = Duration::from_secs(10);
 
 /// Runs stage 1. Only returns on failure.
-pub fn run() -> Result<Infallible, String> {
+pub fn run() -> Result<Infallible, InitError> {
     mounts::mount_kernel_filesystems()?;
     crate::notice!("stage 1 (keelson-init {})", env!("CARGO_PKG_VERSION"));
 
-    let cmdline = std::fs::read_to_string("/proc/cmdline")
-        .map_err(|error| format!("cannot read /proc/cmdline: {error}"))?;
-    let params = parse_boot_params(&cmdline).map_err(|error| error.to_string())?;
-    let release =
-        nix::sys::utsname::uname().map_err(|errno| format!("uname failed: {}", errno.desc()))?;
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(io("reading", "/proc/cmdline"))?;
+    let params = parse_boot_params(&cmdline)?;
+    let release = nix::sys::utsname::uname().map_err(syscall("uname"))?;
     let release = release.release().to_string_lossy().into_owned();
 
     let loaded = modules::load_all(&std::path::Path::new("/lib/modules").join(&release));
@@ -57,7 +57,10 @@ pub fn run() -> Result<Infallible, String> {
     );
     let uuid = root_dm_uuid(params.slot);
     let mapped = devmapper::create_verity(ROOT_DM_NAME, &uuid, &root.dev_t_text(), &params.verity)
-        .map_err(|error| format!("dm-verity setup for {root_label} failed: {error}"))?;
+        .map_err(|source| InitError::DeviceMapper {
+            label: root_label,
+            source,
+        })?;
     wait_for_node(&mapped.path())?;
     crate::notice!(
         "dm-verity: {} verifies {root_label} against root hash {}",
@@ -72,7 +75,7 @@ pub fn run() -> Result<Infallible, String> {
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None,
     )
-    .map_err(|error| explain_verity(error, root_label))?;
+    .map_err(|error| explain_verity(error.into(), root_label))?;
 
     let state = wait_for_partition(STATE_LABEL, PARTITION_TIMEOUT)?;
     let var = format!("{NEW_ROOT}/var");
@@ -92,45 +95,52 @@ pub fn run() -> Result<Infallible, String> {
 }
 
 /// Adds dm-verity's verdict to an error, so that a corrupted root is named as such.
-fn explain_verity(error: String, label: &str) -> String {
+fn explain_verity(error: InitError, label: &'static str) -> InitError {
     match devmapper::verity_status(ROOT_DM_NAME) {
-        Ok(status) if status.split_ascii_whitespace().nth(1) == Some("C") => format!(
-            "dm-verity: {label} failed verification (a block does not match the root hash; the slot is corrupted or tampered with): {error}"
-        ),
+        Ok(status) if status.split_ascii_whitespace().nth(1) == Some("C") => {
+            InitError::CorruptRoot {
+                label,
+                cause: Box::new(error),
+            }
+        }
         _ => error,
     }
 }
 
-fn wait_for_node(path: &str) -> Result<(), String> {
+fn wait_for_node(path: &str) -> Result<(), InitError> {
     for _ in 0..200 {
         if std::path::Path::new(path).exists() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    Err(format!("{path} did not appear within 5 s"))
+    Err(InitError::Timeout {
+        what: path.to_owned(),
+        seconds: 5,
+    })
 }
 
 /// Moves the kernel filesystems into `new_root`, makes it `/`, and executes `init` there.
-fn switch_root(new_root: &str, init: &str) -> Result<Infallible, String> {
+fn switch_root(new_root: &str, init: &str) -> Result<Infallible, InitError> {
     for point in ["/dev", "/proc", "/sys"] {
         mounts::move_mount(point, &format!("{new_root}{point}"))?;
     }
-    nix::unistd::chdir(new_root).map_err(|errno| format!("chdir {new_root}: {}", errno.desc()))?;
+    nix::unistd::chdir(new_root).map_err(syscall(format!("chdir {new_root}")))?;
     // Free the initramfs: its modules are loaded and nothing will read them again.
     for leftover in ["/lib", "/init"] {
         let _ = std::fs::remove_dir_all(leftover).or_else(|_| std::fs::remove_file(leftover));
     }
     mounts::move_mount(".", "/")?;
-    nix::unistd::chroot(".").map_err(|errno| format!("chroot {new_root}: {}", errno.desc()))?;
-    nix::unistd::chdir("/").map_err(|errno| format!("chdir /: {}", errno.desc()))?;
-    let program = CString::new(init).map_err(|_| format!("bad init path {init}"))?;
+    nix::unistd::chroot(".").map_err(syscall(format!("chroot {new_root}")))?;
+    nix::unistd::chdir("/").map_err(syscall("chdir /"))?;
+    let program = CString::new(init)
+        .map_err(|_| InitError::Layout(format!("the init path {init:?} holds a NUL byte")))?;
     nix::unistd::execv(&program, &[&program])
-        .map_err(|errno| format!("cannot execute {init} in the new root: {}", errno.desc()))
+        .map_err(syscall(format!("executing {init} in the new root")))
 }
 
 /// Waits up to `timeout` for a partition named `label` and for its device node.
-fn wait_for_partition(label: &str, timeout: Duration) -> Result<block::PartitionDevice, String> {
+fn wait_for_partition(label: &str, timeout: Duration) -> Result<block::PartitionDevice, InitError> {
     let deadline = Instant::now() + timeout;
     let mut announced = false;
     loop {
@@ -140,10 +150,13 @@ fn wait_for_partition(label: &str, timeout: Duration) -> Result<block::Partition
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "no partition labelled {label} appeared within {} s (is the disk attached, and is its driver in the initramfs?)",
-                timeout.as_secs()
-            ));
+            return Err(InitError::Timeout {
+                what: format!(
+                    "a partition labelled {label} (is the disk attached, and is its driver in \
+                     the initramfs?)"
+                ),
+                seconds: timeout.as_secs(),
+            });
         }
         if !announced && Instant::now() + timeout - Duration::from_secs(2) > deadline {
             crate::notice!(

@@ -32,6 +32,7 @@ use keelson_linux::{block, mounts};
 use keelson_supervise::agent::{Action, Event, Supervisor, WATCHDOG_INTERVAL};
 use keelson_supervise::trial::{Trial, TrialVerdict};
 
+use crate::error::{io, InitError};
 use crate::{grow, modules, power};
 
 /// Runs stage 2. Never returns.
@@ -112,13 +113,12 @@ fn mount_runtime_filesystems() {
 pub const ETC_UPPER: &str = "/run/keelson/etc/upper";
 const ETC_WORK: &str = "/run/keelson/etc/work";
 
-fn mount_etc_overlay() -> Result<(), String> {
+fn mount_etc_overlay() -> Result<(), InitError> {
     if mounts::is_mount_point("/etc") {
         return Ok(()); // already there (PID 1 does not restart, but be safe)
     }
     for directory in [ETC_UPPER, ETC_WORK] {
-        std::fs::create_dir_all(directory)
-            .map_err(|error| format!("cannot create {directory}: {error}"))?;
+        std::fs::create_dir_all(directory).map_err(io("creating", directory))?;
     }
     let options = format!("lowerdir=/etc,upperdir={ETC_UPPER},workdir={ETC_WORK}");
     mounts::mount_fs(
@@ -127,7 +127,8 @@ fn mount_etc_overlay() -> Result<(), String> {
         "overlay",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(&options),
-    )
+    )?;
+    Ok(())
 }
 
 fn load_root_modules() {
@@ -328,14 +329,16 @@ fn perform(supervisor: &mut Supervisor, action: Action) -> Vec<Action> {
         Action::Spawn { previous_starts } => {
             let event = match spawn_agent(previous_starts + 1) {
                 Ok(pid) => Event::Spawned { pid },
-                Err(error) => Event::SpawnFailed { error },
+                Err(error) => Event::SpawnFailed {
+                    error: error.to_string(),
+                },
             };
             supervisor.handle(now(), event)
         }
     }
 }
 
-fn spawn_agent(start_number: u32) -> Result<i32, String> {
+fn spawn_agent(start_number: u32) -> Result<i32, InitError> {
     let mut command = std::process::Command::new(AGENT_PATH);
     command
         .env_clear()
@@ -358,7 +361,7 @@ fn spawn_agent(start_number: u32) -> Result<i32, String> {
     command
         .spawn()
         .map(|child| child.id() as i32)
-        .map_err(|error| format!("{AGENT_PATH}: {error}"))
+        .map_err(io("starting", AGENT_PATH))
 }
 
 /// Reads every pending sd_notify datagram with its sender's pid.
