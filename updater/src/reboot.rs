@@ -29,26 +29,57 @@ pub enum RebootGate {
 }
 
 impl RebootGate {
-    /// The gate an update policy sets; `node_id` names the node to a FleetLock server.
+    /// The gate an update policy sets; `node_id` names the node to a FleetLock server. A
+    /// policy that cannot be used (see [`RebootGate::problem`]) reboots at once rather
+    /// than never, and says so in the log; `update status` shows the problem too.
     pub fn of(policy: Option<&UpdatePolicy>, node_id: &str) -> RebootGate {
+        let (gate, problem) = RebootGate::resolve(policy, node_id);
+        if let Some(problem) = problem {
+            warn!("update: {problem}");
+        }
+        gate
+    }
+
+    /// The gate, and why the configured policy cannot be used as written when it cannot.
+    /// Says nothing in the log (status calls it on every poll).
+    pub fn resolve(policy: Option<&UpdatePolicy>, node_id: &str) -> (RebootGate, Option<String>) {
         let Some(policy) = policy else {
-            return RebootGate::Immediate;
+            return (RebootGate::Immediate, None);
+        };
+        let fallback = |why: String| {
+            (
+                RebootGate::Immediate,
+                Some(format!(
+                    "the reboot policy cannot be used ({why}); updates reboot at once instead; \
+                     fix update.{} in the machine config",
+                    match policy.effective_reboot_policy() {
+                        RebootPolicy::Window => "window",
+                        _ => "fleetLock",
+                    }
+                )),
+            )
         };
         match policy.effective_reboot_policy() {
-            RebootPolicy::Immediate => RebootGate::Immediate,
+            RebootPolicy::Immediate => (RebootGate::Immediate, None),
             // The config was validated whole before it was put in force; a window that
             // still fails to build falls back to rebooting at once rather than never.
             RebootPolicy::Window => match policy.window.as_ref().map(|w| w.to_window()) {
-                Some(Ok(window)) => RebootGate::Window(window),
-                _ => RebootGate::Immediate,
+                Some(Ok(window)) => (RebootGate::Window(window), None),
+                Some(Err(error)) => fallback(format!("the window is invalid: {error}")),
+                None => fallback("rebootPolicy is window but no window is given".to_owned()),
             },
             RebootPolicy::FleetLock => match &policy.fleet_lock {
-                Some(lock) => RebootGate::FleetLock(FleetLockClient::new(
-                    &lock.url,
-                    lock.group.as_deref().unwrap_or("default"),
-                    node_id,
-                )),
-                None => RebootGate::Immediate,
+                Some(lock) => (
+                    RebootGate::FleetLock(FleetLockClient::new(
+                        &lock.url,
+                        lock.group.as_deref().unwrap_or("default"),
+                        node_id,
+                    )),
+                    None,
+                ),
+                None => {
+                    fallback("rebootPolicy is fleet-lock but no fleetLock URL is given".to_owned())
+                }
             },
         }
     }
@@ -346,6 +377,25 @@ pub async fn report_steady_state(client: FleetLockClient) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unusable_reboot_policy_says_why_instead_of_falling_back_silently() {
+        let policy = UpdatePolicy {
+            reboot_policy: Some(RebootPolicy::FleetLock),
+            ..UpdatePolicy::default()
+        };
+        let (gate, problem) = RebootGate::resolve(Some(&policy), "node-1");
+        assert_eq!(gate.name(), "immediate");
+        assert_eq!(
+            problem.as_deref(),
+            Some(
+                "the reboot policy cannot be used (rebootPolicy is fleet-lock but no fleetLock \
+                 URL is given); updates reboot at once instead; fix update.fleetLock in the \
+                 machine config"
+            )
+        );
+        assert_eq!(RebootGate::resolve(None, "node-1").1, None);
+    }
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
 

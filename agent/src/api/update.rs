@@ -221,7 +221,10 @@ impl Update for UpdateService {
         let engine = self.engine();
         let view = blocking(move || engine.status()).await?;
         let policy = self.policy().await;
-        let reboot_policy = RebootGate::of(policy.as_ref(), "").name().to_owned();
+        let reboot_policy = match RebootGate::resolve(policy.as_ref(), "") {
+            (gate, None) => gate.name().to_owned(),
+            (gate, Some(problem)) => format!("{} ({problem})", gate.name()),
+        };
         let channel = policy.and_then(|policy| policy.channel).unwrap_or_default();
         Ok(Response::new(StatusResponse {
             slots: view
