@@ -28,7 +28,10 @@ fn agent(body_timeout: Duration) -> ureq::Agent {
 }
 
 fn unreachable(url: &str, error: impl std::fmt::Display) -> UpdateError {
-    UpdateError::Source(format!("GET {url} failed: {error}"))
+    UpdateError::Source {
+        url: url.to_owned(),
+        reason: error.to_string(),
+    }
 }
 
 /// The verified metadata of the channel at `channel_url`.
@@ -44,12 +47,12 @@ pub fn fetch_metadata(channel_url: &str, trust: &TrustRoot) -> Result<Channel, U
         .limit(MAX_BYTES)
         .read_to_vec()
         .map_err(|error| unreachable(&url, error))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs() as i64)
-        .unwrap_or_default();
-    channel::verify(&bytes, trust, now)
-        .map_err(|error| UpdateError::Channel(format!("{url}: {error}")))
+    channel::verify(&bytes, trust, keelson_linux::clock::unix_now()).map_err(|error| {
+        UpdateError::Channel {
+            url: url.clone(),
+            reason: error.to_string(),
+        }
+    })
 }
 
 /// Opens the bundle at `url` as a stream.

@@ -38,11 +38,32 @@ pub enum UpdateError {
     #[error("{0}")]
     Refused(#[from] Refusal),
     /// The update source could not be reached or read.
-    #[error("{0}")]
-    Source(String),
+    #[error("GET {url} failed: {reason}")]
+    Source {
+        /// What was fetched.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The channel's metadata cannot be trusted (signature, key, expiry, content).
-    #[error("{0}")]
-    Channel(String),
+    #[error("{url}: {reason}")]
+    Channel {
+        /// The metadata's URL.
+        url: String,
+        /// Why it is not trusted.
+        reason: String,
+    },
+    /// The channel lists one version and its bundle carries another.
+    #[error(
+        "the channel lists {listed} but its bundle carries {carried}; the channel is \
+         inconsistent, refusing it"
+    )]
+    ChannelInconsistent {
+        /// The version the channel promised.
+        listed: String,
+        /// The version in the bundle.
+        carried: String,
+    },
     /// Another update operation is running.
     #[error("another update operation is in progress; wait for it (keelctl update status)")]
     Busy,
@@ -340,11 +361,10 @@ impl UpdateEngine {
             )?;
             if let Some(expected) = spec.expect_version.as_ref() {
                 if *expected != manifest.version {
-                    return Err(UpdateError::Channel(format!(
-                        "the channel lists {expected} but its bundle carries {}; the channel \
-                         is inconsistent, refusing it",
-                        manifest.version
-                    )));
+                    return Err(UpdateError::ChannelInconsistent {
+                        listed: expected.clone(),
+                        carried: manifest.version.clone(),
+                    });
                 }
             }
             Ok((reader, manifest))

@@ -178,8 +178,10 @@ fn status_of(error: UpdateError) -> Status {
     match error {
         UpdateError::Bundle(_) => Status::invalid_argument(message),
         UpdateError::Policy(_) | UpdateError::Refused(_) => Status::failed_precondition(message),
-        UpdateError::Channel(_) => Status::failed_precondition(message),
-        UpdateError::Source(_) => Status::unavailable(message),
+        UpdateError::Channel { .. } | UpdateError::ChannelInconsistent { .. } => {
+            Status::failed_precondition(message)
+        }
+        UpdateError::Source { .. } => Status::unavailable(message),
         UpdateError::Busy => Status::aborted(message),
         UpdateError::Unavailable(_) => Status::failed_precondition(message),
         UpdateError::Io(_) => Status::internal(message),
