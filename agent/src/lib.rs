@@ -39,93 +39,25 @@ pub struct AgentOptions {
     pub manage_machine: bool,
 }
 
-/// Runs the agent until PID 1 asks it to stop (SIGTERM).
+/// Runs the agent until PID 1 asks it to stop (SIGTERM). Start-up is this list of
+/// phases, in order; a phase that runs only on a managed machine says so here.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let identity = system::Identity::read();
     info!(slot = %identity.slot, version = %identity.os_version, "keelsond starting");
 
     record_boot(&options, &identity);
     let environment = keelson_provision::machine_config::Environment::node(&options.state_dir);
-    let configured = if options.manage_machine {
-        if let Err(error) = keelson_net::node::loopback_up().await {
-            warn!("network: {error:#}");
-        }
-        keelson_provision::machine_config::configure(&environment).await
-    } else {
-        keelson_provision::machine_config::Configured {
-            report: keelson_provision::machine_config::ConfigReport::unmanaged(),
-            in_force: None,
-            api: None,
-            maintenance_network: Vec::new(),
-        }
-    };
-    for line in &configured.report.applied {
-        info!("config: {line}");
-    }
-    keelson_provision::machine_config::announce(&configured.report);
-    let security = api_security(&configured)?;
+    let configured = acquire_config(&options, &environment).await;
     let update_policy = configured
         .in_force
         .as_ref()
         .and_then(|config| config.update.clone());
-    let health_timeout = keelson_updater::UpdateEngine::health_timeout(update_policy.as_ref());
-    let engine = Arc::new(match (options.manage_machine, identity.slot_letter()) {
-        (true, Some(slot)) => keelson_updater::UpdateEngine::for_node(
-            &options.state_dir,
-            slot,
-            identity.os_version.clone(),
-        ),
-        (true, None) => {
-            keelson_updater::UpdateEngine::unavailable("the kernel command line names no slot")
-        }
-        (false, _) => {
-            keelson_updater::UpdateEngine::unavailable("the agent does not manage this machine")
-        }
-    });
-    let report = Arc::new(RwLock::new(configured.report));
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!("cannot listen on {} for the API: {error}", options.listen)
-        })?;
-    let context = Arc::new(api::ApiContext {
-        state_dir: options.state_dir.clone(),
-        environment,
-        report: report.clone(),
-        in_force: tokio::sync::Mutex::new(configured.in_force),
-        security,
-        manage_machine: options.manage_machine,
-        listen: listener.local_addr()?,
-        kmsg: PathBuf::from("/dev/kmsg"),
-        files_root: PathBuf::from("/"),
-        update: engine.clone(),
-    });
-    let served = tokio::spawn(api::serve(listener, context.clone()));
+    let engine = Arc::new(update_engine(&options, &identity));
+    let (served, context) = serve_api(&options, environment, configured, engine.clone()).await?;
     if options.manage_machine {
-        // Reconcile the slots, then bless the running slot once it proves healthy (or
-        // roll it back when it does not in time).
-        let on_trial = tokio::task::spawn_blocking({
-            let engine = engine.clone();
-            move || engine.on_boot()
-        })
-        .await
-        .unwrap_or(false);
-        tokio::spawn(settle_updates(
-            engine.clone(),
-            on_trial.then(|| (report.clone(), context.listen, health_timeout)),
-            update_policy,
-        ));
+        start_health_gate(&context, engine, &update_policy).await;
     }
-
-    // The console line first, drained, then PID 1: PID 1 logs "keelsond is ready" to the
-    // kernel log, and the kernel writes that straight to the serial port, past whatever of
-    // our line is still queued in the tty. Reversed, the two lines can interleave.
-    match context.security.mode() {
-        ApiMode::MutualTls => announce_ready(&report),
-        ApiMode::Maintenance => context.security.announce_maintenance(),
-    }
-    keelson_log::drain_console();
-    notify_pid1(&identity, &report, context.security.mode());
+    announce(&identity, &context);
     let watchdog = tokio::spawn(feed_watchdog());
     let outcome = tokio::select! {
         result = served => result.map_err(anyhow::Error::from).and_then(|served| served),
@@ -136,6 +68,115 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     };
     watchdog.abort();
     outcome
+}
+
+/// Phase: bring loopback up and acquire and apply the machine config (or enter
+/// maintenance mode). An agent that does not manage its machine leaves it alone.
+async fn acquire_config(
+    options: &AgentOptions,
+    environment: &keelson_provision::machine_config::Environment,
+) -> keelson_provision::machine_config::Configured {
+    use keelson_provision::machine_config::{self, ConfigReport, Configured};
+    let configured = if options.manage_machine {
+        if let Err(error) = keelson_net::node::loopback_up().await {
+            warn!("network: {error:#}");
+        }
+        machine_config::configure(environment).await
+    } else {
+        Configured {
+            report: ConfigReport::unmanaged(),
+            in_force: None,
+            api: None,
+            maintenance_network: Vec::new(),
+        }
+    };
+    for line in &configured.report.applied {
+        info!("config: {line}");
+    }
+    machine_config::announce(&configured.report);
+    configured
+}
+
+/// Phase: the update engine for the running slot, or one that says why there is none.
+fn update_engine(
+    options: &AgentOptions,
+    identity: &system::Identity,
+) -> keelson_updater::UpdateEngine {
+    use keelson_updater::UpdateEngine;
+    match (options.manage_machine, identity.slot_letter()) {
+        (true, Some(slot)) => {
+            UpdateEngine::for_node(&options.state_dir, slot, identity.os_version.clone())
+        }
+        (true, None) => UpdateEngine::unavailable("the kernel command line names no slot"),
+        (false, _) => UpdateEngine::unavailable("the agent does not manage this machine"),
+    }
+}
+
+/// Phase: listen on the API port and serve, with mutual TLS or in maintenance mode.
+async fn serve_api(
+    options: &AgentOptions,
+    environment: keelson_provision::machine_config::Environment,
+    configured: keelson_provision::machine_config::Configured,
+    engine: Arc<keelson_updater::UpdateEngine>,
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    Arc<api::ApiContext>,
+)> {
+    let security = api_security(&configured)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("cannot listen on {} for the API: {error}", options.listen)
+        })?;
+    let context = Arc::new(api::ApiContext {
+        state_dir: options.state_dir.clone(),
+        environment,
+        report: Arc::new(RwLock::new(configured.report)),
+        in_force: tokio::sync::Mutex::new(configured.in_force),
+        security,
+        manage_machine: options.manage_machine,
+        listen: listener.local_addr()?,
+        kmsg: PathBuf::from("/dev/kmsg"),
+        files_root: PathBuf::from("/"),
+        update: engine,
+    });
+    let served = tokio::spawn(api::serve(listener, context.clone()));
+    Ok((served, context))
+}
+
+/// Phase (managed machines): reconcile the slots, then bless the running slot once it
+/// proves healthy, or roll it back when it does not in time.
+async fn start_health_gate(
+    context: &Arc<api::ApiContext>,
+    engine: Arc<keelson_updater::UpdateEngine>,
+    policy: &Option<keelson_config::model::UpdatePolicy>,
+) {
+    let on_trial = tokio::task::spawn_blocking({
+        let engine = engine.clone();
+        move || engine.on_boot()
+    })
+    .await
+    .unwrap_or(false);
+    let timeout = keelson_updater::UpdateEngine::health_timeout(policy.as_ref());
+    tokio::spawn(settle_updates(
+        engine,
+        on_trial.then(|| (context.report.clone(), context.listen, timeout)),
+        policy.clone(),
+    ));
+}
+
+/// Phase: the console's ready (or maintenance) line, then PID 1's READY=1.
+///
+/// The console line first, drained, then PID 1: PID 1 logs "keelsond is ready" to the
+/// kernel log, and the kernel writes that straight to the serial port, past whatever of
+/// our line is still queued in the tty. Reversed, the two lines can interleave.
+fn announce(identity: &system::Identity, context: &api::ApiContext) {
+    match context.security.mode() {
+        ApiMode::MutualTls => announce_ready(&context.report),
+        ApiMode::Maintenance => context.security.announce_maintenance(),
+    }
+    keelson_log::drain_console();
+    notify_pid1(identity, &context.report, context.security.mode());
 }
 
 /// Mutual TLS when a config with API certificates is in force; maintenance mode
