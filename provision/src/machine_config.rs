@@ -23,7 +23,7 @@ use keelson_config::acquire::{choose, Probe, SavedMeta, SourceKind};
 use keelson_config::change::{decide_apply, ApplyPlan};
 use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
-use keelson_config::{Diagnostic, MachineConfig, NoCloudSeed, Rejected};
+use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
 
 use keelson_linux::clock::unix_now;
 use keelson_net::node as network;
@@ -237,13 +237,54 @@ fn look(environment: &Environment) -> Found {
     found
 }
 
-/// Acquires, validates and applies the config. Never fails: problems end in maintenance
-/// mode, described by the report.
+/// Acquires, validates and applies the config, as phases: probe the sources and choose
+/// one; read, translate and validate it (`read_source`, then the API certificates); then
+/// put it in force (`put_in_force`) or enter maintenance mode (`without_config`,
+/// `rejected_config`). Never fails: problems end in maintenance mode, described by the
+/// report.
 pub async fn configure(environment: &Environment) -> Configured {
     let found = look(environment);
     let source = choose(&found.probe());
     let mut report = ConfigReport::new(source);
-    let mut network_up: Vec<tokio::task::AbortHandle> = Vec::new();
+    if matches!(source, SourceKind::None | SourceKind::Api) {
+        return without_config(report).await;
+    }
+    let (loaded, network_up) = read_source(environment, &found, source, &mut report).await;
+    let loaded =
+        loaded.and_then(|loaded| keelson_api::tls::check_config_pki(&report.location, loaded));
+    match loaded {
+        Ok(loaded) => {
+            for task in network_up {
+                task.abort();
+            }
+            put_in_force(environment, source, loaded, report).await
+        }
+        Err(rejected) => rejected_config(report, rejected, network_up).await,
+    }
+}
+
+/// Phase: nothing to configure from. Maintenance mode with DHCP, so the API is reachable.
+async fn without_config(mut report: ConfigReport) -> Configured {
+    report.location = "none".into();
+    report.maintenance = Some("no-config".into());
+    let maintenance_network = bring_up_default(&mut report).await;
+    Configured {
+        report,
+        in_force: None,
+        api: None,
+        maintenance_network,
+    }
+}
+
+/// Phase: read the chosen source and translate and validate it. A URL needs the network
+/// first (DHCP on the first interface); the tasks that keep it up are returned.
+async fn read_source(
+    environment: &Environment,
+    found: &Found,
+    source: SourceKind,
+    report: &mut ConfigReport,
+) -> (Result<Loaded, Rejected>, Vec<tokio::task::AbortHandle>) {
+    let mut network_up = Vec::new();
     let loaded = match source {
         SourceKind::Saved => {
             let (bytes, meta) = found.saved.clone().unwrap_or((Ok(Vec::new()), None));
@@ -279,54 +320,54 @@ pub async fn configure(environment: &Environment) -> Configured {
         SourceKind::Url => {
             let url = found.url.clone().unwrap_or_default();
             report.location = format!("url {url}");
-            // The URL needs the network first: DHCP on the first interface.
-            network_up = bring_up_default(&mut report).await;
+            network_up = bring_up_default(report).await;
             match fetch::get(&url, FETCH_TIMEOUT, bounded::MAX_SOURCE_BYTES).await {
                 Ok(bytes) => keelson_config::load(&report.location, &bytes),
                 Err(reason) => Err(unreadable(&report.location, reason)),
             }
         }
-        SourceKind::None | SourceKind::Api => {
-            report.location = "none".into();
-            report.maintenance = Some("no-config".into());
-            let maintenance_network = bring_up_default(&mut report).await;
-            return Configured {
-                report,
-                in_force: None,
-                api: None,
-                maintenance_network,
-            };
-        }
+        // `configure` takes these to `without_config` before reading anything.
+        SourceKind::None | SourceKind::Api => Err(unreadable("none", "no config source".into())),
     };
-    let loaded =
-        loaded.and_then(|loaded| keelson_api::tls::check_config_pki(&report.location, loaded));
-    let loaded = match loaded {
-        Ok(loaded) => loaded,
-        Err(rejected) => {
-            report.warnings = rejected
-                .diagnostics
-                .iter()
-                .filter(|d| !d.is_error())
-                .cloned()
-                .collect();
-            report.errors = rejected.errors().cloned().collect();
-            report.maintenance = Some("invalid-config".into());
-            if network_up.is_empty() {
-                network_up = bring_up_default(&mut report).await;
-            }
-            return Configured {
-                report,
-                in_force: None,
-                api: None,
-                maintenance_network: network_up,
-            };
-        }
-    };
+    (loaded, network_up)
+}
+
+/// Phase: the config was refused. Maintenance mode with every error and warning, and DHCP
+/// (unless a URL source brought it up already).
+async fn rejected_config(
+    mut report: ConfigReport,
+    rejected: Rejected,
+    mut network_up: Vec<tokio::task::AbortHandle>,
+) -> Configured {
+    report.warnings = rejected
+        .diagnostics
+        .iter()
+        .filter(|d| !d.is_error())
+        .cloned()
+        .collect();
+    report.errors = rejected.errors().cloned().collect();
+    report.maintenance = Some("invalid-config".into());
+    if network_up.is_empty() {
+        network_up = bring_up_default(&mut report).await;
+    }
+    Configured {
+        report,
+        in_force: None,
+        api: None,
+        maintenance_network: network_up,
+    }
+}
+
+/// Phase: apply the valid config (see [`apply`]) and save it, or enter maintenance mode
+/// saying what stayed applied.
+async fn put_in_force(
+    environment: &Environment,
+    source: SourceKind,
+    loaded: Loaded,
+    mut report: ConfigReport,
+) -> Configured {
     report.format = loaded.format.to_string();
     report.warnings = loaded.warnings.clone();
-    for task in network_up {
-        task.abort();
-    }
     match apply(environment, &loaded.plan, Steps::All, &mut report).await {
         Ok(fetched) => {
             let config = with_fetched_inline(&loaded.config, &fetched);

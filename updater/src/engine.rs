@@ -525,9 +525,21 @@ impl UpdateEngine {
             ),
             Err(error) => {
                 warn!("update to {version} failed: {error}");
-                // Forget the partial write (WriteFailed): without its record the slot reads
-                // as empty again, and it never had an entry, so the default is unchanged.
+                // The machine takes WriteFailed (a slot being written goes back to Empty, its
+                // invariants checked), then the record drops the pending write to match:
+                // the slot reads as empty again, and it never had an entry, so the default
+                // is unchanged.
                 self.clear_trial();
+                let stepped = esp.with_mounted(|tree| {
+                    let slots = self.read_slots(tree)?;
+                    self.step(tree, &slots, Event::WriteFailed(target), None)?;
+                    Ok(())
+                });
+                if let Err(step_error) = stepped {
+                    // Refused (the write never began, or it had finished) or the ESP cannot
+                    // be read: either way no pending write may stay in the record.
+                    info!("update: the slot machine did not take WriteFailed: {step_error}");
+                }
                 let mut record = self.record();
                 record.pending = None;
                 let _ = self.save(&record);
