@@ -204,7 +204,10 @@ mod tests {
     #[test]
     fn matches_veritysetup() {
         let Ok(output) = Command::new("veritysetup").arg("--version").output() else {
-            eprintln!("SKIPPED: veritysetup is not installed (apt-get install cryptsetup-bin)");
+            keelson_testkit::skip(
+                "matches_veritysetup",
+                "veritysetup is not installed (apt-get install cryptsetup-bin)",
+            );
             return;
         };
         assert!(output.status.success());

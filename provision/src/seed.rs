@@ -233,7 +233,10 @@ mod tests {
         match made {
             Ok(output) if output.status.success() => {}
             _ => {
-                eprintln!("SKIPPED: mkfs.vfat is not installed (dosfstools)");
+                keelson_testkit::skip(
+                    "a_real_mkfs_vfat_label_is_read",
+                    "mkfs.vfat is not installed (dosfstools)",
+                );
                 return;
             }
         }
