@@ -10,8 +10,15 @@
 //!   `/var`; `/etc/hostname` becomes the hostname.
 //! - `passwd.users`, `passwd.groups`, `systemd.units`: warnings (no accounts, no shell, no
 //!   systemd), pointing to the API.
-//! - `storage.disks`, `raid`, `filesystems`, `luks`, `kernelArguments`, `ignition.config`,
-//!   `ignition.security`, `ignition.proxy`, `ignition.timeouts`: warnings, not applied.
+//! - `ignition.security.tls.certificateAuthorities`: trusted for `https://` fetches (the
+//!   native `certificateAuthorities`).
+//! - `ignition.config.replace` and `.merge`: followed by [`resolve`] before translation (the
+//!   node fetches them at boot); met here, unresolved (as `keelctl validate` reads a file
+//!   offline), they are a warning that says so.
+//! - `storage.disks`, `raid`, `filesystems`, `luks`, `kernelArguments`, `ignition.proxy`,
+//!   `ignition.timeouts`: warnings, not applied.
+
+pub mod resolve;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,9 +42,22 @@ struct View {
 #[serde(default)]
 struct IgnitionSection {
     config: Option<Value>,
-    security: Option<Value>,
+    security: Option<Security>,
     proxy: Option<Value>,
     timeouts: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Security {
+    tls: Option<Tls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Tls {
+    #[serde(rename = "certificateAuthorities")]
+    certificate_authorities: Option<Vec<IgnContents>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +187,7 @@ pub fn translate(bytes: &[u8], findings: &mut Findings) -> Option<(MachineConfig
         findings,
     };
     translation.unsupported(&view);
+    translation.pointers(&view.ignition);
     if let Some(storage) = &view.storage {
         for (index, file) in storage.files.iter().flatten().enumerate() {
             translation.file(index, file);
@@ -276,17 +297,6 @@ impl Translation<'_> {
         let section = &view.ignition;
         for (value, field, why) in [
             (
-                &section.config,
-                "ignition.config",
-                "merged and replacement configs are not fetched; hand the node one \
-                 complete config",
-            ),
-            (
-                &section.security,
-                "ignition.security",
-                "custom TLS authorities are not used: Keelson fetches http:// sources only",
-            ),
-            (
                 &section.proxy,
                 "ignition.proxy",
                 "proxies are not used for fetching file sources",
@@ -346,6 +356,54 @@ impl Translation<'_> {
                         unit.name
                     ),
                 );
+            }
+        }
+    }
+
+    /// Authorities given inline become trusted; pointers still unresolved (a document read
+    /// offline) are named, since the node fetches them at boot and this check cannot.
+    fn pointers(&mut self, section: &IgnitionSection) {
+        if section.config.as_ref().is_some_and(is_set) {
+            self.findings.warning(
+                "ignition.config",
+                "names configs to replace or merge this one: the node fetches and verifies \
+                 them at boot; only this document was checked here",
+            );
+        }
+        let authorities = section
+            .security
+            .as_ref()
+            .and_then(|security| security.tls.as_ref())
+            .and_then(|tls| tls.certificate_authorities.as_ref());
+        for (index, authority) in authorities.into_iter().flatten().enumerate() {
+            let field = format!("ignition.security.tls.certificateAuthorities[{index}]");
+            let source = authority.source.as_deref().unwrap_or_default();
+            if !source.starts_with("data:") {
+                self.findings.warning(
+                    format!("{field}.source"),
+                    "fetched by the node at boot; only this document was checked here",
+                );
+                continue;
+            }
+            let decoded =
+                decode_data_url(source).and_then(|raw| match authority.compression.as_deref() {
+                    Some("gzip") => gunzip(&raw),
+                    _ => Ok(raw),
+                });
+            match decoded {
+                Ok(pem) => {
+                    self.origins.record(
+                        format!(
+                            "certificateAuthorities[{}]",
+                            self.config.certificate_authorities.len()
+                        ),
+                        field,
+                    );
+                    self.config
+                        .certificate_authorities
+                        .push(String::from_utf8_lossy(&pem).into_owned());
+                }
+                Err(reason) => self.findings.error(format!("{field}.source"), reason),
             }
         }
     }

@@ -57,6 +57,12 @@ pub struct MachineConfig {
     /// The PKI of the node's mutual-TLS API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiPki>,
+    /// Extra certificate authorities (PEM, one or more certificates each) that the node
+    /// trusts beside the root's CA bundle whenever it fetches over `https://`: file
+    /// sources, a config URL and, with the container runtime, image registries. Ignition's
+    /// `ignition.security.tls.certificateAuthorities` land here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_authorities: Vec<String>,
 }
 
 impl MachineConfig {
@@ -75,6 +81,7 @@ impl MachineConfig {
             update: None,
             static_pods: Vec::new(),
             api: None,
+            certificate_authorities: Vec::new(),
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Plan {
     pub links: Vec<LinkPlan>,
     /// The API's mutual-TLS material; `None` leaves the API in maintenance mode.
     pub api: Option<model::ApiPki>,
+    /// Certificate authorities (PEM) trusted beside the root's bundle for `https://`
+    /// fetches.
+    pub trusted_authorities: Vec<String>,
 }
 
 /// Node networking in typed form.
@@ -132,9 +135,9 @@ pub struct RoutePlan {
 pub enum Contents {
     /// Known now (text, base64 or a `data:` URL, already decoded and verified).
     Inline(Vec<u8>),
-    /// Fetched over HTTP once the network is up, then verified and decompressed.
+    /// Fetched over HTTP(S) once the network is up, then verified and decompressed.
     Fetch {
-        /// `http://` URL.
+        /// `http://` or `https://` URL.
         url: String,
         /// Expected digest of the fetched bytes.
         hash: Option<ContentHash>,
@@ -455,6 +458,14 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
             &["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"],
         );
     }
+    for (index, authority) in config.certificate_authorities.iter().enumerate() {
+        check_pem(
+            &mut check,
+            &format!("certificateAuthorities[{index}]"),
+            authority,
+            &["CERTIFICATE"],
+        );
+    }
     if check.failed {
         return None;
     }
@@ -465,6 +476,7 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         files,
         links,
         api,
+        trusted_authorities: config.certificate_authorities.clone(),
     })
 }
 
@@ -920,7 +932,8 @@ fn check_file(check: &mut Checker<'_>, field: &str, file: &model::File) -> Optio
     })
 }
 
-/// Resolves a file source: `data:` URLs now (verified and decompressed), `http://` later.
+/// Resolves a file source: `data:` URLs now (verified and decompressed), `http://` and
+/// `https://` later (https trusts the root's CA bundle and `certificateAuthorities`).
 fn source_contents(
     source: &str,
     hash: Option<ContentHash>,
@@ -934,7 +947,10 @@ fn source_contents(
         let bytes = if gzip { gunzip(&raw)? } else { raw };
         return Ok(Contents::Inline(bytes));
     }
-    if let Some(rest) = source.strip_prefix("http://") {
+    let rest = source
+        .strip_prefix("http://")
+        .or_else(|| source.strip_prefix("https://"));
+    if let Some(rest) = rest {
         if rest.is_empty() || rest.starts_with('/') {
             return Err(format!("{source:?} has no host"));
         }
@@ -946,7 +962,7 @@ fn source_contents(
     }
     let scheme = source.split_once(':').map_or(source, |(scheme, _)| scheme);
     Err(format!(
-        "the {scheme:?} scheme is not supported; use data: or http:// (https, s3, gs and \
+        "the {scheme:?} scheme is not supported; use data:, http:// or https:// (s3, gs and \
          tftp sources are not fetched by Keelson: inline the contents instead)"
     ))
 }

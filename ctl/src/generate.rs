@@ -345,6 +345,54 @@ pub fn gen_client(request: &GenClient, now: OffsetDateTime) -> anyhow::Result<Pa
     Ok(written.into_iter().next().unwrap_or_default())
 }
 
+/// `keelctl gen config|client`.
+pub fn run(command: &crate::cli::GenCommand) -> anyhow::Result<bool> {
+    let now = time::OffsetDateTime::now_utc();
+    match command {
+        crate::cli::GenCommand::Config(arguments) => {
+            let written = gen_config(
+                &GenConfig {
+                    cluster: arguments.cluster.clone(),
+                    out: arguments.out.clone(),
+                    endpoints: arguments.endpoints.clone(),
+                    force: arguments.force,
+                    format: arguments.format,
+                },
+                now,
+            )?;
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "next: boot nodes with {} (e.g. keelson-qemu --config), then \
+                 export KEELCONFIG={} and run keelctl status",
+                arguments.out.join(arguments.format.file_name()).display(),
+                arguments.out.join(KEELCTL_CONFIG).display()
+            );
+        }
+        crate::cli::GenCommand::Client(arguments) => {
+            let written = gen_client(
+                &GenClient {
+                    pki: arguments.pki.clone(),
+                    name: arguments.name.clone(),
+                    role: arguments.role,
+                    days: arguments.days,
+                    out: arguments.out.clone(),
+                    force: arguments.force,
+                },
+                now,
+            )?;
+            println!(
+                "wrote {} ({} {})",
+                written.display(),
+                arguments.role,
+                arguments.name
+            );
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,9 @@ use keelson_api::update::{
 };
 
 use crate::cli::{CheckArgs, UpgradeArgs, WaitArgs};
+use crate::machine::current_boot;
 use crate::output::{self, Table};
-use crate::{current_boot, describe_status, report, Answers, Session};
+use crate::session::{describe_status, report, Answers, Session};
 
 const CHUNK_BYTES: usize = 1 << 20;
 

@@ -233,104 +233,56 @@ impl Steps {
     }
 }
 
-/// Builds the image described by `options`.
+/// Builds the image described by `options`, as a list of phases (each printed as a
+/// numbered step with its time): check the host and read the keys; the static binaries;
+/// the Debian packages (kernel, systemd-boot, CA certificates); the kernel modules each
+/// stage needs; the initramfs; the root filesystem; its dm-verity tree; the ESP and STATE;
+/// the GPT disk; and, when a signing key is given, the update bundle.
 pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
     let mut steps = Steps::new(if options.signing_key.is_some() { 10 } else { 9 });
     steps.next("checking host tools");
     host::check_tools()?;
-    let signing_key = options
-        .signing_key
-        .as_deref()
-        .map(read_signing_key)
-        .transpose()?;
-    let mut trusted = Vec::new();
-    if let Some(key) = &signing_key {
-        trusted.push(key.public());
-    }
-    for path in &options.trusted_keys {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the public key {}", path.display()))?;
-        trusted.push(PublicKey::parse(&text).with_context(|| format!("in {}", path.display()))?);
-    }
+    let keys = read_keys(options)?;
     let out = &options.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let work = tempfile::Builder::new()
         .prefix(".keelson-build-")
         .tempdir_in(out)?;
+    let work = work.path();
 
     steps.next("building static keelson-init and keelsond");
-    let binaries = binaries_dir(options)?;
-    let init_binary =
-        std::fs::read(binaries.join("keelson-init")).context("reading keelson-init")?;
-    let agent_binary = std::fs::read(binaries.join("keelsond")).context("reading keelsond")?;
-    ensure_static("keelson-init", &init_binary)?;
-    ensure_static("keelsond", &agent_binary)?;
+    let binaries = read_binaries(options)?;
 
     steps.next("fetching the kernel, systemd-boot and CA certificates (Debian packages, cached)");
-    let packages = PackageCache::new(options.cache_dir.clone());
-    let kernel = fetch_kernel(&packages)?;
-    let (boot_loader_tree, boot_loader_version) = packages.unpack(BOOT_LOADER_PACKAGE)?;
-    let (ca_tree, _) = packages.unpack(CA_PACKAGE)?;
+    let packages = fetch_packages(options)?;
 
     steps.next("choosing kernel modules");
-    let modules = KernelModules::scan(&kernel.modules_root)?;
-    let (initrd_modules, _) = modules.closure(INITRAMFS_MODULES)?;
-    let all_wanted: Vec<&str> = INITRAMFS_MODULES
-        .iter()
-        .chain(ROOT_MODULES)
-        .copied()
-        .collect();
-    let (root_modules, _) = modules.closure(&all_wanted)?;
+    let modules = choose_modules(&packages.kernel)?;
 
     steps.next("writing the initramfs");
-    let initrd = work.path().join("initrd");
+    let initrd = work.join("initrd");
     write_initramfs(
         &initrd,
-        &[("init", 0o755, &init_binary)],
-        &kernel.release,
-        &modules,
-        &initrd_modules,
+        &[("init", 0o755, &binaries.init)],
+        &packages.kernel.release,
+        &modules.all,
+        &modules.initrd,
     )?;
 
     steps.next("compressing the root filesystem (mksquashfs, zstd)");
-    let root_tree = work.path().join("root");
-    stage_root(
-        &root_tree,
+    let root_image = work.join("root.squashfs");
+    let root_bytes = make_root(
+        &root_image,
+        &work.join("root"),
         options,
-        &init_binary,
-        &agent_binary,
-        &kernel.release,
+        &binaries,
+        &packages,
         &modules,
-        &root_modules,
-        &ca_tree,
-        &trusted,
+        &keys.trusted,
     )?;
-    let root_image = work.path().join("root.squashfs");
-    run(Command::new("mksquashfs")
-        .arg(&root_tree)
-        .arg(&root_image)
-        .args([
-            "-comp",
-            "zstd",
-            "-Xcompression-level",
-            "19",
-            "-all-root",
-            "-noappend",
-            "-no-xattrs",
-            "-quiet",
-        ])
-        .args(["-mkfs-time", "0", "-all-time", "0", "-no-progress"]))?;
-    let root_bytes = std::fs::metadata(&root_image)?.len();
 
     steps.next("computing the dm-verity hash tree");
-    let salt = Sha256::digest(format!("keelson-verity:{}", options.version).as_bytes());
-    let (verity_params, verity_tree) = append_verity(&root_image, &salt)?;
-    let slot_content = std::fs::metadata(&root_image)?.len();
-    ensure!(
-        slot_content <= sizes::ROOT_SLOT,
-        "the root image with its hash tree is {slot_content} bytes, larger than a {} byte slot",
-        sizes::ROOT_SLOT
-    );
+    let (verity_params, verity_tree) = seal_root(&root_image, &options.version)?;
 
     steps.next("making the ESP (FAT32) and STATE (ext4)");
     let cmdline = format!(
@@ -338,59 +290,34 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
         keelson_contract::cmdline::boot_args(Slot::A, &verity_params)
     );
     let entry = EntryName::counted(1, Slot::A, boot_entry::DEFAULT_TRIES);
-    let esp_image = work.path().join("esp.img");
-    let systemd_boot = boot_loader_tree.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
+    let esp_image = work.join("esp.img");
     make_esp(
         &esp_image,
         sizes::ESP,
-        &systemd_boot,
+        &packages
+            .boot_loader_tree
+            .join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
         &[EspSlot {
             slot: Slot::A,
-            kernel: &kernel.vmlinuz,
+            kernel: &packages.kernel.vmlinuz,
             initrd: &initrd,
             entry_file: entry.file_name(),
             entry_text: boot_entry::entry_text(Slot::A, &options.version, &cmdline),
         }],
     )?;
-    let state_image = work.path().join("state.img");
+    let state_image = work.join("state.img");
     make_state(&state_image, sizes::STATE)?;
 
     steps.next("laying out the GPT disk");
     let image = out.join("keelson.raw");
-    let contents = [
-        (
-            layout::ESP_LABEL,
-            layout::ESP_TYPE,
-            sizes::ESP,
-            Some(esp_image.as_path()),
-        ),
-        (
-            layout::ROOT_A_LABEL,
-            layout::ROOT_X86_64_TYPE,
-            sizes::ROOT_SLOT,
-            Some(root_image.as_path()),
-        ),
-        (
-            layout::ROOT_B_LABEL,
-            layout::ROOT_X86_64_TYPE,
-            sizes::ROOT_SLOT,
-            None,
-        ),
-        (
-            layout::STATE_LABEL,
-            layout::LINUX_DATA_TYPE,
-            sizes::STATE,
-            Some(state_image.as_path()),
-        ),
-    ];
-    let partitions = write_disk(&image, &contents)?;
+    let partitions = lay_out_disk(&image, &esp_image, &root_image, &state_image)?;
 
-    let bundle = match &signing_key {
+    let bundle = match &keys.signing {
         Some(key) => {
             steps.next("signing the update bundle");
             let path = out.join(format!("keelson-{}.bundle", options.version));
             let artifacts = [
-                kernel.vmlinuz.as_path(),
+                packages.kernel.vmlinuz.as_path(),
                 initrd.as_path(),
                 root_image.as_path(),
             ];
@@ -402,12 +329,18 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
     steps.finish_current();
 
     let summary = BuildSummary {
-        image: image.clone(),
+        image,
         version: options.version.clone(),
-        kernel_release: kernel.release.clone(),
+        kernel_release: packages.kernel.release.clone(),
         packages: vec![
-            (kernel.package.clone(), kernel.version.clone()),
-            (BOOT_LOADER_PACKAGE.to_owned(), boot_loader_version),
+            (
+                packages.kernel.package.clone(),
+                packages.kernel.version.clone(),
+            ),
+            (
+                BOOT_LOADER_PACKAGE.to_owned(),
+                packages.boot_loader_version.clone(),
+            ),
         ],
         partitions,
         root_bytes,
@@ -417,17 +350,175 @@ pub fn build(options: &BuildOptions) -> anyhow::Result<BuildSummary> {
         cmdline,
         boot_entry: entry.file_name(),
         modules: (
-            initrd_modules.keys().cloned().collect(),
-            root_modules.keys().cloned().collect(),
+            modules.initrd.keys().cloned().collect(),
+            modules.root.keys().cloned().collect(),
         ),
         bundle,
-        trusted_keys: trusted.iter().map(|key| key.id().short()).collect(),
+        trusted_keys: keys.trusted.iter().map(|key| key.id().short()).collect(),
     };
     std::fs::write(
         out.join("build.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
     Ok(summary)
+}
+
+/// The update keys of a build: the one that signs its bundle, and every key its root
+/// trusts (the signing key's public half among them).
+struct BuildKeys {
+    signing: Option<SigningKey>,
+    trusted: Vec<PublicKey>,
+}
+
+fn read_keys(options: &BuildOptions) -> anyhow::Result<BuildKeys> {
+    let signing = options
+        .signing_key
+        .as_deref()
+        .map(read_signing_key)
+        .transpose()?;
+    let mut trusted = Vec::new();
+    if let Some(key) = &signing {
+        trusted.push(key.public());
+    }
+    for path in &options.trusted_keys {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the public key {}", path.display()))?;
+        trusted.push(PublicKey::parse(&text).with_context(|| format!("in {}", path.display()))?);
+    }
+    Ok(BuildKeys { signing, trusted })
+}
+
+/// PID 1 and the agent, statically linked.
+struct Binaries {
+    init: Vec<u8>,
+    agent: Vec<u8>,
+}
+
+fn read_binaries(options: &BuildOptions) -> anyhow::Result<Binaries> {
+    let directory = binaries_dir(options)?;
+    let init = std::fs::read(directory.join("keelson-init")).context("reading keelson-init")?;
+    let agent = std::fs::read(directory.join("keelsond")).context("reading keelsond")?;
+    ensure_static("keelson-init", &init)?;
+    ensure_static("keelsond", &agent)?;
+    Ok(Binaries { init, agent })
+}
+
+/// What the build takes from Debian's packages.
+struct Packages {
+    kernel: Kernel,
+    boot_loader_tree: PathBuf,
+    boot_loader_version: String,
+    ca_tree: PathBuf,
+}
+
+fn fetch_packages(options: &BuildOptions) -> anyhow::Result<Packages> {
+    let cache = PackageCache::new(options.cache_dir.clone());
+    let kernel = fetch_kernel(&cache)?;
+    let (boot_loader_tree, boot_loader_version) = cache.unpack(BOOT_LOADER_PACKAGE)?;
+    let (ca_tree, _) = cache.unpack(CA_PACKAGE)?;
+    Ok(Packages {
+        kernel,
+        boot_loader_tree,
+        boot_loader_version,
+        ca_tree,
+    })
+}
+
+/// The kernel's modules, and the closures each stage ships.
+struct Modules {
+    all: KernelModules,
+    initrd: kmod::ModuleSelection,
+    root: kmod::ModuleSelection,
+}
+
+fn choose_modules(kernel: &Kernel) -> anyhow::Result<Modules> {
+    let all = KernelModules::scan(&kernel.modules_root)?;
+    let (initrd, _) = all.closure(INITRAMFS_MODULES)?;
+    let wanted: Vec<&str> = INITRAMFS_MODULES
+        .iter()
+        .chain(ROOT_MODULES)
+        .copied()
+        .collect();
+    let (root, _) = all.closure(&wanted)?;
+    Ok(Modules { all, initrd, root })
+}
+
+/// Stages the root tree in `tree` and compresses it into `image`; returns its size.
+fn make_root(
+    image: &Path,
+    tree: &Path,
+    options: &BuildOptions,
+    binaries: &Binaries,
+    packages: &Packages,
+    modules: &Modules,
+    trusted: &[PublicKey],
+) -> anyhow::Result<u64> {
+    stage_root(tree, options, binaries, packages, modules, trusted)?;
+    run(Command::new("mksquashfs")
+        .arg(tree)
+        .arg(image)
+        .args([
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            "19",
+            "-all-root",
+            "-noappend",
+            "-no-xattrs",
+            "-quiet",
+        ])
+        .args(["-mkfs-time", "0", "-all-time", "0", "-no-progress"]))?;
+    Ok(std::fs::metadata(image)?.len())
+}
+
+/// Appends the dm-verity tree to the root image (salted by the version, so builds are
+/// reproducible) and checks that both fit a slot.
+fn seal_root(root_image: &Path, version: &str) -> anyhow::Result<(VerityParams, u64)> {
+    let salt = Sha256::digest(format!("keelson-verity:{version}").as_bytes());
+    let (params, tree_bytes) = append_verity(root_image, &salt)?;
+    let slot_content = std::fs::metadata(root_image)?.len();
+    ensure!(
+        slot_content <= sizes::ROOT_SLOT,
+        "the root image with its hash tree is {slot_content} bytes, larger than a {} byte slot",
+        sizes::ROOT_SLOT
+    );
+    Ok((params, tree_bytes))
+}
+
+/// The four partitions: the ESP, slot A with the root, an empty slot B, and STATE.
+fn lay_out_disk(
+    image: &Path,
+    esp_image: &Path,
+    root_image: &Path,
+    state_image: &Path,
+) -> anyhow::Result<Vec<PartitionSummary>> {
+    let contents = [
+        (
+            layout::ESP_LABEL,
+            layout::ESP_TYPE,
+            sizes::ESP,
+            Some(esp_image),
+        ),
+        (
+            layout::ROOT_A_LABEL,
+            layout::ROOT_X86_64_TYPE,
+            sizes::ROOT_SLOT,
+            Some(root_image),
+        ),
+        (
+            layout::ROOT_B_LABEL,
+            layout::ROOT_X86_64_TYPE,
+            sizes::ROOT_SLOT,
+            None,
+        ),
+        (
+            layout::STATE_LABEL,
+            layout::LINUX_DATA_TYPE,
+            sizes::STATE,
+            Some(state_image),
+        ),
+    ];
+    write_disk(image, &contents)
 }
 
 /// The directory with the static binaries: the one given, or a fresh cargo build.
@@ -591,14 +682,14 @@ fn write_initramfs(
 fn stage_root(
     root: &Path,
     options: &BuildOptions,
-    init_binary: &[u8],
-    agent_binary: &[u8],
-    release: &str,
-    modules: &KernelModules,
-    chosen: &kmod::ModuleSelection,
-    ca_tree: &Path,
+    binaries: &Binaries,
+    packages: &Packages,
+    modules: &Modules,
     trusted: &[PublicKey],
 ) -> anyhow::Result<()> {
+    let (init_binary, agent_binary) = (&binaries.init, &binaries.agent);
+    let (release, ca_tree) = (&packages.kernel.release, &packages.ca_tree);
+    let (chosen, modules) = (&modules.root, &modules.all);
     use std::os::unix::fs::{symlink, PermissionsExt};
     for directory in [
         "dev",

@@ -21,6 +21,7 @@ use std::time::Duration;
 use base64::Engine;
 use keelson_config::acquire::{choose, Probe, SavedMeta, SourceKind};
 use keelson_config::change::{decide_apply, ApplyPlan};
+use keelson_config::ignition::resolve;
 use keelson_config::model::ApiPki;
 use keelson_config::plan::{Contents, NetworkPlan, Plan};
 use keelson_config::{Diagnostic, Loaded, MachineConfig, NoCloudSeed, Rejected};
@@ -297,9 +298,12 @@ async fn read_source(
         SourceKind::FwCfg => {
             let (name, bytes) = found.fw_cfg.clone().unwrap_or(("", Ok(Vec::new())));
             report.location = format!("fw_cfg {name}");
-            bytes
-                .map_err(|reason| unreadable(&report.location, reason))
-                .and_then(|bytes| keelson_config::load(&report.location, &bytes))
+            match bytes.map_err(|reason| unreadable(&report.location, reason)) {
+                Ok(bytes) => resolve_pointers(bytes, &mut network_up, report)
+                    .await
+                    .and_then(|bytes| keelson_config::load(&report.location, &bytes)),
+                Err(rejected) => Err(rejected),
+            }
         }
         SourceKind::NoCloud if found.seed.is_none() => {
             let (device, error) = found.seed_error.clone().unwrap_or_default();
@@ -310,19 +314,35 @@ async fn read_source(
             let files = found.seed.clone().unwrap_or_default();
             report.location = format!("nocloud {}", files.device.display());
             report.instance_id = found.seed_instance.clone();
-            keelson_config::load_nocloud(&NoCloudSeed {
-                meta_data: files.meta_data.as_deref(),
-                user_data: files.user_data.as_deref(),
-                network_config: files.network_config.as_deref(),
+            let user_data = match files.user_data.clone() {
+                Some(bytes) => resolve_pointers(bytes, &mut network_up, report)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            };
+            user_data.and_then(|user_data| {
+                keelson_config::load_nocloud(&NoCloudSeed {
+                    meta_data: files.meta_data.as_deref(),
+                    user_data: user_data.as_deref(),
+                    network_config: files.network_config.as_deref(),
+                })
+                .map(|(loaded, _)| loaded)
             })
-            .map(|(loaded, _)| loaded)
         }
         SourceKind::Url => {
             let url = found.url.clone().unwrap_or_default();
             report.location = format!("url {url}");
             network_up = bring_up_default(report).await;
-            match fetch::get(&url, FETCH_TIMEOUT, bounded::MAX_SOURCE_BYTES).await {
-                Ok(bytes) => keelson_config::load(&report.location, &bytes),
+            let fetched = match fetch::Trust::system_and(&[]) {
+                Ok(trust) => {
+                    fetch::get(&url, FETCH_TIMEOUT, bounded::MAX_SOURCE_BYTES, &trust).await
+                }
+                Err(reason) => Err(reason),
+            };
+            match fetched {
+                Ok(bytes) => resolve_pointers(bytes, &mut network_up, report)
+                    .await
+                    .and_then(|bytes| keelson_config::load(&report.location, &bytes)),
                 Err(reason) => Err(unreadable(&report.location, reason)),
             }
         }
@@ -330,6 +350,43 @@ async fn read_source(
         SourceKind::None | SourceKind::Api => Err(unreadable("none", "no config source".into())),
     };
     (loaded, network_up)
+}
+
+/// Phase: an Ignition document that names configs to replace or merge it, or authorities
+/// by URL, is resolved into one self-contained document (see
+/// [`keelson_config::ignition::resolve`]). The network comes up first (DHCP on the first
+/// interface, as Ignition does in the initramfs) unless it is up already. Anything else
+/// passes through untouched.
+async fn resolve_pointers(
+    bytes: Vec<u8>,
+    network_up: &mut Vec<tokio::task::AbortHandle>,
+    report: &mut ConfigReport,
+) -> Result<Vec<u8>, Rejected> {
+    let is_ignition = keelson_config::detect(&bytes) == Ok(keelson_config::Format::Ignition);
+    if !is_ignition || !resolve::needs_fetching(&bytes) {
+        return Ok(bytes);
+    }
+    if network_up.is_empty() {
+        *network_up = bring_up_default(report).await;
+    }
+    let location = report.location.clone();
+    let resolved = tokio::task::spawn_blocking(move || {
+        resolve::resolve(&location, &bytes, &mut |request| {
+            let trust = fetch::Trust::system_and(&request.authorities)?;
+            fetch::get_blocking(
+                &request.url,
+                FETCH_TIMEOUT,
+                bounded::MAX_SOURCE_BYTES,
+                &trust,
+            )
+        })
+    })
+    .await
+    .map_err(|error| unreadable(&report.location, format!("the fetch task failed: {error}")))??;
+    for line in &resolved.fetched {
+        tracing::info!("{}: {line}", report.location);
+    }
+    Ok(resolved.document)
 }
 
 /// Phase: the config was refused. Maintenance mode with every error and warning, and DHCP
@@ -503,12 +560,21 @@ async fn fetch_remote_files(
 ) -> Result<(Vec<ResolvedFile<'_>>, Vec<(usize, Vec<u8>)>), String> {
     let mut fetched = Vec::new();
     let mut resolved = Vec::new();
+    let remote = plan
+        .files
+        .iter()
+        .any(|file| matches!(file.contents, Contents::Fetch { .. }));
+    let trust = if remote {
+        fetch::Trust::system_and(&plan.trusted_authorities)?
+    } else {
+        fetch::Trust::default()
+    };
     for (index, file) in plan.files.iter().enumerate() {
         let bytes = match &file.contents {
             Contents::Inline(bytes) => bytes.clone(),
             Contents::Fetch { url, hash, gzip } => {
                 let field = format!("files[{index}].source");
-                let raw = fetch::get(url, FETCH_TIMEOUT, fetch::MAX_BYTES)
+                let raw = fetch::get(url, FETCH_TIMEOUT, fetch::MAX_BYTES, &trust)
                     .await
                     .map_err(|reason| format!("{field}: {reason}"))?;
                 if let Some(hash) = hash {

@@ -1,13 +1,14 @@
 //! HTTP servers the end-to-end tests start on 127.0.0.1 for the guest to reach through
 //! QEMU's `guestfwd`: a static directory (an update channel), a download that stops at a
 //! chosen byte, and a FleetLock reboot coordinator with a one-slot semaphore the test can
-//! fill and empty.
+//! fill and empty. Any of them can speak HTTPS with a certificate from a private CA
+//! ([`TlsIdentity`]), for the node's `https://` fetches.
 //!
-//! Plain HTTP/1.1, one connection per request (`connection: close`), which is all the
-//! agent's client needs.
+//! HTTP/1.1, one connection per request (`connection: close`), which is all the agent's
+//! client needs.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -63,14 +64,34 @@ pub struct HttpServer {
 impl HttpServer {
     /// Serves `handler` on a free port of 127.0.0.1.
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> HttpServer {
+        HttpServer::listen(None, Arc::new(handler))
+    }
+
+    /// Serves `handler` over HTTPS (TLS 1.2 or 1.3) with `identity`'s certificate.
+    pub fn start_tls(
+        identity: &TlsIdentity,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> HttpServer {
+        HttpServer::listen(Some(identity.server_config()), Arc::new(handler))
+    }
+
+    fn listen(tls: Option<Arc<rustls::ServerConfig>>, handler: Arc<Handler>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("local address").port();
-        let handler: Arc<Handler> = Arc::new(handler);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let handler = handler.clone();
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_one(stream, &*handler);
+                    let _ = match tls {
+                        None => serve_one(stream, &*handler),
+                        Some(config) => match rustls::ServerConnection::new(config) {
+                            Ok(connection) => {
+                                serve_one(rustls::StreamOwned::new(connection, stream), &*handler)
+                            }
+                            Err(_) => Ok(()),
+                        },
+                    };
                 });
             }
         });
@@ -94,8 +115,8 @@ impl HttpServer {
     }
 }
 
-fn serve_one(stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+fn serve_one(mut stream: impl Read + Write, handler: &Handler) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&mut stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -118,13 +139,14 @@ fn serve_one(stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
         .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
+    // The request is read whole (one request per connection), so nothing buffered is lost.
+    drop(reader);
     let request = Request {
         method,
         path,
         headers,
         body,
     };
-    let mut stream = stream;
     match handler(&request) {
         Reply::Bytes(status, body) => {
             write!(
@@ -147,7 +169,7 @@ fn serve_one(stream: TcpStream, handler: &Handler) -> std::io::Result<()> {
 }
 
 /// A 200 announcing the whole of `path`, then at most `limit` bytes of it.
-fn send_file(stream: &mut TcpStream, path: &std::path::Path, limit: u64) -> std::io::Result<()> {
+fn send_file(stream: &mut impl Write, path: &std::path::Path, limit: u64) -> std::io::Result<()> {
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     write!(
@@ -165,6 +187,53 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         409 => "Conflict",
         _ => "Status",
+    }
+}
+
+/// A private certificate authority and a server certificate it signed, for HTTPS servers
+/// on the host that the node (or a host test) reaches at the given addresses.
+pub struct TlsIdentity {
+    /// The CA certificate (PEM): what a client must trust.
+    pub ca_pem: String,
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+}
+
+impl TlsIdentity {
+    /// A fresh CA and a server certificate for `addresses` (IP subject alternative names).
+    pub fn new(addresses: &[IpAddr]) -> TlsIdentity {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "keelson test CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("self-signed CA");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("server");
+        params.subject_alt_names = addresses
+            .iter()
+            .map(|address| rcgen::SanType::IpAddress(*address))
+            .collect();
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        TlsIdentity {
+            ca_pem: ca.pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        }
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert_der.clone().into()], key)
+            .expect("server certificate and key");
+        Arc::new(config)
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use keelson_api::machine::StatusResponse;
 use keelson_qemu::{MAINTENANCE_PATTERN, READY_PATTERN};
+use keelson_tests::http::{HttpServer, Reply, TlsIdentity};
 use keelson_tests::{
     fixture, maintenance_credentials, ExportedState, TestCluster, TestNode, BOOT_TIMEOUT,
 };
@@ -344,4 +345,154 @@ fn an_invalid_cloud_config_seed_enters_maintenance_mode() {
         "nocloud user-data",
         &["write_files[1].content"],
     );
+}
+
+/// The pointer config that clouds with small user-data limits and provisioning servers
+/// (Matchbox) hand out. The fw_cfg config only names a replacement on an HTTPS server whose
+/// private CA it carries inline, with the replacement's hash; the replacement merges a
+/// second config served over plain HTTP, whose file is fetched over HTTPS with the same CA.
+#[test]
+fn an_ignition_pointer_config_is_replaced_over_https_and_merged() {
+    const HTTPS_PORT: u16 = 8443;
+    const HTTP_PORT: u16 = 8080;
+    let guest = std::net::IpAddr::V4(keelson_qemu::GUEST_SERVICE_ADDRESS);
+    let identity = TlsIdentity::new(&[guest]);
+    let ca_inline = serde_json::json!([{ "source": data_url(identity.ca_pem.as_bytes()) }]);
+    let proof = b"fetched over https\n".to_vec();
+    let extra = serde_json::json!({
+        "ignition": { "version": "3.0.0" },
+        "storage": { "files": [{
+            "path": "/var/lib/pointer-proof",
+            "contents": {
+                "source": format!("https://{guest}:{HTTPS_PORT}/proof"),
+                "verification": { "hash": sha512(&proof) },
+            },
+        }] },
+    });
+    let mut files = vec![serde_json::json!({
+        "path": "/etc/hostname", "contents": { "source": "data:,pointed" }
+    })];
+    files.extend(keelson_ctl::generate::ignition_api_files(
+        &TestCluster::get().api,
+    ));
+    let replacement = serde_json::json!({
+        "ignition": {
+            "version": "3.4.0",
+            "config": { "merge": [{ "source": format!("http://{guest}:{HTTP_PORT}/extra.ign") }] },
+            "security": { "tls": { "certificateAuthorities": ca_inline } },
+        },
+        "storage": { "files": files },
+    })
+    .to_string()
+    .into_bytes();
+    let pointer = serde_json::json!({
+        "ignition": {
+            "version": "3.4.0",
+            "config": { "replace": {
+                "source": format!("https://{guest}:{HTTPS_PORT}/node.ign"),
+                "verification": { "hash": sha512(&replacement) },
+            } },
+            "security": { "tls": { "certificateAuthorities": ca_inline } },
+        },
+    });
+    let served = [("/node.ign", replacement), ("/proof", proof.clone())];
+    let secure = HttpServer::start_tls(&identity, move |request| {
+        match served.iter().find(|(path, _)| *path == request.path) {
+            Some((_, body)) => Reply::Bytes(200, body.clone()),
+            None => Reply::Bytes(404, b"not found".to_vec()),
+        }
+    });
+    let plain = HttpServer::start(move |request| match request.path.as_str() {
+        "/extra.ign" => Reply::Bytes(200, extra.to_string().into_bytes()),
+        _ => Reply::Bytes(404, b"not found".to_vec()),
+    });
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("pointer.ign");
+    std::fs::write(&path, pointer.to_string()).unwrap();
+
+    let (mut node, line) = TestNode::boot_with(|options| {
+        options.config = Some(path);
+        options.host_services = vec![(HTTPS_PORT, secure.port), (HTTP_PORT, plain.port)];
+    })
+    .unwrap();
+    assert_eq!(line.trim(), ready_line("pointed", "fw_cfg"));
+    let status = node.status().unwrap();
+    let config = status.config.clone().unwrap();
+    assert_eq!(config.format, "ignition");
+    assert!(!config.maintenance);
+    assert_eq!(warning_fields(&status), Vec::<String>::new());
+
+    node.power_off().unwrap();
+    let state = ExportedState::of(&mut node.vm).unwrap();
+    assert_eq!(
+        state.read("/lib/pointer-proof").unwrap().as_deref(),
+        Some(&proof[..])
+    );
+    // The saved config is self-contained: the next boot fetches nothing.
+    let saved = state
+        .read("/lib/keelson/config/machine.yaml")
+        .unwrap()
+        .unwrap();
+    let saved = String::from_utf8_lossy(&saved);
+    assert!(saved.contains("hostname: pointed"), "{saved}");
+    assert!(saved.contains("certificateAuthorities:"), "{saved}");
+    assert!(!saved.contains(&format!(":{HTTPS_PORT}/")), "{saved}");
+}
+
+/// A replacement whose hash does not match is not applied: the node names the field and
+/// both digests and waits in maintenance mode, with nothing of the pointer config applied.
+#[test]
+fn an_ignition_replacement_that_fails_its_hash_enters_maintenance_mode() {
+    const HTTP_PORT: u16 = 8080;
+    let guest = keelson_qemu::GUEST_SERVICE_ADDRESS;
+    let replacement = br#"{"ignition":{"version":"3.4.0"}}"#.to_vec();
+    let wrong = sha512(b"another document");
+    let server = HttpServer::start(move |request| match request.path.as_str() {
+        "/node.ign" => Reply::Bytes(200, replacement.clone()),
+        _ => Reply::Bytes(404, b"not found".to_vec()),
+    });
+    let pointer = serde_json::json!({
+        "ignition": { "version": "3.4.0", "config": { "replace": {
+            "source": format!("http://{guest}:{HTTP_PORT}/node.ign"),
+            "verification": { "hash": wrong },
+        } } },
+        "storage": { "files": [
+            { "path": "/var/lib/must-not-exist", "contents": { "source": "data:,no" } }
+        ] },
+    });
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("pointer.ign");
+    std::fs::write(&path, pointer.to_string()).unwrap();
+    let port = server.port;
+    let console = rejected(
+        move |options| {
+            options.config = Some(path);
+            options.host_services = vec![(HTTP_PORT, port)];
+        },
+        "fw_cfg opt/com.coreos/config",
+        &["ignition.config.replace"],
+    );
+    let expected = format!(
+        "ignition.config.replace: http://{guest}:{HTTP_PORT}/node.ign: digest mismatch: \
+         expected {}, got ",
+        wrong.trim_start_matches("sha512-")
+    );
+    assert!(
+        console.contains(&expected),
+        "{expected:?} not on the console:\n{console}"
+    );
+}
+
+fn sha512(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA512, bytes);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha512-{hex}")
+}
+
+fn data_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    format!(
+        "data:;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
