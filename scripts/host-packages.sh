@@ -10,6 +10,7 @@ keelson_packages=(
   socat                                  # guests reach test HTTP servers through guestfwd
   apt dpkg ca-certificates curl gcc libc6-dev pkg-config
   libclang-dev                           # bindgen, for the loopdev-3 crate (loop devices)
+  skopeo umoci busybox-static            # the tests build real OCI images and archives
 )
 
 ensure_host_packages() {

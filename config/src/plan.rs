@@ -149,6 +149,9 @@ pub enum Contents {
 /// A file to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilePlan {
+    /// Which entry of the config's `files` this is (the API credential files, taken out of
+    /// the plan, leave gaps: a plan's position is not the config's).
+    pub config_index: usize,
     /// Absolute path under `/etc` or `/var`.
     pub path: PathBuf,
     /// Its bytes.
@@ -408,7 +411,12 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         .files
         .iter()
         .enumerate()
-        .filter_map(|(index, file)| check_file(&mut check, &format!("files[{index}]"), file))
+        .filter_map(|(index, file)| {
+            check_file(&mut check, &format!("files[{index}]"), file).map(|plan| FilePlan {
+                config_index: index,
+                ..plan
+            })
+        })
         .collect();
     let api_from_files = take_api_files(&mut check, config, &mut files);
     let links = config
@@ -923,6 +931,7 @@ fn check_file(check: &mut Checker<'_>, field: &str, file: &model::File) -> Optio
         Contents::Inline(Vec::new())
     };
     Some(FilePlan {
+        config_index: 0,
         path: path?,
         contents,
         mode: mode?,

@@ -377,3 +377,29 @@ fn update_policies_are_checked_whole() {
         assert!(error.reason.contains(words), "{}", error.reason);
     }
 }
+
+/// The API credential files leave the plan, so a plan's position is not the config's: the
+/// agent once inlined a fetched file into the config entry of the CA certificate.
+#[test]
+fn a_plan_file_knows_its_place_in_the_config() {
+    let pem = |label: &str| {
+        format!(
+            "data:,-----BEGIN%20{label}-----%0ATUlJQg==%0A-----END%20{label}-----%0A",
+            label = label.replace(' ', "%20")
+        )
+    };
+    let document = serde_json::json!({
+        "ignition": { "version": "3.4.0" },
+        "storage": { "files": [
+            { "path": "/etc/keelson/api/ca.crt", "contents": { "source": pem("CERTIFICATE") } },
+            { "path": "/etc/keelson/api/node.crt", "contents": { "source": pem("CERTIFICATE") } },
+            { "path": "/etc/keelson/api/node.key", "contents": { "source": pem("PRIVATE KEY") } },
+            { "path": "/var/lib/fetched", "contents": { "source": "https://files.example/x" } },
+        ] },
+    });
+    let loaded = load("test", document.to_string().as_bytes()).unwrap();
+    assert!(loaded.plan.api.is_some());
+    assert_eq!(loaded.plan.files.len(), 1);
+    assert_eq!(loaded.plan.files[0].config_index, 3);
+    assert_eq!(loaded.config.files[3].path, "/var/lib/fetched");
+}

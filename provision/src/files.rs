@@ -169,6 +169,7 @@ mod tests {
 
     fn file(path: &str, append: bool) -> FilePlan {
         FilePlan {
+            config_index: 0,
             path: PathBuf::from(path),
             contents: Contents::Inline(Vec::new()),
             mode: 0o640,

@@ -569,11 +569,11 @@ async fn fetch_remote_files(
     } else {
         fetch::Trust::default()
     };
-    for (index, file) in plan.files.iter().enumerate() {
+    for file in &plan.files {
         let bytes = match &file.contents {
             Contents::Inline(bytes) => bytes.clone(),
             Contents::Fetch { url, hash, gzip } => {
-                let field = format!("files[{index}].source");
+                let field = format!("files[{}].source", file.config_index);
                 let raw = fetch::get(url, FETCH_TIMEOUT, fetch::MAX_BYTES, &trust)
                     .await
                     .map_err(|reason| format!("{field}: {reason}"))?;
@@ -587,7 +587,7 @@ async fn fetch_remote_files(
                 } else {
                     raw
                 };
-                fetched.push((index, bytes.clone()));
+                fetched.push((file.config_index, bytes.clone()));
                 bytes
             }
         };
