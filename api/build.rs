@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keelson/machine/v1/machine.proto",
         "proto/keelson/files/v1/files.proto",
         "proto/keelson/update/v1/update.proto",
+        "proto/keelson/images/v1/images.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

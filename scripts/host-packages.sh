@@ -11,6 +11,7 @@ keelson_packages=(
   apt dpkg ca-certificates curl gcc libc6-dev pkg-config
   libclang-dev                           # bindgen, for the loopdev-3 crate (loop devices)
   skopeo umoci busybox-static            # the tests build real OCI images and archives
+  docker-registry                        # a real registry the pull tests start on 127.0.0.1
 )
 
 ensure_host_packages() {
@@ -40,8 +41,18 @@ ensure_host_packages() {
     fi
     pinned+=("$package")
   done
+  # docker-registry's package script would start a registry on the host's port 5000; the
+  # tests start their own on 127.0.0.1, so no service may start during the install.
+  local blocker=/usr/sbin/policy-rc.d
+  local blocked=no
+  if [ ! -e "$blocker" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$blocker" && chmod +x "$blocker" && blocked=yes
+  fi
+  local status=0
   apt-get install -y -qq --no-install-recommends --allow-downgrades \
-    qemu-system-x86 "qemu-utils=${qemu_version}" "${pinned[@]}" >/dev/null
+    qemu-system-x86 "qemu-utils=${qemu_version}" "${pinned[@]}" >/dev/null || status=$?
+  if [ "$blocked" = yes ]; then rm -f "$blocker"; fi
+  return "$status"
 }
 
 ensure_rust() {

@@ -2,7 +2,7 @@
 //!
 //! PID 1 starts it and restarts it if it dies. Start-up reads as a list of steps
 //! ([`run`]): record this boot on STATE, bring loopback up, acquire and apply the machine
-//! config (or enter maintenance mode), serve the gRPC API on TCP 50000 (mutual TLS with the
+//! config (or enter maintenance mode), open the image store, serve the gRPC API on TCP 50000 (mutual TLS with the
 //! config's certificates, or maintenance mode with a self-signed certificate and a
 //! one-time token), tell PID 1 it is ready over sd_notify, print the console ready (or
 //! maintenance) lines, and keep the watchdog fed.
@@ -53,7 +53,9 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|config| config.update.clone());
     let engine = Arc::new(update_engine(&options, &identity));
-    let (served, context) = serve_api(&options, environment, configured, engine.clone()).await?;
+    let images = open_image_store(&options).await;
+    let (served, context) =
+        serve_api(&options, environment, configured, engine.clone(), images).await?;
     if options.manage_machine {
         start_health_gate(&context, engine, &update_policy).await;
     }
@@ -112,12 +114,33 @@ fn update_engine(
     }
 }
 
+/// Phase: open the image store on STATE (clearing what an interrupted operation left and
+/// collecting garbage); a store that cannot open is reported by the Images service.
+async fn open_image_store(options: &AgentOptions) -> api::images::SharedImageStore {
+    let root = options.state_dir.join("images");
+    let opened = tokio::task::spawn_blocking(move || keelson_images::ImageStore::open(&root))
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|opened| opened.map_err(|error| error.to_string()));
+    match opened {
+        Ok(store) => Ok(Arc::new(api::images::ImageStoreHandle {
+            store: Arc::new(store),
+            operations: tokio::sync::Mutex::new(()),
+        })),
+        Err(reason) => {
+            warn!("images: {reason}");
+            Err(reason)
+        }
+    }
+}
+
 /// Phase: listen on the API port and serve, with mutual TLS or in maintenance mode.
 async fn serve_api(
     options: &AgentOptions,
     environment: keelson_provision::machine_config::Environment,
     configured: keelson_provision::machine_config::Configured,
     engine: Arc<keelson_updater::UpdateEngine>,
+    images: api::images::SharedImageStore,
 ) -> anyhow::Result<(
     tokio::task::JoinHandle<anyhow::Result<()>>,
     Arc<api::ApiContext>,
@@ -139,6 +162,7 @@ async fn serve_api(
         kmsg: PathBuf::from("/dev/kmsg"),
         files_root: PathBuf::from("/"),
         update: engine,
+        images,
     });
     let served = tokio::spawn(api::serve(listener, context.clone()));
     Ok((served, context))

@@ -38,6 +38,12 @@ pub mod update {
     tonic::include_proto!("keelson.update.v1");
 }
 
+/// `keelson.images.v1`: the OCI image store.
+#[allow(missing_docs)] // generated code; the .proto files carry the documentation
+pub mod images {
+    tonic::include_proto!("keelson.images.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keelson_descriptors.bin"));
@@ -47,6 +53,7 @@ pub const PACKAGES: &[&str] = &[
     "keelson.machine.v1",
     "keelson.files.v1",
     "keelson.update.v1",
+    "keelson.images.v1",
 ];
 
 /// The TCP port the agent serves the API on.

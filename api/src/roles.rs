@@ -92,6 +92,10 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.update.v1.Update/Apply", Role::Operator),
     ("/keelson.update.v1.Update/Rollback", Role::Operator),
     ("/keelson.update.v1.Update/Cancel", Role::Operator),
+    ("/keelson.images.v1.Images/List", Role::Reader),
+    ("/keelson.images.v1.Images/Import", Role::Operator),
+    ("/keelson.images.v1.Images/Pull", Role::Operator),
+    ("/keelson.images.v1.Images/Remove", Role::Operator),
 ];
 
 /// The least role `method` (a gRPC path) needs; `None` for a method the API lacks.

@@ -78,7 +78,8 @@ pub fn decide_apply(mode: ApplyMode, needs_reboot: bool, dry_run: bool) -> Apply
 /// Shown in place of private keys.
 pub const REDACTED: &str = "(redacted)";
 
-/// The config as native YAML with private keys replaced by [`REDACTED`].
+/// The config as native YAML with private keys and registry passwords replaced by
+/// [`REDACTED`].
 pub fn redacted_yaml(config: &MachineConfig) -> String {
     let mut config = config.clone();
     if let Some(api) = &mut config.api {
@@ -86,6 +87,9 @@ pub fn redacted_yaml(config: &MachineConfig) -> String {
     }
     if let Some(cluster) = &mut config.cluster {
         cluster.secret = REDACTED.into();
+    }
+    for auth in config.registries.auth.values_mut() {
+        auth.password = REDACTED.into();
     }
     for file in &mut config.files {
         if file.path == crate::plan::API_KEY_FILE {

@@ -63,6 +63,9 @@ pub struct MachineConfig {
     /// `ignition.security.tls.certificateAuthorities` land here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate_authorities: Vec<String>,
+    /// Where and how the node pulls container images.
+    #[serde(default, skip_serializing_if = "Registries::is_empty")]
+    pub registries: Registries,
 }
 
 impl MachineConfig {
@@ -82,6 +85,7 @@ impl MachineConfig {
             static_pods: Vec::new(),
             api: None,
             certificate_authorities: Vec::new(),
+            registries: Registries::default(),
         }
     }
 }
@@ -388,6 +392,49 @@ pub struct StaticPod {
     /// Environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+}
+
+/// Image registries: mirrors, plain-HTTP registries and credentials, by registry host (as
+/// in an image name: `docker.io`, `ghcr.io`, `registry.local:5000`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Registries {
+    /// Mirrors per registry: their endpoints are tried in order before the registry itself;
+    /// one that fails or stalls moves the pull on to the next.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirrors: BTreeMap<String, RegistryMirror>,
+    /// Registries and mirrors (`host[:port]`) reached over plain HTTP. Nothing else ever is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure: Vec<String>,
+    /// Credentials per registry or mirror host (basic auth, and for registries that hand
+    /// out bearer tokens, the credentials the token service asks for).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub auth: BTreeMap<String, RegistryAuth>,
+}
+
+impl Registries {
+    /// True when nothing is configured.
+    pub fn is_empty(&self) -> bool {
+        self == &Registries::default()
+    }
+}
+
+/// A registry's mirrors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryMirror {
+    /// Base URLs, e.g. `https://mirror.example:5000`.
+    pub endpoints: Vec<String>,
+}
+
+/// Credentials for a registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
 }
 
 /// The node API's mutual-TLS material, PEM-encoded.

@@ -34,6 +34,8 @@ pub struct Plan {
     /// Certificate authorities (PEM) trusted beside the root's bundle for `https://`
     /// fetches.
     pub trusted_authorities: Vec<String>,
+    /// Image registries: mirrors, plain-HTTP hosts, credentials (checked).
+    pub registries: model::Registries,
 }
 
 /// Node networking in typed form.
@@ -443,6 +445,7 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         check_update(&mut check, update);
     }
     check_static_pods(&mut check, &config.static_pods);
+    check_registries(&mut check, &config.registries);
     let api = match (&config.api, api_from_files) {
         (Some(_), Some(_)) => {
             check.error(
@@ -485,6 +488,7 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         links,
         api,
         trusted_authorities: config.certificate_authorities.clone(),
+        registries: config.registries.clone(),
     })
 }
 
@@ -1135,6 +1139,70 @@ fn check_static_pods(check: &mut Checker<'_>, pods: &[model::StaticPod]) {
                     &format!("{field}.env.{name}"),
                     "an environment variable name holds letters, digits and '_' and does \
                      not start with a digit",
+                );
+            }
+        }
+    }
+}
+
+/// A registry host as image names carry it: a DNS name or IP address, with an optional
+/// port.
+fn check_registry_host(host: &str) -> Result<(), String> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, Some(port)),
+        _ => (host, None),
+    };
+    if let Some(port) = port {
+        port.parse::<u16>()
+            .map_err(|_| format!("{host:?}: the port {port:?} is not a number from 1 to 65535"))?;
+    }
+    if name.parse::<IpAddr>().is_ok() || check_hostname(name).is_ok() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a registry host (name or address, with an optional :port)"
+        ))
+    }
+}
+
+fn check_registries(check: &mut Checker<'_>, registries: &model::Registries) {
+    for (index, host) in registries.insecure.iter().enumerate() {
+        let checked = check_registry_host(host);
+        check.result(&format!("registries.insecure[{index}]"), checked);
+    }
+    for host in registries.auth.keys() {
+        let checked = check_registry_host(host);
+        check.result(&format!("registries.auth.{host}"), checked);
+    }
+    for (registry, mirror) in &registries.mirrors {
+        let field = format!("registries.mirrors.{registry}");
+        let checked = check_registry_host(registry);
+        check.result(&field, checked);
+        if mirror.endpoints.is_empty() {
+            check.error(&format!("{field}.endpoints"), "list at least one endpoint");
+        }
+        for (index, endpoint) in mirror.endpoints.iter().enumerate() {
+            let endpoint_field = format!("{field}.endpoints[{index}]");
+            let (scheme, rest) = match endpoint.split_once("://") {
+                Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+                _ => {
+                    check.error(
+                        &endpoint_field,
+                        format!("{endpoint:?} is not an http:// or https:// URL"),
+                    );
+                    continue;
+                }
+            };
+            let host = rest.split('/').next().unwrap_or_default();
+            if let Err(reason) = check_registry_host(host) {
+                check.error(&endpoint_field, reason);
+            } else if scheme == "http" && !registries.insecure.iter().any(|h| h == host) {
+                check.error(
+                    &endpoint_field,
+                    format!(
+                        "{endpoint:?} is plain HTTP, but {host} is not listed under \
+                         registries.insecure; list it there or use https://"
+                    ),
                 );
             }
         }

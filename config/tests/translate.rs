@@ -403,3 +403,39 @@ fn a_plan_file_knows_its_place_in_the_config() {
     assert_eq!(loaded.plan.files[0].config_index, 3);
     assert_eq!(loaded.config.files[3].path, "/var/lib/fetched");
 }
+
+#[test]
+fn registries_are_checked_and_plain_http_must_be_listed_as_insecure() {
+    let text = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nregistries:\n  mirrors:\n    docker.io:\n      endpoints: [\"http://10.0.2.100:5000\", \"https://mirror.example\"]\n    ghcr.io:\n      endpoints: [\"http://cache.local:5000\"]\n  insecure: [\"10.0.2.100:5000\"]\n  auth:\n    \"registry.example:5000\": {username: ci, password: secret}\n";
+    let rejected = load("test", text.as_bytes()).unwrap_err();
+    let errors: Vec<String> = rejected
+        .errors()
+        .map(|e| format!("{}: {}", e.field, e.reason))
+        .collect();
+    assert_eq!(
+        errors,
+        ["registries.mirrors.ghcr.io.endpoints[0]: \"http://cache.local:5000\" is plain HTTP, but \
+          cache.local:5000 is not listed under registries.insecure; list it there or use https://"]
+    );
+    let fixed = text.replace(
+        "[\"10.0.2.100:5000\"]",
+        "[\"10.0.2.100:5000\", \"cache.local:5000\"]",
+    );
+    let loaded = load("test", fixed.as_bytes()).unwrap();
+    assert_eq!(
+        loaded.plan.registries.mirrors["docker.io"].endpoints.len(),
+        2
+    );
+    assert_eq!(
+        loaded.plan.registries.auth["registry.example:5000"].username,
+        "ci"
+    );
+    let bad_host = text.replace("registry.example:5000", "registry.example:99999");
+    let rejected = load("test", bad_host.as_bytes()).unwrap_err();
+    assert!(
+        rejected
+            .to_string()
+            .contains("the port \"99999\" is not a number"),
+        "{rejected}"
+    );
+}

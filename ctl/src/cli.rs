@@ -68,6 +68,9 @@ pub enum Command {
     /// A/B slot status, check the channel, or cancel an activated update.
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Container images on the nodes: import an archive, list, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
     /// the node's own parser and validation; exits 1 when a node would refuse it.
     Validate(ValidateArgs),
@@ -295,4 +298,46 @@ pub struct GenClientArgs {
 pub struct CompletionArgs {
     /// bash, zsh, fish, elvish or powershell.
     pub shell: clap_complete::Shell,
+}
+
+/// `image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Upload an OCI archive (skopeo copy … oci-archive:FILE:NAME) or a Docker archive
+    /// (docker save), gzip-compressed or not, into each node's image store.
+    Import(ImageImportArgs),
+    /// Have each node pull an image from its registry (or the mirrors its config names),
+    /// with a progress bar.
+    Pull(ImagePullArgs),
+    /// The images on each node.
+    Ls,
+    /// Remove an image (by name or id); layers that containers run from stay until they
+    /// are gone.
+    Rm(ImageRemoveArgs),
+}
+
+/// `image import`.
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// The archive.
+    pub file: PathBuf,
+    /// Name the image REF, replacing the names the archive gives it.
+    #[arg(long, value_name = "REF")]
+    pub name: Option<String>,
+}
+
+/// `image pull`.
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    /// The image: busybox:1.36, ghcr.io/org/app:2, registry.local:5000/app@sha256:…
+    pub reference: String,
+}
+
+/// `image rm`.
+#[derive(Debug, Args)]
+pub struct ImageRemoveArgs {
+    /// Image names (short names as Docker's: busybox is docker.io/library/busybox:latest)
+    /// or ids (12 or more hex digits).
+    #[arg(required = true)]
+    pub references: Vec<String>,
 }

@@ -10,12 +10,13 @@
 //!   `keelson_api::pki`). [`output`]: tables and machine formats. [`update`]: `upgrade`,
 //!   `rollback` and `update status|check|cancel`.
 //! - [`session`]: calls to every node at once and how answers are printed; [`machine`],
-//!   [`files`] and [`update`]: the verbs of each API service.
+//!   [`files`], [`update`] and [`images`]: the verbs of each API service.
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
 pub mod files;
 pub mod generate;
+pub mod images;
 pub mod keelconfig;
 pub mod machine;
 pub mod output;
@@ -74,6 +75,16 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
             update::check(session, arguments).await
         }
         Command::Update(cli::UpdateCommand::Cancel) => update::cancel(session).await,
+        Command::Image(cli::ImageCommand::Import(arguments)) => {
+            images::import(session, arguments).await
+        }
+        Command::Image(cli::ImageCommand::Pull(arguments)) => {
+            images::pull(session, arguments).await
+        }
+        Command::Image(cli::ImageCommand::Ls) => images::list(session).await,
+        Command::Image(cli::ImageCommand::Rm(arguments)) => {
+            images::remove(session, arguments).await
+        }
         Command::Ls(arguments) => files::ls(session, arguments).await,
         Command::Read(arguments) => files::read(session, &arguments.path).await,
         // Dispatched by `run` before a session is opened.

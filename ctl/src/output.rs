@@ -149,6 +149,29 @@ pub fn bytes(count: u64) -> String {
     }
 }
 
+/// An age as kubectl prints it: `45s`, `12m`, `5h`, `3d`.
+pub fn age(seconds: u64) -> String {
+    match seconds {
+        0..120 => format!("{seconds}s"),
+        120..7200 => format!("{}m", seconds / 60),
+        7200..172_800 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// A progress bar for a transfer of `total` bytes.
+pub fn transfer_bar(total: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Seconds since boot as the kernel log shows them: `[   12.345678]`.
 pub fn uptime_stamp(micros: u64) -> String {
     format!("[{:5}.{:06}]", micros / 1_000_000, micros % 1_000_000)
@@ -157,6 +180,16 @@ pub fn uptime_stamp(micros: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ages_read_as_kubectls() {
+        assert_eq!(age(0), "0s");
+        assert_eq!(age(119), "119s");
+        assert_eq!(age(120), "2m");
+        assert_eq!(age(7199), "119m");
+        assert_eq!(age(7200), "2h");
+        assert_eq!(age(3 * 86_400 + 5), "3d");
+    }
 
     #[test]
     fn tables_align_their_columns() {

@@ -280,3 +280,59 @@ where
     }
     Ok(all_good)
 }
+
+/// The size of a file to upload to every node, or why it cannot be read.
+pub fn upload_size(path: &std::path::Path) -> anyhow::Result<u64> {
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !metadata.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    Ok(metadata.len())
+}
+
+/// Streams `path` to a client-streaming call: `first`, then the file's bytes in chunks
+/// made into messages by `chunk`, counted on `bar`. Returns the stream to hand to the call
+/// and the task reading the file (abort it once the call is over).
+pub fn upload_stream<M: Send + 'static>(
+    path: &std::path::Path,
+    first: M,
+    chunk: fn(Vec<u8>) -> M,
+    bar: indicatif::ProgressBar,
+) -> Result<
+    (
+        tokio_stream::wrappers::ReceiverStream<M>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    use std::io::Read as _;
+    let mut file =
+        std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::task::spawn_blocking(move || {
+        if sender.blocking_send(first).is_err() {
+            return;
+        }
+        loop {
+            let mut bytes = vec![0u8; UPLOAD_CHUNK_BYTES];
+            match file.read(&mut bytes) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => {
+                    bytes.truncate(read);
+                    bar.inc(read as u64);
+                    if sender.blocking_send(chunk(bytes)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok((
+        tokio_stream::wrappers::ReceiverStream::new(receiver),
+        reader,
+    ))
+}
+
+/// Bytes per upload message: well under the node's message limit.
+pub const UPLOAD_CHUNK_BYTES: usize = 1 << 20;

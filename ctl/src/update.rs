@@ -7,7 +7,6 @@
 //! command follows the node through its reboot until the new version is blessed, and
 //! fails (naming the node's own error) when the node rolled back instead.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,9 +19,7 @@ use keelson_api::update::{
 use crate::cli::{CheckArgs, UpgradeArgs, WaitArgs};
 use crate::machine::current_boot;
 use crate::output::{self, Table};
-use crate::session::{describe_status, report, Answers, Session};
-
-const CHUNK_BYTES: usize = 1 << 20;
+use crate::session::{describe_status, report, upload_stream, Answers, Session};
 
 async fn client(
     session: &Session,
@@ -221,14 +218,7 @@ async fn upgrade_one(
     } else {
         None
     };
-    let bar = indicatif::ProgressBar::new(size);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = output::transfer_bar(size);
     let options = ApplyRequest {
         item: Some(apply_request::Item::Options(ApplyOptions {
             allow_downgrade: arguments.allow_downgrade,
@@ -258,35 +248,14 @@ async fn upgrade_one(
         bar.finish_and_clear();
         return after_apply(session, node, arguments, before, outcome?).await;
     };
-    let mut file =
-        std::fs::File::open(bundle).map_err(|error| format!("{}: {error}", bundle.display()))?;
     bar.set_message(format!("{node}: uploading"));
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let reader_bar = bar.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        if sender.blocking_send(options).is_err() {
-            return;
-        }
-        loop {
-            let mut chunk = vec![0u8; CHUNK_BYTES];
-            match file.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(read) => {
-                    chunk.truncate(read);
-                    reader_bar.inc(read as u64);
-                    let item = ApplyRequest {
-                        item: Some(apply_request::Item::Chunk(chunk)),
-                    };
-                    if sender.blocking_send(item).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let chunk = |bytes| ApplyRequest {
+        item: Some(apply_request::Item::Chunk(bytes)),
+    };
+    let (upload, reader) = upload_stream(bundle, options, chunk, bar.clone())?;
     let outcome = client(session, node)
         .await?
-        .apply(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .apply(upload)
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| describe_status(&status));

@@ -95,6 +95,14 @@ pub enum ImageError {
         /// What is wrong, with the entry's path.
         reason: String,
     },
+    /// Every endpoint refused or failed.
+    #[error("cannot pull {reference}: {}", attempts.join("; "))]
+    Pull {
+        /// The image.
+        reference: String,
+        /// Each endpoint's failure, in the order tried.
+        attempts: Vec<String>,
+    },
     /// No such image in the store.
     #[error("no image {reference} on this node (keelctl image ls lists them)")]
     NotFound {
@@ -120,4 +128,20 @@ pub fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> 
             }
         }
     }
+}
+
+/// An error and its causes, as one line (tar's and reqwest's errors keep the system's
+/// reason as their source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::digest::{Digest, DigestingReader};
-use crate::error::{io_error, ImageError};
+use crate::error::{error_chain, io_error, ImageError};
 use crate::manifest::Compression;
 use crate::store::{sync_dir, Store};
 
@@ -174,21 +174,6 @@ fn unpack_entry<R: Read>(
         Ok(false) => Err("the path leaves the layer".into()),
         Err(error) => Err(error_chain(&error)),
     }
-}
-
-/// An error and its causes (tar's errors keep the system's reason as their source).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `path` (from an entry) under `root`, refusing `..` and paths through symbolic links.

@@ -21,6 +21,7 @@ pub mod error;
 pub mod gc;
 pub mod layer;
 pub mod manifest;
+pub mod pull;
 pub mod reference;
 pub mod store;
 

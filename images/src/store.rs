@@ -178,10 +178,9 @@ impl Store {
     ) -> Result<(Digest, u64), ImageError> {
         if let Some(digest) = expected {
             if self.has_blob(digest) {
-                return Ok((
-                    digest.clone(),
-                    std::fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len()),
-                ));
+                // Stored already: the bytes offered are still checked (they are read past
+                // anyway), so that a tampered copy is refused rather than quietly ignored.
+                return self.verify_only(reader, digest, expected_size, what);
             }
         }
         let n = self.next_ingest.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +192,23 @@ impl Store {
             let _ = std::fs::remove_file(&staging);
         }
         outcome
+    }
+
+    fn verify_only(
+        &self,
+        reader: impl Read,
+        expected: &Digest,
+        expected_size: Option<u64>,
+        what: &str,
+    ) -> Result<(Digest, u64), ImageError> {
+        let mut hashing = DigestingReader::new(reader, expected.algorithm());
+        io::copy(&mut hashing, &mut io::sink()).map_err(|source| ImageError::Source {
+            what: what.to_owned(),
+            source,
+        })?;
+        let (actual, size, _) = hashing.finish();
+        check_blob(what, expected, expected_size, &actual, size)?;
+        Ok((actual, size))
     }
 
     fn stream_into(
@@ -231,22 +247,7 @@ impl Store {
             .map_err(|error| io_error("writing", staging)(error.into_error()))?;
         let (actual, size, _) = hashing.finish();
         if let Some(expected) = expected {
-            if &actual != expected {
-                return Err(ImageError::DigestMismatch {
-                    what: what.to_owned(),
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
-        }
-        if let Some(expected_size) = expected_size {
-            if size != expected_size {
-                return Err(ImageError::SizeMismatch {
-                    what: what.to_owned(),
-                    expected: expected_size,
-                    actual: size,
-                });
-            }
+            check_blob(what, expected, expected_size, &actual, size)?;
         }
         file.sync_all().map_err(io_error("syncing", staging))?;
         drop(file);
@@ -372,6 +373,31 @@ impl Store {
             let path = error.path.clone();
             io_error(error.step, &path)(error.source)
         })
+    }
+}
+
+/// A blob's digest and size against what announced it.
+fn check_blob(
+    what: &str,
+    expected: &Digest,
+    expected_size: Option<u64>,
+    actual: &Digest,
+    size: u64,
+) -> Result<(), ImageError> {
+    if actual != expected {
+        return Err(ImageError::DigestMismatch {
+            what: what.to_owned(),
+            expected: expected.clone(),
+            actual: actual.clone(),
+        });
+    }
+    match expected_size {
+        Some(expected_size) if size != expected_size => Err(ImageError::SizeMismatch {
+            what: what.to_owned(),
+            expected: expected_size,
+            actual: size,
+        }),
+        _ => Ok(()),
     }
 }
 

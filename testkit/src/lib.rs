@@ -5,6 +5,10 @@
 //! `KEELSON_SKIP_LOG` (which `scripts/test.sh` sets, then counts and lists at the end of
 //! the suite), and under `CI=true` as root, where nothing should be missing, a skip fails
 //! the test.
+//!
+//! [`oci`] makes real OCI images and archives with umoci and skopeo, as users make them.
+
+pub mod oci;
 
 use std::io::Write;
 

@@ -6,17 +6,20 @@
 //! - [`Authorize`]: a tower layer in front of every service. It reads the caller's
 //!   certificate and the maintenance token and asks [`keelson_api::access::decide`];
 //!   refusals never reach service code.
-//! - [`machine`], [`files`] and [`update`]: the services, thin layers over the agent's
-//!   state and the update engine.
+//! - [`machine`], [`files`], [`update`] and [`images`]: the services, thin layers over the
+//!   agent's state, the update engine and the image store; [`upload`] reads a client
+//!   stream as a file for them.
 //!
 //! Limits against bad requests: messages over [`keelson_api::MAX_REQUEST_BYTES`] are
 //! refused, header lists are capped, a connection runs at most 32 calls at once, and every
 //! unary call ends after two minutes or the client's deadline, whichever is sooner.
 
 pub mod files;
+pub mod images;
 pub mod machine;
 pub mod security;
 pub mod update;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +29,7 @@ use std::time::Duration;
 
 use keelson_api::access::{self, Caller};
 use keelson_api::files::files_server::FilesServer;
+use keelson_api::images::images_server::ImagesServer;
 use keelson_api::machine::machine_server::MachineServer;
 use keelson_api::update::update_server::UpdateServer;
 use keelson_api::{pki, MAX_REQUEST_BYTES, TOKEN_METADATA_KEY};
@@ -63,6 +67,8 @@ pub struct ApiContext {
     pub files_root: PathBuf,
     /// The A/B update engine.
     pub update: Arc<keelson_updater::UpdateEngine>,
+    /// The image store, or why there is none.
+    pub images: images::SharedImageStore,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -74,7 +80,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Calls that run as long as their data keeps flowing: an update upload or download of a
 /// few hundred megabytes can outlast any fixed limit. HTTP/2 keepalive still drops a
 /// connection whose peer is gone.
-const UNBOUNDED_CALLS: &[&str] = &["/keelson.update.v1.Update/Apply"];
+const UNBOUNDED_CALLS: &[&str] = &[
+    "/keelson.update.v1.Update/Apply",
+    "/keelson.images.v1.Images/Import",
+    "/keelson.images.v1.Images/Pull",
+];
 
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(
@@ -94,6 +104,8 @@ pub async fn serve(
         .max_decoding_message_size(64 * 1024);
     let update = UpdateServer::new(update::UpdateService::new(context.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let images = ImagesServer::new(images::ImagesService::new(context.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let served = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(32)
         .max_concurrent_streams(64)
@@ -104,6 +116,7 @@ pub async fn serve(
         .add_service(machine)
         .add_service(files)
         .add_service(update)
+        .add_service(images)
         .serve_with_incoming(incoming)
         .await;
     acceptor.abort();

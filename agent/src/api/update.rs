@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use super::machine::who;
+use super::upload::read_upload;
 use super::ApiContext;
 use crate::system;
 use keelson_updater::reboot::RebootGate;
@@ -120,44 +121,16 @@ impl UpdateService {
     /// Applies a bundle uploaded in the call's stream.
     async fn apply_upload(
         &self,
-        mut stream: Streaming<ApplyRequest>,
+        stream: Streaming<ApplyRequest>,
         spec: ApplySpec,
     ) -> Result<keelson_updater::Applied, Status> {
-        let (sender, chunks) = tokio::sync::mpsc::channel(8);
         let engine = self.engine();
-        let writer = tokio::task::spawn_blocking(move || {
-            let reader = ChunkReader {
-                chunks,
-                current: Vec::new(),
-                offset: 0,
-            };
-            engine.apply(reader, &spec)
-        });
-        // Feed the writer until the upload ends or the writer stops listening (it failed).
-        loop {
-            let item = match stream.message().await {
-                Ok(Some(ApplyRequest {
-                    item: Some(apply_request::Item::Chunk(chunk)),
-                })) => Ok(chunk),
-                Ok(Some(_)) => Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "Apply carries options only in its first message",
-                )),
-                Ok(None) => break,
-                Err(status) => Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    format!("the upload broke off: {}", status.message()),
-                )),
-            };
-            let failed = item.is_err();
-            if sender.send(item).await.is_err() || failed {
-                break;
-            }
-        }
-        drop(sender);
-        writer
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
+        let chunk_of = |message: ApplyRequest| match message.item {
+            Some(apply_request::Item::Chunk(chunk)) => Some(chunk),
+            _ => None,
+        };
+        read_upload(stream, chunk_of, move |reader| engine.apply(reader, &spec))
+            .await?
             .map_err(status_of)
     }
 }
@@ -185,32 +158,6 @@ fn status_of(error: UpdateError) -> Status {
         UpdateError::Busy => Status::aborted(message),
         UpdateError::Unavailable(_) => Status::failed_precondition(message),
         UpdateError::Io(_) => Status::internal(message),
-    }
-}
-
-/// Reads the upload's chunks on a blocking thread.
-struct ChunkReader {
-    chunks: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-    current: Vec<u8>,
-    offset: usize,
-}
-
-impl std::io::Read for ChunkReader {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        while self.offset == self.current.len() {
-            match self.chunks.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.current = chunk;
-                    self.offset = 0;
-                }
-                Some(Err(error)) => return Err(error),
-                None => return Ok(0),
-            }
-        }
-        let count = buffer.len().min(self.current.len() - self.offset);
-        buffer[..count].copy_from_slice(&self.current[self.offset..self.offset + count]);
-        self.offset += count;
-        Ok(count)
     }
 }
 

@@ -1,0 +1,137 @@
+//! Pulling from a real registry: Debian's docker-registry started on 127.0.0.1 by the
+//! test, fed with an image that umoci and skopeo build from busybox-static. One registry
+//! serves every check: a pull over plain HTTP (the host listed as insecure), a mirror that
+//! stalls and is passed over, an unknown tag, and a plain-HTTP registry not listed as
+//! insecure.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keelson_images::pull::{pull, RegistrySettings};
+use keelson_images::{ImageError, ImageStore};
+use keelson_testkit::oci;
+
+/// A server that accepts connections and never answers; counts them.
+fn stalling_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.read(&mut [0; 4096]);
+                std::thread::sleep(Duration::from_secs(60));
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_real_registry_through_mirrors() {
+    if !oci::ready_for(
+        "images_are_pulled_from_a_real_registry_through_mirrors",
+        true,
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let registry = oci::Registry::start(work.path()).unwrap();
+    let host = registry.host();
+    oci::busybox_layout(work.path()).unwrap();
+    registry.push(work.path(), "example/busybox:1").unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(ImageStore::open(root.path()).unwrap());
+    let mut settings = RegistrySettings {
+        stall_timeout: Duration::from_secs(2),
+        ..RegistrySettings::default()
+    };
+    settings.insecure.insert(host.clone());
+
+    // Plain HTTP to a registry listed as insecure.
+    let progress = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = progress.clone();
+    let record = pull(
+        store.clone(),
+        &format!("{host}/example/busybox:1"),
+        &settings,
+        move |p| seen.lock().unwrap().push(p),
+    )
+    .await
+    .unwrap();
+    assert_eq!(record.name, format!("{host}/example/busybox:1"));
+    assert_eq!(record.source, format!("registry {host}"));
+    let top = &store.layer_dirs(&record)[0];
+    assert_eq!(
+        std::fs::read(top.join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    let last = progress.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.endpoint, format!("http://{host}"));
+    assert!(last.total_bytes > 1_000_000, "{last:?}");
+    assert_eq!(last.done_bytes, last.total_bytes);
+
+    // A mirror that stalls is passed over for the next one.
+    let (stall_port, accepted) = stalling_server();
+    let stall_host = format!("127.0.0.1:{stall_port}");
+    settings.insecure.insert(stall_host.clone());
+    settings.mirrors.insert(
+        "docker.io".into(),
+        vec![format!("http://{stall_host}"), format!("http://{host}")],
+    );
+    store.remove(&record.name).unwrap();
+    let mirrored = pull(store.clone(), "example/busybox:1", &settings, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(mirrored.name, "docker.io/example/busybox:1");
+    assert_eq!(mirrored.source, format!("registry {host}"));
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 1,
+        "the stalling mirror was never tried"
+    );
+
+    // An unknown tag: every endpoint says so, and nothing is kept.
+    let blobs_before = store.store().stored_blobs().unwrap();
+    let error = pull(
+        store.clone(),
+        &format!("{host}/example/busybox:nope"),
+        &settings,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, ImageError::Pull { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot pull {host}/example/busybox:nope: http://{host} has no example/busybox:nope: \
+             check the name and tag"
+        )
+    );
+    assert_eq!(store.store().stored_blobs().unwrap(), blobs_before);
+
+    // Plain HTTP is never used for a host not listed as insecure.
+    settings.insecure.remove(&host);
+    let error = pull(
+        store.clone(),
+        &format!("{host}/example/busybox:1"),
+        &settings,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "cannot pull {host}/example/busybox:1: https://{host}"
+        )),
+        "{text}"
+    );
+}

@@ -1,0 +1,16 @@
+//! Keelson's container runtime, a library inside the agent as youki's libcontainer is.
+//!
+//! This first part holds the runtime's pure cores, the decisions that need no kernel:
+//! - [`process`]: what a container runs (arguments, environment, working directory, user),
+//!   from its image's config and its pod's container, by Kubernetes' rules;
+//! - [`resources`]: Kubernetes quantities (`500m`, `64Mi`) and the cgroup v2 values they
+//!   become (`cpu.max`, `cpu.weight`, `memory.max`, `memory.swap.max`, `pids.max`);
+//! - [`lifecycle`]: a container's states (created, running, stopping, exited) and the
+//!   restart decision of its pod's policy, with the kubelet's backoff.
+//!
+//! The shell that creates namespaces, mounts the overlayfs root and writes the cgroups
+//! lands beside them; it performs what these cores decide.
+
+pub mod lifecycle;
+pub mod process;
+pub mod resources;
