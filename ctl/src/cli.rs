@@ -42,8 +42,9 @@ pub enum Command {
     Version,
     /// What each node is: hostname, slot, versions, config, network.
     Status,
-    /// The node's services and their state.
-    Services,
+    /// The node's services and their state; `services restart keelsond` restarts the agent
+    /// (containers keep running).
+    Services(ServicesArgs),
     /// A service's log (keelsond or init).
     Logs(LogsArgs),
     /// The kernel log.
@@ -79,6 +80,24 @@ pub enum Command {
     Gen(GenCommand),
     /// Print a shell completion script.
     Completion(CompletionArgs),
+}
+
+/// `services`.
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// Without one, list the services.
+    #[command(subcommand)]
+    pub action: Option<ServicesAction>,
+}
+
+/// What to do to a service.
+#[derive(Debug, Subcommand)]
+pub enum ServicesAction {
+    /// Restart a service: keelsond (the agent; PID 1 starts it again at once).
+    Restart {
+        /// The service.
+        service: String,
+    },
 }
 
 /// `--follow` and `--tail`.

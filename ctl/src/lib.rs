@@ -61,7 +61,10 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
     match command {
         Command::Version => machine::version(session).await,
         Command::Status => machine::status(session).await,
-        Command::Services => machine::services(session).await,
+        Command::Services(cli::ServicesArgs { action: None }) => machine::services(session).await,
+        Command::Services(cli::ServicesArgs {
+            action: Some(cli::ServicesAction::Restart { service }),
+        }) => machine::restart_service(session, service).await,
         Command::Logs(arguments) => machine::logs(session, arguments).await,
         Command::Dmesg(arguments) => machine::dmesg(session, arguments).await,
         Command::Reboot(arguments) => machine::reboot(session, arguments).await,

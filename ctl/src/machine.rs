@@ -73,6 +73,31 @@ pub async fn services(session: &Session) -> anyhow::Result<bool> {
     })
 }
 
+/// `keelctl services restart SERVICE`: only the agent can be restarted (PID 1 is the
+/// machine itself: reboot it).
+pub async fn restart_service(session: &Session, service: &str) -> anyhow::Result<bool> {
+    if service != "keelsond" {
+        bail!(
+            "{service:?} cannot be restarted: only keelsond can (init is PID 1: keelctl reboot \
+             restarts everything)"
+        );
+    }
+    let answers = session
+        .each(|mut client| async move { client.restart_agent(api::RestartAgentRequest {}).await })
+        .await;
+    report(session.format, answers, |answers| {
+        answers
+            .iter()
+            .map(|(node, restarted)| {
+                format!(
+                    "{node}: keelsond (pid {}) is restarting; PID 1 starts it again at once\n",
+                    restarted.pid
+                )
+            })
+            .collect()
+    })
+}
+
 /// `keelctl logs [SERVICE]`: the agent's or PID 1's log, followed with `-f`.
 pub async fn logs(session: &Session, arguments: &cli::LogsArgs) -> anyhow::Result<bool> {
     let request = api::LogsRequest {

@@ -59,7 +59,9 @@ pub const INITRAMFS_MODULES: &[&str] = &[
 ];
 /// Modules stage 2 adds: network cards, the ACPI power button and input events, EFI
 /// variables, FAT for the ESP and NoCloud seeds, ISO 9660 for NoCloud seeds, QEMU's fw_cfg
-/// (config blobs), overlayfs (the writable `/etc`), and the virtio entropy source.
+/// (config blobs), overlayfs (the writable `/etc` and container roots), the virtio entropy
+/// source, and what containers and pod networking need: veth pairs, the bridge and its
+/// netfilter hook, VXLAN, and nftables with connection tracking and NAT.
 pub const ROOT_MODULES: &[&str] = &[
     "virtio_net",
     "e1000e",
@@ -75,6 +77,19 @@ pub const ROOT_MODULES: &[&str] = &[
     "isofs",
     "qemu_fw_cfg",
     "overlay",
+    "veth",
+    "bridge",
+    "br_netfilter",
+    "vxlan",
+    "nf_tables",
+    "nf_conntrack",
+    "nf_nat",
+    "nft_ct",
+    "nft_nat",
+    "nft_masq",
+    "nft_chain_nat",
+    "nft_fib_inet",
+    "nft_reject_inet",
 ];
 
 /// Kernel arguments of every slot, before the slot and verity arguments.

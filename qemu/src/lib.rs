@@ -67,6 +67,8 @@ pub struct VmOptions {
     /// connects to `GUEST_SERVICE_ADDRESS:guest_port` and reaches `127.0.0.1:host_port`.
     /// The guest reaches nothing else.
     pub host_services: Vec<(u16, u16)>,
+    /// More host ports forwarded to the guest: `(host port on 127.0.0.1, guest port)`.
+    pub forwards: Vec<(u16, u16)>,
     /// Where the console log goes; inside the work directory if unset.
     pub console: Option<PathBuf>,
     /// Where the VM keeps its overlay, firmware variables and sockets; a temporary
@@ -116,6 +118,7 @@ impl VmOptions {
             cpus: 2,
             api_port: None,
             host_services: Vec::new(),
+            forwards: Vec::new(),
             console: None,
             work_dir: None,
             accel: Accel::from_env(),
@@ -253,6 +256,12 @@ impl Vm {
                 if let Some(port) = self.options.api_port {
                     netdev.push_str(&format!(
                         ",hostfwd=tcp:127.0.0.1:{port}-{}:50000",
+                        self.options.guest_address
+                    ));
+                }
+                for (host_port, guest_port) in &self.options.forwards {
+                    netdev.push_str(&format!(
+                        ",hostfwd=tcp:127.0.0.1:{host_port}-{}:{guest_port}",
                         self.options.guest_address
                     ));
                 }

@@ -56,7 +56,38 @@ enum Verb {
         /// The guest's address for the API forward, when the config makes it static.
         #[arg(long, default_value_t = keelson_qemu::DEFAULT_GUEST_ADDRESS)]
         guest_address: std::net::Ipv4Addr,
+        /// Forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (repeatable), e.g. a
+        /// container's port.
+        #[arg(long = "forward", value_name = "HOSTPORT:GUESTPORT", value_parser = parse_forward)]
+        forwards: Vec<(u16, u16)>,
+        /// Let the guest reach 127.0.0.1:HOSTPORT on the host at 10.0.2.100:GUESTPORT
+        /// (repeatable), e.g. a registry or file server the host runs on its loopback.
+        #[arg(long = "host-service", value_name = "GUESTPORT=HOSTPORT", value_parser = parse_host_service)]
+        host_services: Vec<(u16, u16)>,
     },
+}
+
+fn port_pair(text: &str, separator: char, form: &str) -> Result<(u16, u16), String> {
+    let (left, right) = text
+        .split_once(separator)
+        .ok_or_else(|| format!("{text:?} is not {form}"))?;
+    let port = |part: &str| {
+        part.parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("{part:?} in {text:?} is not a port (1 to 65535); write {form}"))
+    };
+    Ok((port(left)?, port(right)?))
+}
+
+/// `--forward HOSTPORT:GUESTPORT`.
+fn parse_forward(text: &str) -> Result<(u16, u16), String> {
+    port_pair(text, ':', "HOSTPORT:GUESTPORT")
+}
+
+/// `--host-service GUESTPORT=HOSTPORT`.
+fn parse_host_service(text: &str) -> Result<(u16, u16), String> {
+    port_pair(text, '=', "GUESTPORT=HOSTPORT")
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -99,6 +130,8 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
         config,
         seed,
         guest_address,
+        forwards,
+        host_services,
     } = arguments.command;
     let mut options = VmOptions::new(image);
     options.console = console;
@@ -108,6 +141,8 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
     options.config = config;
     options.seed = seed;
     options.guest_address = guest_address;
+    options.forwards = forwards;
+    options.host_services = host_services;
     if kvm {
         options.accel = Accel::Kvm;
     }
@@ -159,5 +194,24 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_pairs_say_what_form_they_want() {
+        assert_eq!(parse_forward("8080:80"), Ok((8080, 80)));
+        assert_eq!(parse_host_service("5000=41234"), Ok((5000, 41234)));
+        assert_eq!(
+            parse_forward("8080=80").unwrap_err(),
+            "\"8080=80\" is not HOSTPORT:GUESTPORT"
+        );
+        assert_eq!(
+            parse_host_service("5000=0").unwrap_err(),
+            "\"0\" in \"5000=0\" is not a port (1 to 65535); write GUESTPORT=HOSTPORT"
+        );
     }
 }

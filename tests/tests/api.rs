@@ -142,6 +142,42 @@ fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
         "the agent's state is hidden: {listing}"
     );
 
+    // The agent restarts on request; PID 1 counts a second start.
+    let restarted = expect_success(
+        node.keelctl(Role::Operator, &["services", "restart", "keelsond"])
+            .unwrap(),
+        "services restart keelsond",
+    );
+    assert!(restarted.contains(": keelsond (pid "), "{restarted}");
+    let refused = expect_failure(
+        node.keelctl(Role::Operator, &["services", "restart", "init"])
+            .unwrap(),
+        "services restart init",
+    );
+    assert!(refused.contains("only keelsond can"), "{refused}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let listed = node
+            .keelctl(Role::Reader, &["-o", "json", "services"])
+            .unwrap();
+        let starts = serde_json::from_str::<serde_json::Value>(&listed.1)
+            .ok()
+            .and_then(|value| {
+                value[0]["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|service| service["name"] == "keelsond")
+                    .and_then(|service| service["starts"].as_u64())
+            });
+        if starts == Some(2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keelsond was not restarted: {listed:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     // A reader may not reboot; an operator may, and --wait sees it back on slot a.
     let denied = expect_failure(
         node.keelctl(Role::Reader, &["reboot"]).unwrap(),

@@ -216,6 +216,21 @@ fn deep_inspect_checks_each_slot_against_its_root_hash_and_lists_the_root() {
     assert!(printed.contains("    /usr/bin/keelsond\n"), "{printed}");
     assert!(printed.contains("    /usr/sbin/init\n"), "{printed}");
     assert!(printed.contains("STATE: "), "{printed}");
+    // What containers and pod networking need is in the root.
+    for module in [
+        "overlay",
+        "veth",
+        "bridge",
+        "br_netfilter",
+        "vxlan",
+        "nf_tables",
+        "nft_nat",
+    ] {
+        assert!(
+            printed.contains(&format!("/{module}.ko\n")),
+            "no {module} module in the root"
+        );
+    }
 
     let altered = tempfile::NamedTempFile::new().unwrap();
     std::fs::copy(&image, altered.path()).unwrap();
