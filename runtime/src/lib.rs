@@ -6,11 +6,17 @@
 //! - [`resources`]: Kubernetes quantities (`500m`, `64Mi`) and the cgroup v2 values they
 //!   become (`cpu.max`, `cpu.weight`, `memory.max`, `memory.swap.max`, `pids.max`);
 //! - [`lifecycle`]: a container's states (created, running, stopping, exited) and the
-//!   restart decision of its pod's policy, with the kubelet's backoff.
+//!   restart decision of its pod's policy, with the kubelet's backoff;
+//! - [`passwd`]: a user given by name, resolved in the image's `/etc/passwd` and
+//!   `/etc/group`;
+//! - [`security`]: the defaults every container gets: containerd's capability set, the
+//!   masked and read-only `/proc` and `/sys` paths, the device nodes of its `/dev`.
 //!
 //! The shell that creates namespaces, mounts the overlayfs root and writes the cgroups
 //! lands beside them; it performs what these cores decide.
 
 pub mod lifecycle;
+pub mod passwd;
 pub mod process;
 pub mod resources;
+pub mod security;
