@@ -12,9 +12,11 @@
 //! - [`security`]: the defaults every container gets: containerd's capability set, the
 //!   masked and read-only `/proc` and `/sys` paths, the device nodes of its `/dev`.
 //!
-//! The shell that creates namespaces, mounts the overlayfs root and writes the cgroups
-//! lands beside them; it performs what these cores decide.
+//! The first piece of the shell is [`cgroup`]: a container's cgroup v2 under its pod's,
+//! with those values. The namespaces, the overlayfs root and the container-init process
+//! land beside it; they perform what these cores decide.
 
+pub mod cgroup;
 pub mod lifecycle;
 pub mod passwd;
 pub mod process;
