@@ -11,7 +11,8 @@ keelson_packages=(
   apt dpkg ca-certificates curl gcc libc6-dev pkg-config
   libclang-dev                           # bindgen, for the loopdev-3 crate (loop devices)
   skopeo umoci busybox-static            # the tests build real OCI images and archives
-  docker-registry                        # a real registry the pull tests start on 127.0.0.1
+  docker-registry apache2-utils          # a real registry the pull tests start on 127.0.0.1
+                                         # (htpasswd writes its basic-auth users)
 )
 
 ensure_host_packages() {

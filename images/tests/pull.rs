@@ -135,3 +135,96 @@ async fn images_are_pulled_from_a_real_registry_through_mirrors() {
         "{text}"
     );
 }
+
+/// A private CA and a server certificate for 127.0.0.1: `(ca, cert, key)` in PEM.
+fn private_tls() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keelson registry test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::from([
+        127, 0, 0, 1,
+    ]))];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A registry behind TLS (a private CA) and basic auth: pulled only with the config's CA
+/// and credentials, and each refusal says which is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_behind_a_private_ca_and_basic_auth_needs_both_from_the_config() {
+    if !oci::ready_for(
+        "a_registry_behind_a_private_ca_and_basic_auth_needs_both_from_the_config",
+        true,
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_tls();
+    let secured = oci::Secured {
+        cert_pem: &cert,
+        key_pem: &key,
+        user: "ci",
+        password: "s3cret",
+    };
+    let registry = oci::Registry::start_secured(work.path(), &secured).unwrap();
+    let host = registry.host();
+    oci::busybox_layout(work.path()).unwrap();
+    registry.push(work.path(), "private/busybox:1").unwrap();
+    let reference = format!("{host}/private/busybox:1");
+
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(ImageStore::open(root.path()).unwrap());
+    let mut settings = RegistrySettings {
+        stall_timeout: Duration::from_secs(5),
+        authorities: vec![ca.clone()],
+        ..RegistrySettings::default()
+    };
+
+    // The CA but no credentials: refused, naming where credentials go.
+    let error = pull(store.clone(), &reference, &settings, |_| {})
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "https://{host} refused access to private/busybox:1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "give credentials for {host} under registries.auth"
+        )),
+        "{text}"
+    );
+
+    // Credentials but not the CA: the certificate is not trusted.
+    settings
+        .auth
+        .insert(host.clone(), ("ci".into(), "s3cret".into()));
+    settings.authorities.clear();
+    let error = pull(store.clone(), &reference, &settings, |_| {})
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!("cannot pull {reference}: https://{host}")),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+
+    // Both: pulled.
+    settings.authorities = vec![ca];
+    let record = pull(store.clone(), &reference, &settings, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.name, reference);
+    assert!(store.layer_dirs(&record)[0].join("bin/busybox").is_file());
+}

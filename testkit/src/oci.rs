@@ -119,20 +119,62 @@ pub struct Registry {
     child: std::process::Child,
     /// The port on 127.0.0.1.
     pub port: u16,
+    /// The one user a secured registry accepts.
+    credentials: Option<(String, String)>,
+}
+
+/// How a registry is secured: TLS with this certificate and key (PEM), and basic auth for
+/// one user.
+pub struct Secured<'a> {
+    /// The server certificate (PEM).
+    pub cert_pem: &'a str,
+    /// Its key (PEM).
+    pub key_pem: &'a str,
+    /// The user.
+    pub user: &'a str,
+    /// Their password.
+    pub password: &'a str,
 }
 
 impl Registry {
     /// Starts a registry storing under `directory`, and waits until it accepts connections.
     pub fn start(directory: &Path) -> Result<Registry, String> {
+        Registry::start_with(directory, None)
+    }
+
+    /// Starts a registry behind TLS and basic auth (users written by htpasswd, bcrypt).
+    pub fn start_secured(directory: &Path, secured: &Secured<'_>) -> Result<Registry, String> {
+        Registry::start_with(directory, Some(secured))
+    }
+
+    fn start_with(directory: &Path, secured: Option<&Secured<'_>>) -> Result<Registry, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map_err(|error| error.to_string())?
             .port();
         let config = directory.join("registry.yml");
-        let yaml = format!(
+        let mut yaml = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             directory.join("registry-data").display()
         );
+        if let Some(secured) = secured {
+            let write = |name: &str, text: &str| {
+                std::fs::write(directory.join(name), text).map_err(|error| error.to_string())
+            };
+            write("registry.crt", secured.cert_pem)?;
+            write("registry.key", secured.key_pem)?;
+            let output = Command::new("htpasswd")
+                .args(["-Bbn", secured.user, secured.password])
+                .output()
+                .map_err(|error| format!("htpasswd: {error} (apt-get install apache2-utils)"))?;
+            write("htpasswd", &String::from_utf8_lossy(&output.stdout))?;
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: keelson-test\n    path: {}\n",
+                directory.join("registry.crt").display(),
+                directory.join("registry.key").display(),
+                directory.join("htpasswd").display()
+            ));
+        }
         std::fs::write(&config, yaml).map_err(|error| error.to_string())?;
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -141,7 +183,11 @@ impl Registry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|error| format!("docker-registry: {error}"))?;
-        let registry = Registry { child, port };
+        let registry = Registry {
+            child,
+            port,
+            credentials: secured.map(|s| (s.user.to_owned(), s.password.to_owned())),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if std::time::Instant::now() > deadline {
@@ -159,17 +205,17 @@ impl Registry {
 
     /// Pushes the layout made by [`busybox_layout`] in `directory` as `repository:tag`.
     pub fn push(&self, directory: &Path, repository_and_tag: &str) -> Result<(), String> {
-        run(
-            "skopeo",
-            &[
-                "copy",
-                "-q",
-                "--dest-tls-verify=false",
-                "oci:layout:busybox",
-                &format!("docker://{}/{repository_and_tag}", self.host()),
-            ],
-            directory,
-        )
+        let target = format!("docker://{}/{repository_and_tag}", self.host());
+        let mut arguments = vec!["copy", "-q", "--dest-tls-verify=false"];
+        let credentials = self
+            .credentials
+            .as_ref()
+            .map(|(user, password)| format!("{user}:{password}"));
+        if let Some(credentials) = &credentials {
+            arguments.extend(["--dest-creds", credentials]);
+        }
+        arguments.extend(["oci:layout:busybox", &target]);
+        run("skopeo", &arguments, directory)
     }
 }
 
