@@ -199,20 +199,21 @@ impl ImageStore {
     }
 
     /// Removes an image's name and collects what nothing uses any more (layers held by
-    /// containers stay). Returns the record removed.
-    pub fn remove(&self, reference: &str) -> Result<ImageRecord, ImageError> {
+    /// containers stay). Returns the record removed and what was freed with it.
+    pub fn remove(
+        &self,
+        reference: &str,
+    ) -> Result<(ImageRecord, gc::Garbage<Digest, Digest>), ImageError> {
         let mut records = self.store.records()?;
-        let name = find(&records, reference)
+        let removed = find(&records, reference)
             .map(|image| image.name.clone())
+            .and_then(|name| records.images.remove(&name))
             .ok_or_else(|| ImageError::NotFound {
                 reference: reference.to_owned(),
             })?;
-        let removed = records.images.remove(&name);
         self.store.save_records(&records)?;
-        self.collect_garbage()?;
-        removed.ok_or(ImageError::NotFound {
-            reference: reference.to_owned(),
-        })
+        let freed = self.collect_garbage()?;
+        Ok((removed, freed))
     }
 
     /// Keeps `layers` for `container` until [`ImageStore::release`], whatever happens to

@@ -238,24 +238,13 @@ impl Images for ImagesService {
         let reference = request.into_inner().reference;
         let handle = self.handle()?;
         let _operation = handle.operations.lock().await;
-        let (removed, freed) = blocking(handle.store.clone(), move |store| {
-            let counts = |store: &ImageStore| -> Result<(usize, usize), ImageError> {
-                Ok((
-                    store.store().stored_blobs()?.len(),
-                    store.store().stored_layers()?.len(),
-                ))
-            };
-            let before = counts(store)?;
-            let removed = store.remove(&reference)?;
-            let after = counts(store)?;
-            Ok((removed, (before.0 - after.0, before.1 - after.1)))
-        })
-        .await?;
+        let (removed, freed) =
+            blocking(handle.store.clone(), move |store| store.remove(&reference)).await?;
         info!("{caller} removed the image {}", removed.name);
         Ok(Response::new(RemoveResponse {
             removed: Some(image_message(&removed)),
-            freed_blobs: u32::try_from(freed.0).unwrap_or(u32::MAX),
-            freed_layers: u32::try_from(freed.1).unwrap_or(u32::MAX),
+            freed_blobs: u32::try_from(freed.blobs.len()).unwrap_or(u32::MAX),
+            freed_layers: u32::try_from(freed.layers.len()).unwrap_or(u32::MAX),
         }))
     }
 }
