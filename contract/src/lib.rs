@@ -9,12 +9,15 @@
 //!   the log prefix;
 //! * [`devices`]: the device-mapper names stage 1 gives the verified root;
 //! * [`kmod`]: module names and the `modules.dep` load order;
-//! * [`trial`]: the trial record the updater leaves for PID 1 when it activates a slot.
+//! * [`trial`]: the trial record the updater leaves for PID 1 when it activates a slot;
+//! * [`exits`]: the exit records PID 1 keeps for the containers it reaps, and the log-pipe
+//!   names of its fd store ([`pid1`]).
 //!
 //! Nothing here does I/O; every crate may import it.
 
 pub mod cmdline;
 pub mod devices;
+pub mod exits;
 pub mod kmod;
 pub mod pid1;
 pub mod trial;

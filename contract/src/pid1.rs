@@ -14,6 +14,17 @@ pub const NOTIFY_SOCKET_PATH: &str = "/run/keelson/notify";
 /// started this boot (1 on the first start), so that `Machine.Status` can report restarts.
 pub const AGENT_START_ENV: &str = "KEELSON_AGENT_START";
 
+/// How many descriptors PID 1 keeps for the agent at most (two log pipes per container).
+pub const FD_STORE_LIMIT: usize = 8192;
+
+/// The environment variables in which PID 1 hands its kept descriptors to a (re)started
+/// agent, as systemd does: `LISTEN_FDS` descriptors from fd 3 on, named in order by the
+/// colon-separated `LISTEN_FDNAMES`. (No `LISTEN_PID`: the agent is PID 1's own child and
+/// takes the variables out of its environment before it starts anything.)
+pub const LISTEN_FDS_ENV: &str = "LISTEN_FDS";
+/// See [`LISTEN_FDS_ENV`].
+pub const LISTEN_FDNAMES_ENV: &str = "LISTEN_FDNAMES";
+
 /// The prefix of every line PID 1 writes to the kernel log.
 pub const LOG_PREFIX: &str = "keelson-init:";
 
@@ -74,6 +85,12 @@ pub struct NotifyMessage {
     pub watchdog: bool,
     /// `STATUS=…`.
     pub status: Option<String>,
+    /// `FDSTORE=1`: keep the file descriptors sent with this message.
+    pub fd_store: bool,
+    /// `FDSTOREREMOVE=1`: drop the kept descriptors named by `fd_name`.
+    pub fd_store_remove: bool,
+    /// `FDNAME=…`: the name the descriptors are kept (or dropped) under.
+    pub fd_name: Option<String>,
 }
 
 impl NotifyMessage {
@@ -85,6 +102,9 @@ impl NotifyMessage {
                 Some(("READY", "1")) => message.ready = true,
                 Some(("WATCHDOG", "1")) => message.watchdog = true,
                 Some(("STATUS", status)) => message.status = Some(status.to_owned()),
+                Some(("FDSTORE", "1")) => message.fd_store = true,
+                Some(("FDSTOREREMOVE", "1")) => message.fd_store_remove = true,
+                Some(("FDNAME", name)) => message.fd_name = Some(name.to_owned()),
                 _ => {}
             }
         }
@@ -106,8 +126,13 @@ mod tests {
                 ready: true,
                 watchdog: true,
                 status: Some("serving".into()),
+                ..NotifyMessage::default()
             }
         );
+        let stored = NotifyMessage::parse("FDSTORE=1\nFDNAME=pod.app.0.stdout");
+        assert!(stored.fd_store && !stored.fd_store_remove);
+        assert_eq!(stored.fd_name.as_deref(), Some("pod.app.0.stdout"));
+        assert!(NotifyMessage::parse("FDSTOREREMOVE=1\nFDNAME=x").fd_store_remove);
         assert_eq!(NotifyMessage::parse("READY=0"), NotifyMessage::default());
     }
 

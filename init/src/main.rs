@@ -24,10 +24,12 @@
 //! (what the image ships), not by modalias.
 
 mod error;
+mod fdstore;
 mod grow;
 mod log;
 mod modules;
 mod power;
+mod reaper;
 mod stage1;
 mod stage2;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 use keelson_contract::pid1::PowerAction;
@@ -81,22 +81,7 @@ pub fn power_button_pressed(button: &mut File) -> bool {
     pressed
 }
 
-/// Reaps every child that has exited; returns their pids and how they ended.
-pub fn reap_children() -> Vec<(i32, String)> {
-    let mut reaped = Vec::new();
-    loop {
-        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                reaped.push((pid.as_raw(), format!("exited with status {code}")))
-            }
-            Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                reaped.push((pid.as_raw(), format!("was killed by {signal}")))
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
-            Ok(_) => continue,
-        }
-    }
-}
+pub use crate::reaper::reap_children;
 
 /// True while PID 1 still has children.
 fn has_children() -> bool {

@@ -10,7 +10,9 @@
 //! 3. route ctrl-alt-del to PID 1 as SIGINT, set a default hostname;
 //! 4. grow STATE to the end of the disk;
 //! 5. listen for signals, sd_notify datagrams and the power button;
-//! 6. supervise `keelsond` until a poweroff or reboot is asked for.
+//! 6. supervise `keelsond` until a poweroff or reboot is asked for, keeping the descriptors
+//!    it stores (its containers' log pipes, [`crate::fdstore`]) and an exit record for every
+//!    orphan it reaps (its containers, [`crate::reaper`]).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -25,7 +27,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use keelson_contract::pid1::{
-    action_for_signal, NotifyMessage, PowerAction, AGENT_PATH, AGENT_START_ENV, NOTIFY_SOCKET_PATH,
+    action_for_signal, NotifyMessage, PowerAction, AGENT_PATH, AGENT_START_ENV, LISTEN_FDNAMES_ENV,
+    LISTEN_FDS_ENV, NOTIFY_SOCKET_PATH,
 };
 use keelson_linux::clock::monotonic as now;
 use keelson_linux::{block, mounts};
@@ -33,12 +36,14 @@ use keelson_supervise::agent::{Action, Event, Supervisor, WATCHDOG_INTERVAL};
 use keelson_supervise::trial::{Trial, TrialVerdict};
 
 use crate::error::{io, InitError};
-use crate::{grow, modules, power};
+use crate::fdstore::FdStore;
+use crate::{fdstore, grow, modules, power};
 
 /// Runs stage 2. Never returns.
 pub fn run() -> ! {
     crate::notice!("stage 2 (keelson-init {})", env!("CARGO_PKG_VERSION"));
     load_root_modules();
+    fdstore::raise_open_file_limit();
     mount_runtime_filesystems();
     configure_kernel();
     grow_state();
@@ -229,12 +234,13 @@ fn supervise(
     mut buttons: Vec<std::fs::File>,
 ) -> PowerAction {
     let mut supervisor = Supervisor::new(now());
+    let mut store = FdStore::default();
     let mut pending = supervisor.handle(now(), Event::Tick);
     let mut trial = arm_trial();
     loop {
         let mut requested = None;
         while let Some(action) = pending.pop() {
-            pending.extend(perform(&mut supervisor, action));
+            pending.extend(perform(&mut supervisor, &store, action));
         }
 
         let timeout = supervisor
@@ -278,7 +284,8 @@ fn supervise(
             pending.extend(supervisor.handle(now(), Event::Exited { pid, how }));
         }
         if let Some(socket) = notify {
-            for (pid, message) in read_notifications(socket) {
+            for (pid, message, fds) in read_notifications(socket) {
+                store.apply(&message, fds);
                 pending.extend(supervisor.handle(now(), Event::Notify { pid, message }));
             }
         }
@@ -306,7 +313,7 @@ fn supervise(
 
         if let Some(action) = requested {
             for action in supervisor.handle(now(), Event::Stop) {
-                perform(&mut supervisor, action);
+                perform(&mut supervisor, &store, action);
             }
             return action;
         }
@@ -314,7 +321,7 @@ fn supervise(
 }
 
 /// Carries out one supervisor action; returns the follow-up actions.
-fn perform(supervisor: &mut Supervisor, action: Action) -> Vec<Action> {
+fn perform(supervisor: &mut Supervisor, store: &FdStore, action: Action) -> Vec<Action> {
     match action {
         Action::Log(line) => {
             crate::notice!("{line}");
@@ -327,7 +334,7 @@ fn perform(supervisor: &mut Supervisor, action: Action) -> Vec<Action> {
             Vec::new()
         }
         Action::Spawn { previous_starts } => {
-            let event = match spawn_agent(previous_starts + 1) {
+            let event = match spawn_agent(previous_starts + 1, store) {
                 Ok(pid) => Event::Spawned { pid },
                 Err(error) => Event::SpawnFailed {
                     error: error.to_string(),
@@ -338,8 +345,17 @@ fn perform(supervisor: &mut Supervisor, action: Action) -> Vec<Action> {
     }
 }
 
-fn spawn_agent(start_number: u32) -> Result<i32, InitError> {
+/// Starts the agent with the descriptors it left in the store (see [`fdstore`]).
+fn spawn_agent(start_number: u32, store: &FdStore) -> Result<i32, InitError> {
+    let handed_over = store.hand_over();
+    let parked = FdStore::raw_numbers(&handed_over);
+    let names: Vec<&str> = handed_over.iter().map(|(name, _)| name.as_str()).collect();
     let mut command = std::process::Command::new(AGENT_PATH);
+    if !parked.is_empty() {
+        command
+            .env(LISTEN_FDS_ENV, parked.len().to_string())
+            .env(LISTEN_FDNAMES_ENV, names.join(":"));
+    }
     command
         .env_clear()
         .env("PATH", "/usr/bin:/usr/sbin")
@@ -348,14 +364,15 @@ fn spawn_agent(start_number: u32) -> Result<i32, InitError> {
         .env(AGENT_START_ENV, start_number.to_string())
         .current_dir("/");
     // SAFETY: only async-signal-safe calls between fork and exec: unblock the signals PID 1
-    // blocked for its signalfd, and start a new session.
+    // blocked for its signalfd, start a new session, and move the stored descriptors to
+    // 3, 4, ….
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             libc::setsid();
-            Ok(())
+            FdStore::install(&parked)
         });
     }
     command
@@ -364,34 +381,43 @@ fn spawn_agent(start_number: u32) -> Result<i32, InitError> {
         .map_err(io("starting", AGENT_PATH))
 }
 
-/// Reads every pending sd_notify datagram with its sender's pid.
-fn read_notifications(socket: &UnixDatagram) -> Vec<(i32, NotifyMessage)> {
+/// Reads every pending sd_notify datagram with its sender's pid and the descriptors sent
+/// with it.
+fn read_notifications(socket: &UnixDatagram) -> Vec<(i32, NotifyMessage, Vec<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
     let mut messages = Vec::new();
     loop {
         let mut buffer = [0u8; 4096];
-        let mut space = nix::cmsg_space!(UnixCredentials);
+        let mut space = nix::cmsg_space!(UnixCredentials, [std::os::fd::RawFd; 16]);
         let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
         let received = recvmsg::<UnixAddr>(
             socket.as_raw_fd(),
             &mut iov,
             Some(&mut space),
-            MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
         );
         let Ok(received) = received else {
             return messages;
         };
         let mut sender = 0;
+        let mut fds = Vec::new();
         if let Ok(cmsgs) = received.cmsgs() {
             for cmsg in cmsgs {
-                if let ControlMessageOwned::ScmCredentials(credentials) = cmsg {
-                    sender = credentials.pid();
+                match cmsg {
+                    ControlMessageOwned::ScmCredentials(credentials) => sender = credentials.pid(),
+                    // SAFETY: descriptors received with SCM_RIGHTS are new and ours alone.
+                    ControlMessageOwned::ScmRights(received) => fds.extend(
+                        received
+                            .into_iter()
+                            .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }),
+                    ),
+                    _ => {}
                 }
             }
         }
         let length = received.bytes;
         let text = String::from_utf8_lossy(buffer.get(..length).unwrap_or_default()).into_owned();
-        messages.push((sender, NotifyMessage::parse(&text)));
+        messages.push((sender, NotifyMessage::parse(&text), fds));
     }
 }
 

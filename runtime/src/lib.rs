@@ -12,9 +12,13 @@
 //! - [`security`]: the defaults every container gets: containerd's capability set, the
 //!   masked and read-only `/proc` and `/sys` paths, the device nodes of its `/dev`.
 //!
-//! The first piece of the shell is [`cgroup`]: a container's cgroup v2 under its pod's,
-//! with those values. The namespaces, the overlayfs root and the container-init process
-//! land beside it; they perform what these cores decide.
+//! The shell performs what they decide:
+//! - [`cgroup`], a container's cgroup v2 under its pod's, with those values;
+//! - [`spec`], the container, decided, as the agent hands it to container-init;
+//! - [`shell`], container-init (a fresh single-threaded process of the agent's binary)
+//!   creates the namespaces, the overlayfs root, `/proc`, `/dev` and `/sys`, applies the
+//!   seccomp filter and credentials, and executes the program; the agent's side starts it
+//!   and reads its report.
 
 pub mod cgroup;
 pub mod lifecycle;
@@ -22,3 +26,5 @@ pub mod passwd;
 pub mod process;
 pub mod resources;
 pub mod security;
+pub mod shell;
+pub mod spec;

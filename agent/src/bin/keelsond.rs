@@ -22,6 +22,15 @@ struct Arguments {
 }
 
 fn main() {
+    // Container-init mode must decide before anything starts a thread (see
+    // keelson_runtime::shell::init).
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw
+        .get(1)
+        .is_some_and(|mode| mode == keelson_runtime::shell::launch::CONTAINER_INIT)
+    {
+        std::process::exit(container_init(&raw));
+    }
     let arguments = Arguments::parse();
     keelson_log::install();
     let options = keelson_agent::AgentOptions {
@@ -44,4 +53,21 @@ fn main() {
         eprintln!("keelsond: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// `keelsond container-init BUNDLE --report-fd N`.
+fn container_init(raw: &[std::ffi::OsString]) -> i32 {
+    let (Some(bundle), Some(flag), Some(fd)) = (raw.get(2), raw.get(3), raw.get(4)) else {
+        eprintln!("usage: keelsond container-init BUNDLE --report-fd N (started by the agent)");
+        return 2;
+    };
+    let Some(fd) = fd
+        .to_str()
+        .and_then(|fd| fd.parse().ok())
+        .filter(|_| flag == "--report-fd")
+    else {
+        eprintln!("keelsond container-init: --report-fd takes a descriptor number");
+        return 2;
+    };
+    keelson_runtime::shell::init::run(std::path::Path::new(bundle), fd)
 }

@@ -1,0 +1,205 @@
+//! Container-init: the single-threaded process that creates one container.
+//!
+//! The agent runs a tokio runtime with several threads, and a multi-threaded process must
+//! not fork and then do real work (another thread may hold a lock the child needs). So the
+//! agent starts its own binary again as `keelsond container-init BUNDLE --report-fd N`,
+//! as runc starts `runc init`: a fresh process with one thread, which
+//! 1. reads the bundle's spec;
+//! 2. joins the container's cgroup (everything it forks is born there);
+//! 3. unshares the PID namespace;
+//! 4. forks the container's first process (PID 1 of the new PID namespace), which
+//!    unshares the mount, UTS, IPC, cgroup and (unless the pod uses the node's) network
+//!    namespaces, builds
+//!    the root ([`super::rootfs`]), sets the hostname, limits, working directory, seccomp
+//!    filter and credentials, and executes the program;
+//! 5. waits until that process has executed its program or failed (a close-on-exec pipe
+//!    tells which), reports `{pid, start time}` or the error on the report descriptor,
+//!    and exits.
+//!
+//! Exiting orphans the container on purpose: PID 1 adopts and reaps it and keeps its exit
+//! status (`keelson_contract::exits`), so no process of the runtime stays behind as a
+//! shim and the container outlives any restart of the agent.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::unistd::ForkResult;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{ContainerSpec, NetworkMode, SeccompProfile};
+
+/// What container-init reports to the agent: one JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// The container runs its program.
+    Created {
+        /// Its first process, in the node's PID namespace.
+        pid: i32,
+        /// That process's start time (for its exit record).
+        start_time: u64,
+    },
+    /// It could not be created; nothing of it runs.
+    Failed(String),
+}
+
+/// Runs container-init for `bundle`, reporting on `report_fd`. Returns the exit code.
+pub fn run(bundle: &Path, report_fd: i32) -> i32 {
+    // SAFETY: the agent passed this descriptor open for this purpose; it is owned here.
+    let report_fd = unsafe { OwnedFd::from_raw_fd(report_fd) };
+    // The container's process must not inherit it.
+    let _ = nix::fcntl::fcntl(
+        &report_fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let report = match create(bundle) {
+        Ok((pid, start_time)) => Report::Created { pid, start_time },
+        Err(error) => Report::Failed(error),
+    };
+    let code = i32::from(matches!(report, Report::Failed(_)));
+    let mut line = serde_json::to_vec(&report).unwrap_or_default();
+    line.push(b'\n');
+    let _ = std::fs::File::from(report_fd).write_all(&line);
+    code
+}
+
+fn create(bundle: &Path) -> Result<(i32, u64), String> {
+    let spec = ContainerSpec::read(bundle)?;
+    let procs = spec.cgroup.join("cgroup.procs");
+    std::fs::write(&procs, "0").map_err(|error| {
+        format!(
+            "cannot join the container's cgroup {}: {error}",
+            spec.cgroup.display()
+        )
+    })?;
+    // The PID namespace applies to children, so it is made here; the child makes the rest
+    // itself, so that this process keeps the node's /proc to read the child's start time.
+    nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|errno| {
+        format!(
+            "cannot create the container's PID namespace: {}",
+            errno.desc()
+        )
+    })?;
+    // Everything the child needs from the heap is prepared before the fork.
+    let seccomp = match spec.seccomp {
+        SeccompProfile::RuntimeDefault => Some(super::seccomp::default_program()?),
+        SeccompProfile::Unconfined => None,
+    };
+    let (errors_read, errors_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|errno| format!("cannot create a pipe: {}", errno.desc()))?;
+    // SAFETY: this process has a single thread (container-init never starts another).
+    match unsafe { nix::unistd::fork() } {
+        Err(errno) => Err(format!(
+            "cannot fork the container's process: {}",
+            errno.desc()
+        )),
+        Ok(ForkResult::Child) => {
+            drop(errors_read);
+            let error = become_container(&spec, seccomp.as_ref());
+            let _ = std::fs::File::from(errors_write).write_all(error.as_bytes());
+            // SAFETY: leave at once, running no destructors of the parent's state.
+            unsafe { libc::_exit(127) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(errors_write);
+            let mut error = String::new();
+            let _ = std::fs::File::from(errors_read).read_to_string(&mut error);
+            if !error.is_empty() {
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(error);
+            }
+            // The child is still ours (a zombie at worst), so its /proc entry is there.
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .map_err(|error| format!("cannot read the container's start time: {error}"))?;
+            let start_time = keelson_contract::exits::start_time_in_stat(&stat)
+                .ok_or_else(|| "cannot read the container's start time".to_owned())?;
+            Ok((child.as_raw(), start_time))
+        }
+    }
+}
+
+/// In the forked child: everything up to `execve`. Returns only with an error.
+fn become_container(spec: &ContainerSpec, seccomp: Option<&seccompiler::BpfProgram>) -> String {
+    match prepare(spec, seccomp) {
+        Ok((program, args, env)) => {
+            let errno = nix::unistd::execve(&program, &args, &env).unwrap_err();
+            format!(
+                "cannot execute {:?}: {}",
+                spec.args.first().map(String::as_str).unwrap_or(""),
+                errno.desc()
+            )
+        }
+        Err(error) => error,
+    }
+}
+
+type Exec = (CString, Vec<CString>, Vec<CString>);
+
+fn prepare(
+    spec: &ContainerSpec,
+    seccomp: Option<&seccompiler::BpfProgram>,
+) -> Result<Exec, String> {
+    let _ = nix::unistd::setsid();
+    let mut namespaces = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    if spec.network == NetworkMode::Private {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(namespaces)
+        .map_err(|errno| format!("cannot create the container's namespaces: {}", errno.desc()))?;
+    if spec.network == NetworkMode::Private {
+        super::rootfs::loopback_up()?;
+    }
+    super::rootfs::enter(spec)?;
+    nix::unistd::sethostname(&spec.hostname).map_err(|errno| {
+        format!(
+            "cannot set the hostname {:?}: {}",
+            spec.hostname,
+            errno.desc()
+        )
+    })?;
+    for limit in &spec.rlimits {
+        let value = libc::rlimit {
+            rlim_cur: limit.soft,
+            rlim_max: limit.hard,
+        };
+        // SAFETY: setrlimit reads a plain struct.
+        if unsafe { libc::setrlimit(limit.resource as _, &value) } != 0 {
+            return Err(format!(
+                "cannot set rlimit {}: {}",
+                limit.resource,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    std::fs::create_dir_all(&spec.cwd)
+        .and_then(|()| std::env::set_current_dir(&spec.cwd))
+        .map_err(|error| format!("cannot enter the working directory {}: {error}", spec.cwd))?;
+    let program = spec.program(Path::new("/"))?;
+    let program = c_string(program.as_os_str().as_bytes())?;
+    let args = spec
+        .args
+        .iter()
+        .map(|arg| c_string(arg.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = spec
+        .env
+        .iter()
+        .map(|entry| c_string(entry.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(program) = seccomp {
+        super::seccomp::install(program)?;
+    }
+    super::credentials::apply(spec)?;
+    Ok((program, args, env))
+}
+
+fn c_string(bytes: &[u8]) -> Result<CString, String> {
+    CString::new(bytes)
+        .map_err(|_| format!("{:?} holds a NUL byte", String::from_utf8_lossy(bytes)))
+}

@@ -1,0 +1,9 @@
+//! The runtime's shell: what touches the kernel. [`launch`] runs in the agent and starts
+//! [`init`] (container-init) in a fresh single-threaded process, which builds the
+//! container with [`rootfs`], [`seccomp`] and [`credentials`] from a spec the agent wrote.
+
+pub mod credentials;
+pub mod init;
+pub mod launch;
+pub mod rootfs;
+pub mod seccomp;

@@ -1,0 +1,269 @@
+//! Real containers on the host, as root: container-init builds them from a busybox root
+//! and the checks read what the container itself saw. This binary is its own
+//! container-init (`containers container-init BUNDLE --report-fd N`), as keelsond is.
+//!
+//! The host's cgroup v1 controllers do not matter here: the container joins a cgroup of
+//! the host's cgroup2 hierarchy without limits; limits are checked in the QEMU guest.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use keelson_runtime::shell::launch::{Launcher, CONTAINER_INIT};
+use keelson_runtime::spec::{ContainerSpec, NetworkMode, Rlimit, RootSpec, SeccompProfile};
+
+fn main() {
+    let arguments: Vec<String> = std::env::args().collect();
+    if arguments.get(1).map(String::as_str) == Some(CONTAINER_INIT) {
+        let fd = arguments
+            .get(4)
+            .and_then(|fd| fd.parse().ok())
+            .unwrap_or(-1);
+        std::process::exit(keelson_runtime::shell::init::run(
+            Path::new(&arguments[2]),
+            fd,
+        ));
+    }
+    type Test = (&'static str, fn(&Host));
+    let tests: [Test; 3] = [
+        (
+            "a_container_sees_only_its_own_root_devices_and_processes",
+            sees_only_its_own_world,
+        ),
+        (
+            "a_container_runs_with_the_default_privileges_and_its_exit_code_is_kept",
+            default_privileges,
+        ),
+        (
+            "a_program_missing_from_the_image_is_reported_and_nothing_runs",
+            missing_program,
+        ),
+    ];
+    let Some(host) = Host::ready() else {
+        return;
+    };
+    let filter = arguments
+        .iter()
+        .skip(1)
+        .find(|argument| !argument.starts_with('-'));
+    let mut failed = 0;
+    for (name, test) in tests {
+        if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(|| test(&host));
+        println!(
+            "test {name} ... {}",
+            if outcome.is_ok() { "ok" } else { "FAILED" }
+        );
+        failed += usize::from(outcome.is_err());
+    }
+    host.clean_up();
+    println!(
+        "test result: {}. {failed} failed",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    std::process::exit(i32::from(failed > 0));
+}
+
+/// What the tests need of the host: root, busybox, overlayfs and a cgroup2 hierarchy.
+struct Host {
+    busybox: PathBuf,
+    cgroup2: PathBuf,
+}
+
+impl Host {
+    fn ready() -> Option<Host> {
+        let test = "runtime::containers";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            keelson_testkit::skip(test, "creating containers needs root");
+            return None;
+        }
+        let busybox = PathBuf::from("/bin/busybox");
+        if !busybox.exists() {
+            keelson_testkit::skip(test, "needs /bin/busybox (Debian's busybox-static)");
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let Some(cgroup2) = mounts
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+            })
+            .next()
+        else {
+            keelson_testkit::skip(test, "the host has no cgroup2 hierarchy");
+            return None;
+        };
+        // Orphaned containers come back to this process to be reaped, as they come to
+        // PID 1 on a node.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        Some(Host { busybox, cgroup2 })
+    }
+
+    fn cgroup(&self) -> PathBuf {
+        self.cgroup2
+            .join(format!("keelson-test-{}", std::process::id()))
+    }
+
+    /// Removes the (empty) cgroups the tests made.
+    fn clean_up(&self) {
+        if let Ok(entries) = std::fs::read_dir(self.cgroup()) {
+            for entry in entries.flatten().filter(|entry| entry.path().is_dir()) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(self.cgroup());
+    }
+
+    /// A one-layer busybox image root.
+    fn layer(&self, directory: &Path) -> PathBuf {
+        let layer = directory.join("layer");
+        for sub in ["bin", "etc", "tmp"] {
+            std::fs::create_dir_all(layer.join(sub)).unwrap();
+        }
+        std::fs::copy(&self.busybox, layer.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "ls", "id", "hostname", "grep", "sleep", "mount", "ps",
+        ] {
+            std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        layer
+    }
+
+    fn spec(&self, directory: &Path, args: &[&str]) -> ContainerSpec {
+        let leaf = self.cgroup().join(directory.file_name().unwrap());
+        std::fs::create_dir_all(&leaf).unwrap();
+        ContainerSpec {
+            id: "test.app.0".into(),
+            root: RootSpec {
+                layers: vec![self.layer(directory)],
+                upper: directory.join("upper"),
+                work: directory.join("work"),
+                mount_point: directory.join("rootfs"),
+                read_only: false,
+            },
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            env: vec![
+                "PATH=/bin".into(),
+                "GREETING=hello from the container".into(),
+            ],
+            cwd: "/work/dir".into(),
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            hostname: "web-1".into(),
+            network: NetworkMode::Private,
+            cgroup: leaf,
+            // The sandbox a test host runs in may lack CAP_SYS_RESOURCE: stay under its limit.
+            rlimits: vec![Rlimit {
+                resource: libc::RLIMIT_NOFILE,
+                soft: 1024,
+                hard: 1024,
+            }],
+            capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
+            no_new_privileges: true,
+            seccomp: SeccompProfile::RuntimeDefault,
+        }
+    }
+
+    /// Runs the container to its end; returns its output and exit status.
+    fn run(&self, spec: &ContainerSpec, bundle: &Path) -> Result<(String, i32), String> {
+        spec.write(bundle).unwrap();
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut read = std::fs::File::from(read);
+        let launcher = Launcher::new(std::env::current_exe().unwrap());
+        let launched = launcher.launch(bundle, write.try_clone().unwrap(), write);
+        let launched = launched?;
+        let mut output = String::new();
+        read.read_to_string(&mut output).unwrap();
+        let status =
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None).unwrap();
+        let code = match status {
+            nix::sys::wait::WaitStatus::Exited(_, code) => code,
+            other => panic!("the container ended as {other:?}"),
+        };
+        Ok((output, code))
+    }
+}
+
+fn sees_only_its_own_world(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo pid=$$; echo host=$(hostname); echo cwd=$(pwd); echo $GREETING; \
+         echo dev=$(ls /dev | tr '\\n' ' '); echo root=$(ls / | tr '\\n' ' '); \
+         [ -e /proc/{host_pid} ] && echo the host process is visible; \
+         for f in /proc/kcore /proc/keys /proc/timer_list; do \
+           [ -e $f ] && echo masked $f=$(wc -c < $f); done; \
+         echo loopback=$(cat /sys/class/net/lo/flags); ls /sys/class/net",
+        host_pid = std::process::id()
+    );
+    let script = script.as_str();
+    let spec = host.spec(directory.path(), &["sh", "-c", script]);
+    let (output, code) = host.run(&spec, directory.path()).unwrap();
+    assert_eq!(code, 0, "{output}");
+    for expected in [
+        "pid=1\n",
+        "host=web-1\n",
+        "cwd=/work/dir\n",
+        "hello from the container\n",
+        "dev=fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero\n",
+        "loopback=0x9\n",
+    ] {
+        assert!(output.contains(expected), "{expected:?} not in:\n{output}");
+    }
+    let root_line = output
+        .lines()
+        .find(|line| line.starts_with("root="))
+        .unwrap();
+    // The image's root (bin etc tmp), the kernel filesystems, the working directory made
+    // for it, and nothing of the node's.
+    assert_eq!(root_line, "root=bin dev etc proc sys tmp work");
+    assert!(!output.contains("visible"), "{output}");
+    // Masked files read as /dev/null.
+    let masked: Vec<&str> = output
+        .lines()
+        .filter(|line| line.starts_with("masked "))
+        .collect();
+    assert!(
+        !masked.is_empty() && masked.iter().all(|line| line.ends_with("=0")),
+        "{output}"
+    );
+    // A network namespace of its own: loopback and nothing else.
+    assert!(output.trim_end().ends_with("lo"), "{output}");
+}
+
+fn default_privileges(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  mount -t tmpfs none /tmp 2>&1 && echo mounted; exit 3";
+    let spec = host.spec(directory.path(), &["sh", "-c", script]);
+    let (output, code) = host.run(&spec, directory.path()).unwrap();
+    assert_eq!(code, 3, "{output}");
+    // containerd's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID
+    // SETPCAP NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
+    assert!(output.contains("CapEff:\t00000000a80425fb"), "{output}");
+    assert!(output.contains("CapBnd:\t00000000a80425fb"), "{output}");
+    assert!(output.contains("NoNewPrivs:\t1"), "{output}");
+    assert!(output.contains("Seccomp:\t2"), "{output}");
+    assert!(
+        !output.contains("mounted"),
+        "a container mounted a filesystem:\n{output}"
+    );
+}
+
+fn missing_program(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = host.spec(directory.path(), &["nginx", "-g", "daemon off;"]);
+    let error = host.run(&spec, directory.path()).unwrap_err();
+    assert!(
+        error.contains("executable file \"nginx\" not found in $PATH (/bin)"),
+        "{error}"
+    );
+}
