@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keelson/files/v1/files.proto",
         "proto/keelson/update/v1/update.proto",
         "proto/keelson/images/v1/images.proto",
+        "proto/keelson/pods/v1/pods.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -41,7 +41,10 @@ pub struct AgentOptions {
 
 /// Runs the agent until PID 1 asks it to stop (SIGTERM). Start-up is this list of
 /// phases, in order; a phase that runs only on a managed machine says so here.
-pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+pub async fn run(
+    options: AgentOptions,
+    inherited_pipes: keelson_kubelet::handoff::InheritedPipes,
+) -> anyhow::Result<()> {
     let identity = system::Identity::read();
     info!(slot = %identity.slot, version = %identity.os_version, "keelsond starting");
 
@@ -56,6 +59,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     let images = open_image_store(&options).await;
     let (served, context) =
         serve_api(&options, environment, configured, engine.clone(), images).await?;
+    start_kubelet(&options, &context, inherited_pipes);
     if options.manage_machine {
         start_health_gate(&context, engine, &update_policy).await;
     }
@@ -163,9 +167,60 @@ async fn serve_api(
         files_root: PathBuf::from("/"),
         update: engine,
         images,
+        pods: std::sync::OnceLock::new(),
     });
     let served = tokio::spawn(api::serve(listener, context.clone()));
     Ok((served, context))
+}
+
+/// Phase: the pod supervisor. Kept pods come back: running containers are found again
+/// (their log pipes came back from PID 1), exited ones are restarted as their policy says.
+/// A development host runs no pods.
+fn start_kubelet(
+    options: &AgentOptions,
+    context: &Arc<api::ApiContext>,
+    inherited_pipes: keelson_kubelet::handoff::InheritedPipes,
+) {
+    use keelson_kubelet::engine::{Engine, EnginePaths};
+    let started = (|| {
+        if !options.manage_machine {
+            return Err("the agent does not manage this machine".to_owned());
+        }
+        let handle = context
+            .images
+            .clone()
+            .map_err(|reason| format!("the image store is not available: {reason}"))?;
+        let access = Arc::new(api::images::KubeletImageAccess {
+            handle: handle.clone(),
+            context: Arc::downgrade(context),
+        });
+        let paths = EnginePaths {
+            bundles: options.state_dir.join("containers"),
+            logs: PathBuf::from("/var/log/pods"),
+            cgroup_root: PathBuf::from(keelson_runtime::cgroup::CGROUP_ROOT),
+            container_init: std::env::current_exe()
+                .map_err(|error| format!("cannot find the agent's own binary: {error}"))?,
+        };
+        if !inherited_pipes.is_empty() {
+            info!(
+                pipes = inherited_pipes.len(),
+                "log pipes came back from PID 1"
+            );
+        }
+        let engine = Arc::new(Engine::new(
+            handle.store.clone(),
+            access,
+            paths,
+            inherited_pipes,
+        ));
+        let store = keelson_kubelet::store::PodStore::open(&options.state_dir.join("pods"))?;
+        Ok(keelson_kubelet::pods::Kubelet::start(engine, store))
+    })();
+    match &started {
+        Ok(kubelet) => info!(pods = kubelet.list(None).len(), "pod supervisor started"),
+        Err(reason) => warn!("pods: {reason}"),
+    }
+    let _ = context.pods.set(started);
 }
 
 /// Phase (managed machines): reconcile the slots, then bless the running slot once it

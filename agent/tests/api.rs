@@ -133,6 +133,8 @@ async fn serve(security: ApiSecurity) -> Server {
             ),
             operations: tokio::sync::Mutex::new(()),
         })),
+        // A development host runs no pods; the service says so.
+        pods: std::sync::OnceLock::from(Err("the agent does not manage this machine".to_owned())),
     });
     tokio::spawn(keelson_agent::api::serve(listener, context.clone()));
     Server {
@@ -175,8 +177,44 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
     let mut machine = MachineClient::new(channel.clone());
     let mut files = FilesClient::new(channel.clone());
     let mut update = UpdateClient::new(channel.clone());
-    let mut images = ImagesClient::new(channel);
+    let mut images = ImagesClient::new(channel.clone());
+    let mut pods = keelson_api::pods::pods_client::PodsClient::new(channel);
     let name = method.rsplit('/').next().unwrap();
+    if method.starts_with("/keelson.pods.v1.") {
+        use keelson_api::pods as api;
+        let (namespace, pod) = (String::new(), "web".to_owned());
+        return match name {
+            "Apply" => pods
+                .apply(api::ApplyRequest {
+                    pod_json: "{}".into(),
+                })
+                .await
+                .map(drop),
+            "List" => pods.list(api::ListRequest::default()).await.map(drop),
+            "Get" => pods
+                .get(api::GetRequest {
+                    namespace,
+                    name: pod,
+                })
+                .await
+                .map(drop),
+            "Delete" => pods
+                .delete(api::DeleteRequest {
+                    namespace,
+                    name: pod,
+                })
+                .await
+                .map(drop),
+            "Logs" => pods
+                .logs(api::LogsRequest {
+                    name: pod,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            other => panic!("the test does not know how to call {other}: add it"),
+        };
+    }
     if method.starts_with("/keelson.images.v1.") {
         return match name {
             "List" => images.list(ImagesListRequest {}).await.map(drop),
@@ -304,10 +342,15 @@ async fn every_role_against_every_rpc() {
                     );
                 } else {
                     // Allowed: the image calls meet an empty store (an empty archive, no
-                    // such image); the rest an agent that does not manage its machine.
+                    // such image), the pod calls a node that runs no pods, the rest an
+                    // agent that does not manage its machine.
                     let expected = match *method {
                         "/keelson.images.v1.Images/Import" => Code::InvalidArgument,
                         "/keelson.images.v1.Images/Remove" => Code::NotFound,
+                        pods if pods.starts_with("/keelson.pods.v1.") => {
+                            assert!(status.message().contains("this node runs no pods: the agent does not manage this machine"), "{status:?}");
+                            Code::Unavailable
+                        }
                         _ => Code::FailedPrecondition,
                     };
                     assert_eq!(status.code(), expected, "{role} {method}: {status:?}");

@@ -44,6 +44,12 @@ pub mod images {
     tonic::include_proto!("keelson.images.v1");
 }
 
+/// `keelson.pods.v1`: the node's pods.
+#[allow(missing_docs)] // generated code; the .proto files carry the documentation
+pub mod pods {
+    tonic::include_proto!("keelson.pods.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keelson_descriptors.bin"));
@@ -54,6 +60,7 @@ pub const PACKAGES: &[&str] = &[
     "keelson.files.v1",
     "keelson.update.v1",
     "keelson.images.v1",
+    "keelson.pods.v1",
 ];
 
 /// The TCP port the agent serves the API on.

@@ -96,6 +96,11 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.images.v1.Images/Import", Role::Operator),
     ("/keelson.images.v1.Images/Pull", Role::Operator),
     ("/keelson.images.v1.Images/Remove", Role::Operator),
+    ("/keelson.pods.v1.Pods/Apply", Role::Operator),
+    ("/keelson.pods.v1.Pods/List", Role::Reader),
+    ("/keelson.pods.v1.Pods/Get", Role::Reader),
+    ("/keelson.pods.v1.Pods/Delete", Role::Operator),
+    ("/keelson.pods.v1.Pods/Logs", Role::Reader),
 ];
 
 /// The least role `method` (a gRPC path) needs; `None` for a method the API lacks.

@@ -72,6 +72,14 @@ pub enum Command {
     /// Container images on the nodes: import an archive, list, remove.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Create and start a pod of one container, as `kubectl run` does.
+    Run(RunArgs),
+    /// Create pods from a v1/Pod manifest (YAML or JSON; `-` reads stdin).
+    Apply(ApplyArgs),
+    /// List pods (`get pods`) or show one (`get pod NAME`), as kubectl prints them.
+    Get(GetArgs),
+    /// Delete pods: SIGTERM, then SIGKILL after the grace period.
+    Delete(DeleteArgs),
     /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
     /// the node's own parser and validation; exits 1 when a node would refuse it.
     Validate(ValidateArgs),
@@ -114,12 +122,105 @@ pub struct FollowArgs {
 /// `logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The service: keelsond (the agent) or init (PID 1).
+    /// A service, keelsond (the agent) or init (PID 1), or a pod (NAME or pod/NAME).
     #[arg(default_value = "keelsond")]
-    pub service: String,
+    pub target: String,
     /// Follow and tail.
     #[command(flatten)]
     pub follow: FollowArgs,
+    /// A pod's previous run (after a restart).
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Prefix a pod's lines with their times (RFC 3339).
+    #[arg(long)]
+    pub timestamps: bool,
+    /// The pod's namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pod's name (also its container's).
+    pub name: String,
+    /// The image.
+    #[arg(long)]
+    pub image: String,
+    /// The pod's restart policy.
+    #[arg(long, default_value = "Always", value_parser = ["Always", "OnFailure", "Never"])]
+    pub restart: String,
+    /// Memory limit (64Mi, 1Gi, …).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit (500m, 2, …).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Environment variables, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Use the node's network namespace.
+    #[arg(long)]
+    pub host_network: bool,
+    /// The pod's labels, K=V (repeatable; default run=NAME).
+    #[arg(
+        short = 'l',
+        long = "labels",
+        value_name = "K=V",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
+    /// The trailing words replace the image's entrypoint (`command`) instead of its cmd
+    /// (`args`).
+    #[arg(long)]
+    pub command: bool,
+    /// The namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Print the pod instead of creating it (client: as kubectl's --dry-run=client).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After `--`: the arguments (or, with `--command`, the command).
+    #[arg(last = true)]
+    pub words: Vec<String>,
+}
+
+/// `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The manifest (YAML, several documents allowed, or JSON); `-` reads stdin.
+    #[arg(short, long)]
+    pub file: PathBuf,
+}
+
+/// `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// What to get: pods (also pod, po).
+    #[arg(value_parser = ["pods", "pod", "po"])]
+    pub resource: String,
+    /// One pod's name.
+    pub name: Option<String>,
+    /// The namespace (default: default).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+/// `delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// What to delete: pods (also pod, po).
+    #[arg(value_parser = ["pods", "pod", "po"])]
+    pub resource: String,
+    /// The pods' names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// The namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
 }
 
 /// `reboot`.

@@ -10,7 +10,7 @@
 //!   `keelson_api::pki`). [`output`]: tables and machine formats. [`update`]: `upgrade`,
 //!   `rollback` and `update status|check|cancel`.
 //! - [`session`]: calls to every node at once and how answers are printed; [`machine`],
-//!   [`files`], [`update`] and [`images`]: the verbs of each API service.
+//!   [`files`], [`update`], [`images`] and [`pods`]: the verbs of each API service.
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
@@ -20,6 +20,7 @@ pub mod images;
 pub mod keelconfig;
 pub mod machine;
 pub mod output;
+pub mod pods;
 pub mod session;
 pub mod update;
 pub mod validate;
@@ -52,9 +53,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             let session = Session::maintenance(&cli, token, arguments.fingerprint.clone())?;
             machine::apply_config(&session, arguments).await
         }
+        Command::Run(arguments) if arguments.dry_run => pods::print_run(arguments, cli.output),
         command => on_nodes(&Session::from_keelconfig(&cli)?, command).await,
     }
 }
+
+/// What `keelctl logs NAME` reads as a service's log rather than a pod's (a pod of one
+/// of these names is `pod/NAME`).
+const SERVICES: &[&str] = &["keelsond", "init"];
 
 /// The verbs that call nodes, each to its service's module.
 async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> {
@@ -65,7 +71,14 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
         Command::Services(cli::ServicesArgs {
             action: Some(cli::ServicesAction::Restart { service }),
         }) => machine::restart_service(session, service).await,
-        Command::Logs(arguments) => machine::logs(session, arguments).await,
+        Command::Logs(arguments) if SERVICES.contains(&arguments.target.as_str()) => {
+            machine::logs(session, arguments).await
+        }
+        Command::Logs(arguments) => pods::logs(session, arguments).await,
+        Command::Run(arguments) => pods::run(session, arguments).await,
+        Command::Apply(arguments) => pods::apply(session, arguments).await,
+        Command::Get(arguments) => pods::get(session, arguments).await,
+        Command::Delete(arguments) => pods::delete(session, arguments).await,
         Command::Dmesg(arguments) => machine::dmesg(session, arguments).await,
         Command::Reboot(arguments) => machine::reboot(session, arguments).await,
         Command::Shutdown => machine::shutdown(session).await,

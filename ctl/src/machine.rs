@@ -101,7 +101,7 @@ pub async fn restart_service(session: &Session, service: &str) -> anyhow::Result
 /// `keelctl logs [SERVICE]`: the agent's or PID 1's log, followed with `-f`.
 pub async fn logs(session: &Session, arguments: &cli::LogsArgs) -> anyhow::Result<bool> {
     let request = api::LogsRequest {
-        service: arguments.service.clone(),
+        service: arguments.target.clone(),
         follow: arguments.follow.follow,
         tail: arguments.follow.tail,
     };

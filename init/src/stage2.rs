@@ -351,11 +351,6 @@ fn spawn_agent(start_number: u32, store: &FdStore) -> Result<i32, InitError> {
     let parked = FdStore::raw_numbers(&handed_over);
     let names: Vec<&str> = handed_over.iter().map(|(name, _)| name.as_str()).collect();
     let mut command = std::process::Command::new(AGENT_PATH);
-    if !parked.is_empty() {
-        command
-            .env(LISTEN_FDS_ENV, parked.len().to_string())
-            .env(LISTEN_FDNAMES_ENV, names.join(":"));
-    }
     command
         .env_clear()
         .env("PATH", "/usr/bin:/usr/sbin")
@@ -363,6 +358,11 @@ fn spawn_agent(start_number: u32, store: &FdStore) -> Result<i32, InitError> {
         .env("WATCHDOG_USEC", WATCHDOG_INTERVAL.as_micros().to_string())
         .env(AGENT_START_ENV, start_number.to_string())
         .current_dir("/");
+    if !parked.is_empty() {
+        command
+            .env(LISTEN_FDS_ENV, parked.len().to_string())
+            .env(LISTEN_FDNAMES_ENV, names.join(":"));
+    }
     // SAFETY: only async-signal-safe calls between fork and exec: unblock the signals PID 1
     // blocked for its signalfd, start a new session, and move the stored descriptors to
     // 3, 4, ….

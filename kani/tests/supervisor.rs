@@ -45,6 +45,7 @@ fn event(kind: u8, value: u8) -> Event {
                 ready: value % 2 == 0,
                 watchdog: true,
                 status: None,
+                ..NotifyMessage::default()
             },
         },
         4 => Event::SpawnFailed {

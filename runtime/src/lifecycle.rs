@@ -186,6 +186,24 @@ impl Container {
         }
     }
 
+    /// A container met again after the agent restarted: its state, last run and restart
+    /// count as they were kept. The backoff starts afresh (its history is not kept).
+    pub fn resume(
+        policy: RestartPolicy,
+        state: State,
+        last: Option<Terminated>,
+        restart_count: u32,
+    ) -> Container {
+        Container {
+            state,
+            last,
+            restart_count,
+            policy,
+            backoff: kubelet_backoff(),
+            stopping: false,
+        }
+    }
+
     /// True once a stop was asked for: it will not start again.
     pub fn is_stopping(&self) -> bool {
         self.stopping

@@ -248,3 +248,77 @@ impl Images for ImagesService {
         }))
     }
 }
+
+/// The kubelet's way to the image store: pulls and holds run under the store's operation
+/// lock, like the Images service's own changes, and pull with the config in force.
+pub struct KubeletImageAccess {
+    /// The store.
+    pub handle: Arc<ImageStoreHandle>,
+    /// The agent's context, for the registries of the config in force (weak: the context
+    /// owns the kubelet).
+    pub context: std::sync::Weak<ApiContext>,
+}
+
+impl keelson_kubelet::engine::ImageAccess for KubeletImageAccess {
+    fn ensure<'a>(
+        &'a self,
+        reference: &'a str,
+        policy: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<ImageRecord, String>> {
+        Box::pin(async move {
+            let store = self.handle.store.clone();
+            let stored = {
+                let reference = reference.to_owned();
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.get(&reference))
+                    .await
+                    .map_err(|error| error.to_string())?
+            };
+            match (policy, stored) {
+                ("Never", Ok(image)) | ("IfNotPresent", Ok(image)) => return Ok(image),
+                ("Never", Err(error)) => {
+                    return Err(format!(
+                        "{error}; the pod's imagePullPolicy is Never: import or pull it first (keelctl image import|pull)"
+                    ))
+                }
+                _ => {}
+            }
+            let settings = match self.context.upgrade() {
+                Some(context) => registry_settings(context.in_force.lock().await.as_ref()),
+                None => RegistrySettings::default(),
+            };
+            let _operation = self.handle.operations.lock().await;
+            info!(image = reference, "pulling for a pod");
+            keelson_images::pull::pull(store, reference, &settings, |_| {})
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    fn hold<'a>(
+        &'a self,
+        run: &'a str,
+        image: &'a ImageRecord,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let _operation = self.handle.operations.lock().await;
+            let (store, run, layers) =
+                (self.handle.store.clone(), run.to_owned(), image.diff_ids());
+            tokio::task::spawn_blocking(move || store.hold(&run, layers))
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    fn release<'a>(&'a self, run: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _operation = self.handle.operations.lock().await;
+            let (store, run) = (self.handle.store.clone(), run.to_owned());
+            let released = tokio::task::spawn_blocking(move || store.release(&run)).await;
+            if let Ok(Err(error)) = released {
+                tracing::warn!("cannot release a container's layers: {error}");
+            }
+        })
+    }
+}

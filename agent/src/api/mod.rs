@@ -6,8 +6,8 @@
 //! - [`Authorize`]: a tower layer in front of every service. It reads the caller's
 //!   certificate and the maintenance token and asks [`keelson_api::access::decide`];
 //!   refusals never reach service code.
-//! - [`machine`], [`files`], [`update`] and [`images`]: the services, thin layers over the
-//!   agent's state, the update engine and the image store; [`upload`] reads a client
+//! - [`machine`], [`files`], [`update`], [`images`] and [`pods`]: the services, thin
+//!   layers over the agent's state, the update engine, the image store and the kubelet; [`upload`] reads a client
 //!   stream as a file for them.
 //!
 //! Limits against bad requests: messages over [`keelson_api::MAX_REQUEST_BYTES`] are
@@ -17,6 +17,7 @@
 pub mod files;
 pub mod images;
 pub mod machine;
+pub mod pods;
 pub mod security;
 pub mod update;
 pub mod upload;
@@ -31,6 +32,7 @@ use keelson_api::access::{self, Caller};
 use keelson_api::files::files_server::FilesServer;
 use keelson_api::images::images_server::ImagesServer;
 use keelson_api::machine::machine_server::MachineServer;
+use keelson_api::pods::pods_server::PodsServer;
 use keelson_api::update::update_server::UpdateServer;
 use keelson_api::{pki, MAX_REQUEST_BYTES, TOKEN_METADATA_KEY};
 use keelson_config::MachineConfig;
@@ -69,6 +71,8 @@ pub struct ApiContext {
     pub update: Arc<keelson_updater::UpdateEngine>,
     /// The image store, or why there is none.
     pub images: images::SharedImageStore,
+    /// The pod supervisor, once started, or why the node has none.
+    pub pods: pods::SharedKubelet,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -84,6 +88,10 @@ const UNBOUNDED_CALLS: &[&str] = &[
     "/keelson.update.v1.Update/Apply",
     "/keelson.images.v1.Images/Import",
     "/keelson.images.v1.Images/Pull",
+    "/keelson.pods.v1.Pods/Logs",
+    // Deleting waits out the pod's grace period (30 s unless it says otherwise, and
+    // Kubernetes allows far more).
+    "/keelson.pods.v1.Pods/Delete",
 ];
 
 /// Serves the API on `listener` until the process ends.
@@ -106,6 +114,8 @@ pub async fn serve(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let images = ImagesServer::new(images::ImagesService::new(context.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let pods = PodsServer::new(pods::PodsService::new(context.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let served = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(32)
         .max_concurrent_streams(64)
@@ -117,6 +127,7 @@ pub async fn serve(
         .add_service(files)
         .add_service(update)
         .add_service(images)
+        .add_service(pods)
         .serve_with_incoming(incoming)
         .await;
     acceptor.abort();

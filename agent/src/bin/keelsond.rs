@@ -32,6 +32,9 @@ fn main() {
         std::process::exit(container_init(&raw));
     }
     let arguments = Arguments::parse();
+    // SAFETY: no other thread exists yet.
+    let inherited_pipes =
+        unsafe { keelson_kubelet::handoff::InheritedPipes::take_from_environment() };
     keelson_log::install();
     let options = keelson_agent::AgentOptions {
         listen: arguments.listen,
@@ -49,7 +52,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(error) = runtime.block_on(keelson_agent::run(options)) {
+    if let Err(error) = runtime.block_on(keelson_agent::run(options, inherited_pipes)) {
         eprintln!("keelsond: {error:#}");
         std::process::exit(1);
     }

@@ -1,0 +1,191 @@
+//! `keelson.pods.v1.Pods`: a thin layer over [`keelson_kubelet::pods::Kubelet`]. Pods
+//! cross the API as `v1/Pod` JSON.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use k8s_openapi::api::core::v1::Pod;
+use keelson_api::pods::pods_server::Pods;
+use keelson_api::pods::{
+    ApplyRequest, ApplyResponse, DeleteRequest, GetRequest, ListRequest, ListResponse, LogsRequest,
+    LogsResponse, PodResponse,
+};
+use keelson_kubelet::pods::{Kubelet, PodsError};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::machine::who;
+use super::ApiContext;
+
+/// The kubelet, or why the node has none.
+pub type SharedKubelet = std::sync::OnceLock<Result<Arc<Kubelet>, String>>;
+
+/// The pods service.
+#[derive(Debug, Clone)]
+pub struct PodsService {
+    context: Arc<ApiContext>,
+}
+
+impl PodsService {
+    /// The service over the agent's `context`.
+    pub fn new(context: Arc<ApiContext>) -> PodsService {
+        PodsService { context }
+    }
+
+    fn kubelet(&self) -> Result<Arc<Kubelet>, Status> {
+        match self.context.pods.get() {
+            Some(Ok(kubelet)) => Ok(kubelet.clone()),
+            Some(Err(reason)) => Err(Status::unavailable(format!(
+                "this node runs no pods: {reason}"
+            ))),
+            None => Err(Status::unavailable(
+                "the pod supervisor is starting; try again",
+            )),
+        }
+    }
+}
+
+fn status_of(error: PodsError) -> Status {
+    match error {
+        PodsError::Invalid(message) => Status::invalid_argument(message),
+        PodsError::Conflict(message) => Status::already_exists(message),
+        PodsError::NotFound(message) => Status::not_found(message),
+        PodsError::Storage(message) => Status::internal(message),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {
+    serde_json::to_string(value).map_err(|error| Status::internal(error.to_string()))
+}
+
+fn namespace_or_default(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        keelson_kubelet::pod::DEFAULT_NAMESPACE
+    } else {
+        namespace
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Pods for PodsService {
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let caller = who(&request);
+        let pod: Pod = serde_json::from_str(&request.get_ref().pod_json).map_err(|error| {
+            Status::invalid_argument(format!("the pod is not a v1/Pod: {error}"))
+        })?;
+        let (pod, created) = self.kubelet()?.apply(pod).map_err(status_of)?;
+        if created {
+            info!(caller = %caller, pod = pod.metadata.name.as_deref().unwrap_or_default(), "pod applied");
+        }
+        Ok(Response::new(ApplyResponse {
+            pod_json: to_json(&pod)?,
+            created,
+        }))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let namespace = &request.get_ref().namespace;
+        let items = self
+            .kubelet()?
+            .list((!namespace.is_empty()).then_some(namespace.as_str()));
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "PodList",
+            "metadata": {},
+            "items": items,
+        });
+        Ok(Response::new(ListResponse {
+            pod_list_json: list.to_string(),
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<PodResponse>, Status> {
+        let request = request.get_ref();
+        let namespace = namespace_or_default(&request.namespace);
+        let pod = self
+            .kubelet()?
+            .get(namespace, &request.name)
+            .ok_or_else(|| {
+                Status::not_found(format!("pod {namespace}/{} not found", request.name))
+            })?;
+        Ok(Response::new(PodResponse {
+            pod_json: to_json(&pod)?,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<PodResponse>, Status> {
+        let caller = who(&request);
+        let request = request.get_ref();
+        let namespace = namespace_or_default(&request.namespace);
+        let pod = self
+            .kubelet()?
+            .delete(namespace, &request.name)
+            .await
+            .map_err(status_of)?;
+        info!(caller = %caller, pod = %request.name, "pod deleted");
+        Ok(Response::new(PodResponse {
+            pod_json: to_json(&pod)?,
+        }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let request = request.into_inner();
+        let kubelet = self.kubelet()?;
+        let namespace = namespace_or_default(&request.namespace).to_owned();
+        let (path, _) = kubelet
+            .log_file(&namespace, &request.name, request.previous)
+            .map_err(status_of)?;
+        let tail = (request.tail > 0).then_some(request.tail as usize);
+        let contents = tokio::fs::read(&path).await.unwrap_or_default();
+        let first = keelson_kubelet::logs::render(&contents, tail, request.timestamps);
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let follow = request.follow && !request.previous;
+        tokio::spawn(async move {
+            if sender.send(Ok(LogsResponse { data: first })).await.is_err() || !follow {
+                return;
+            }
+            // Follow: whole lines appended since, until the run that writes this file is
+            // over and everything it wrote has been sent.
+            let mut offset = contents.len();
+            loop {
+                let still_writing = kubelet
+                    .log_file(&namespace, &request.name, false)
+                    .map(|(current, running)| current == path && running)
+                    .unwrap_or(false);
+                let contents = tokio::fs::read(&path).await.unwrap_or_default();
+                let complete = contents
+                    .get(offset..)
+                    .and_then(|fresh| fresh.iter().rposition(|byte| *byte == b'\n'))
+                    .map(|last| offset + last + 1)
+                    .unwrap_or(offset);
+                if complete > offset {
+                    let fresh = contents.get(offset..complete).unwrap_or_default();
+                    let data = keelson_kubelet::logs::render(fresh, None, request.timestamps);
+                    if sender.send(Ok(LogsResponse { data })).await.is_err() {
+                        return;
+                    }
+                    offset = complete;
+                }
+                if !still_writing {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}

@@ -1,0 +1,562 @@
+//! `run`, `apply`, `get pods`, `delete pod` and `logs POD`: the `keelson.pods.v1` verbs.
+//!
+//! Pods travel as `v1/Pod` JSON and are handled here as JSON values, so that `-o json`
+//! and `-o yaml` print exactly what the node reported, and the table is computed as
+//! kubectl computes its columns.
+
+use std::io::{Read, Write};
+
+use keelson_api::pods::pods_client::PodsClient;
+use keelson_api::pods::{ApplyRequest, DeleteRequest, GetRequest, ListRequest, LogsRequest};
+use serde_json::{json, Value};
+
+use crate::cli::{ApplyArgs, DeleteArgs, GetArgs, LogsArgs, RunArgs};
+use crate::output::{self, Format, Table};
+use crate::session::{describe_status, Session};
+
+async fn client(
+    session: &Session,
+    node: &str,
+) -> Result<PodsClient<tonic::transport::Channel>, String> {
+    Ok(PodsClient::new(session.channel(node).await?)
+        .max_decoding_message_size(keelson_api::MAX_REQUEST_BYTES))
+}
+
+fn parse(json: &str) -> Result<Value, String> {
+    serde_json::from_str(json)
+        .map_err(|error| format!("the node sent a pod that is not JSON: {error}"))
+}
+
+/// Calls every node at once; prints failures; returns the answers that came.
+async fn on_each<T, F, Fut>(session: &Session, call: F) -> (Vec<(String, T)>, bool)
+where
+    F: Fn(PodsClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let calls = session.nodes.iter().map(|node| {
+        let call = &call;
+        async move {
+            let outcome = match client(session, node).await {
+                Ok(client) => call(client)
+                    .await
+                    .map_err(|status| describe_status(&status)),
+                Err(error) => Err(error),
+            };
+            (node.clone(), outcome)
+        }
+    });
+    let mut good = Vec::new();
+    let mut all_good = true;
+    for (node, outcome) in futures::future::join_all(calls).await {
+        match outcome {
+            Ok(value) => good.push((node, value)),
+            Err(error) => {
+                all_good = false;
+                eprintln!("error: {node}: {error}");
+            }
+        }
+    }
+    (good, all_good)
+}
+
+fn prefix(session: &Session, node: &str) -> String {
+    if session.nodes.len() > 1 {
+        format!("{node}: ")
+    } else {
+        String::new()
+    }
+}
+
+/// The pod `keelctl run` makes, as `kubectl run` makes it.
+pub fn pod_for_run(arguments: &RunArgs) -> anyhow::Result<Value> {
+    let pairs = |items: &[String], what: &str| -> anyhow::Result<Vec<(String, String)>> {
+        items
+            .iter()
+            .map(|item| {
+                item.split_once('=')
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .ok_or_else(|| anyhow::anyhow!("{what} {item:?} is not KEY=VALUE"))
+            })
+            .collect()
+    };
+    let env: Vec<Value> = pairs(&arguments.env, "--env")?
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    let mut labels = serde_json::Map::new();
+    for (key, value) in pairs(&arguments.labels, "--labels")? {
+        labels.insert(key, value.into());
+    }
+    if labels.is_empty() {
+        labels.insert("run".into(), arguments.name.clone().into());
+    }
+    let mut container = json!({"name": arguments.name, "image": arguments.image});
+    if !env.is_empty() {
+        container["env"] = env.into();
+    }
+    if !arguments.words.is_empty() {
+        let key = if arguments.command { "command" } else { "args" };
+        container[key] = arguments.words.clone().into();
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(memory) = &arguments.memory {
+        limits.insert("memory".into(), memory.clone().into());
+    }
+    if let Some(cpu) = &arguments.cpu {
+        limits.insert("cpu".into(), cpu.clone().into());
+    }
+    if !limits.is_empty() {
+        container["resources"] = json!({"limits": limits});
+    }
+    let mut spec = json!({"containers": [container], "restartPolicy": arguments.restart});
+    if arguments.host_network {
+        spec["hostNetwork"] = true.into();
+    }
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": arguments.name, "namespace": arguments.namespace, "labels": labels},
+        "spec": spec,
+    }))
+}
+
+/// `keelctl run NAME --image REF …`.
+pub async fn run(session: &Session, arguments: &RunArgs) -> anyhow::Result<bool> {
+    apply_pods(session, &[pod_for_run(arguments)?]).await
+}
+
+/// `keelctl run … --dry-run`: the pod, printed (YAML unless `-o json`), no node called.
+pub fn print_run(arguments: &RunArgs, format: Format) -> anyhow::Result<bool> {
+    let format = if format == Format::Json {
+        Format::Json
+    } else {
+        Format::Yaml
+    };
+    print_objects(format, &[pod_for_run(arguments)?])?;
+    Ok(true)
+}
+
+/// `keelctl apply -f FILE`.
+pub async fn apply(session: &Session, arguments: &ApplyArgs) -> anyhow::Result<bool> {
+    let text = if arguments.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    } else {
+        std::fs::read_to_string(&arguments.file)
+            .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", arguments.file.display()))?
+    };
+    let pods = manifests(&text)
+        .map_err(|error| anyhow::anyhow!("{}: {error}", arguments.file.display()))?;
+    apply_pods(session, &pods).await
+}
+
+/// The objects of a manifest: JSON, or YAML of one or more documents; each must be a Pod.
+pub fn manifests(text: &str) -> Result<Vec<Value>, String> {
+    let documents: Vec<Value> = if text.trim_start().starts_with('{') {
+        vec![serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?]
+    } else {
+        let mut documents = Vec::new();
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .map_err(|error| format!("document {}: not YAML: {error}", index + 1))?;
+            if !value.is_null() {
+                documents.push(value);
+            }
+        }
+        documents
+    };
+    if documents.is_empty() {
+        return Err("no objects in the manifest".into());
+    }
+    for (index, document) in documents.iter().enumerate() {
+        let kind = document["kind"].as_str().unwrap_or_default();
+        let version = document["apiVersion"].as_str().unwrap_or_default();
+        if kind != "Pod" || version != "v1" {
+            return Err(format!(
+                "document {}: {version}/{kind} is not a v1/Pod; this node takes pods only",
+                index + 1
+            ));
+        }
+    }
+    Ok(documents)
+}
+
+async fn apply_pods(session: &Session, pods: &[Value]) -> anyhow::Result<bool> {
+    let mut all_good = true;
+    for pod in pods {
+        let pod_json = pod.to_string();
+        let (answers, good) = on_each(session, |mut client| {
+            let pod_json = pod_json.clone();
+            async move {
+                client
+                    .apply(ApplyRequest { pod_json })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await;
+        all_good &= good;
+        for (node, answer) in answers {
+            let applied = parse(&answer.pod_json).map_err(anyhow::Error::msg)?;
+            match session.format {
+                Format::Table => println!(
+                    "{}pod/{} {}",
+                    prefix(session, &node),
+                    applied["metadata"]["name"].as_str().unwrap_or_default(),
+                    if answer.created {
+                        "created"
+                    } else {
+                        "unchanged"
+                    }
+                ),
+                format => print_objects(format, &[applied])?,
+            }
+        }
+    }
+    Ok(all_good)
+}
+
+/// `keelctl get pods [NAME]`.
+pub async fn get(session: &Session, arguments: &GetArgs) -> anyhow::Result<bool> {
+    let namespace = if arguments.all_namespaces {
+        String::new()
+    } else {
+        arguments
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    };
+    let (answers, all_good) = match &arguments.name {
+        Some(name) => {
+            let (answers, good) = on_each(session, |mut client| {
+                let request = GetRequest {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                };
+                async move {
+                    client
+                        .get(request)
+                        .await
+                        .map(|answer| vec![answer.into_inner().pod_json])
+                }
+            })
+            .await;
+            (answers, good)
+        }
+        None => {
+            let (answers, good) = on_each(session, |mut client| {
+                let request = ListRequest {
+                    namespace: namespace.clone(),
+                };
+                async move {
+                    let list = client.list(request).await?.into_inner();
+                    let list: Value = serde_json::from_str(&list.pod_list_json)
+                        .map_err(|error| tonic::Status::internal(error.to_string()))?;
+                    Ok(list["items"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(Value::to_string)
+                        .collect())
+                }
+            })
+            .await;
+            (answers, good)
+        }
+    };
+    let mut pods: Vec<(String, Value)> = Vec::new();
+    for (node, items) in answers {
+        for item in items {
+            pods.push((node.clone(), parse(&item).map_err(anyhow::Error::msg)?));
+        }
+    }
+    match session.format {
+        Format::Table => {
+            if pods.is_empty() && arguments.name.is_none() {
+                let scope = if namespace.is_empty() {
+                    "any".to_owned()
+                } else {
+                    namespace.clone()
+                };
+                eprintln!("No resources found in {scope} namespace.");
+            } else {
+                print!("{}", pod_table(session, &pods, arguments.all_namespaces));
+            }
+        }
+        format => {
+            let objects: Vec<Value> = pods.into_iter().map(|(_, pod)| pod).collect();
+            if arguments.name.is_some() && objects.len() == 1 {
+                print_objects(format, &objects)?;
+            } else {
+                print_list(format, objects)?;
+            }
+        }
+    }
+    Ok(all_good)
+}
+
+fn print_objects(format: Format, objects: &[Value]) -> anyhow::Result<()> {
+    for object in objects {
+        match format {
+            Format::Yaml => print!("{}", serde_yaml::to_string(object)?),
+            _ => println!("{}", serde_json::to_string_pretty(object)?),
+        }
+    }
+    Ok(())
+}
+
+fn print_list(format: Format, items: Vec<Value>) -> anyhow::Result<()> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
+    print_objects(format, &[list])
+}
+
+/// The table kubectl prints: NAME READY STATUS RESTARTS AGE (with NAMESPACE first for
+/// every namespace, and NODE when several nodes answered).
+pub fn pod_table(session: &Session, pods: &[(String, Value)], namespaces: bool) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let several = session.nodes.len() > 1;
+    let mut headers = Vec::new();
+    if several {
+        headers.push("NODE");
+    }
+    if namespaces {
+        headers.push("NAMESPACE");
+    }
+    headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    let mut table = Table::new(&headers);
+    for (node, pod) in pods {
+        let mut row = Vec::new();
+        if several {
+            row.push(node.clone());
+        }
+        if namespaces {
+            row.push(
+                pod["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        row.push(
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        row.extend(columns(pod, now));
+        table.row(row);
+    }
+    table.render()
+}
+
+fn seconds_since(text: &str, now: i64) -> Option<u64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(now - at.unix_timestamp()).ok()
+}
+
+/// READY, STATUS, RESTARTS and AGE, by kubectl's rules.
+pub fn columns(pod: &Value, now: i64) -> [String; 4] {
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total = pod["spec"]["containers"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    let ready = statuses
+        .iter()
+        .filter(|status| status["ready"].as_bool() == Some(true))
+        .count();
+    let mut reason = pod["status"]["reason"]
+        .as_str()
+        .or(pod["status"]["phase"].as_str())
+        .unwrap_or("Unknown")
+        .to_owned();
+    let mut restarts = 0;
+    let mut last_restart: Option<u64> = None;
+    for status in &statuses {
+        restarts += status["restartCount"].as_u64().unwrap_or(0);
+        if let Some(finished) = status["lastState"]["terminated"]["finishedAt"].as_str() {
+            let ago = seconds_since(finished, now);
+            last_restart = match (last_restart, ago) {
+                (Some(known), Some(ago)) => Some(known.min(ago)),
+                (known, ago) => known.or(ago),
+            };
+        }
+        let state = &status["state"];
+        if let Some(waiting) = state["waiting"]["reason"].as_str() {
+            reason = waiting.to_owned();
+        } else if state["terminated"].is_object() {
+            reason = match state["terminated"]["reason"].as_str() {
+                Some(terminated) => terminated.to_owned(),
+                None => match state["terminated"]["signal"].as_i64() {
+                    Some(signal) if signal != 0 => format!("Signal:{signal}"),
+                    _ => format!(
+                        "ExitCode:{}",
+                        state["terminated"]["exitCode"].as_i64().unwrap_or(0)
+                    ),
+                },
+            };
+        } else if state["running"].is_object() && status["ready"].as_bool() == Some(true) {
+            reason = "Running".into();
+        }
+    }
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        reason = "Terminating".into();
+    }
+    let restarts = match last_restart {
+        Some(ago) if restarts > 0 => format!("{restarts} ({} ago)", output::age(ago)),
+        _ => restarts.to_string(),
+    };
+    let age = pod["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|created| seconds_since(created, now))
+        .map(output::age)
+        .unwrap_or_else(|| "<unknown>".into());
+    [format!("{ready}/{total}"), reason, restarts, age]
+}
+
+/// `keelctl delete pod NAME…`.
+pub async fn delete(session: &Session, arguments: &DeleteArgs) -> anyhow::Result<bool> {
+    let mut all_good = true;
+    for name in &arguments.names {
+        let (answers, good) = on_each(session, |mut client| {
+            let request = DeleteRequest {
+                namespace: arguments.namespace.clone(),
+                name: name.clone(),
+            };
+            async move {
+                client
+                    .delete(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await;
+        all_good &= good;
+        for (node, _) in answers {
+            println!("{}pod \"{name}\" deleted", prefix(session, &node));
+        }
+    }
+    Ok(all_good)
+}
+
+/// `keelctl logs POD [-f] [--tail N] [--previous] [--timestamps]`.
+pub async fn logs(session: &Session, arguments: &LogsArgs) -> anyhow::Result<bool> {
+    let name = arguments
+        .target
+        .strip_prefix("pod/")
+        .unwrap_or(&arguments.target)
+        .to_owned();
+    let request = LogsRequest {
+        namespace: arguments.namespace.clone(),
+        name,
+        follow: arguments.follow.follow,
+        tail: arguments.follow.tail,
+        previous: arguments.previous,
+        timestamps: arguments.timestamps,
+    };
+    let several = session.nodes.len() > 1;
+    let streams = session.nodes.iter().map(|node| {
+        let request = request.clone();
+        async move {
+            let mut stream = client(session, node)
+                .await?
+                .logs(request)
+                .await
+                .map_err(|status| describe_status(&status))?
+                .into_inner();
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|status| describe_status(&status))?
+            {
+                let mut stdout = std::io::stdout().lock();
+                let written = if several {
+                    String::from_utf8_lossy(&chunk.data)
+                        .lines()
+                        .try_for_each(|line| writeln!(stdout, "{node}: {line}"))
+                } else {
+                    stdout.write_all(&chunk.data)
+                };
+                if written.and_then(|()| stdout.flush()).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok::<(), String>(())
+        }
+    });
+    let mut all_good = true;
+    for (node, outcome) in session
+        .nodes
+        .iter()
+        .zip(futures::future::join_all(streams).await)
+    {
+        if let Err(error) = outcome {
+            all_good = false;
+            eprintln!("error: {node}: {error}");
+        }
+    }
+    Ok(all_good)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_follow_kubectl() {
+        let now = time::OffsetDateTime::parse(
+            "2026-12-02T07:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp();
+        let crashing = json!({
+            "metadata": {"name": "web", "creationTimestamp": "2026-12-02T06:58:00Z"},
+            "spec": {"containers": [{"name": "web"}]},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2026-12-02T06:59:50Z"}}
+            }]}
+        });
+        assert_eq!(
+            columns(&crashing, now),
+            ["0/1", "CrashLoopBackOff", "3 (10s ago)", "2m"]
+        );
+        let oom = json!({
+            "metadata": {"name": "hog", "creationTimestamp": "2026-12-02T06:59:00Z"},
+            "spec": {"containers": [{"name": "hog"}]},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+            }]}
+        });
+        assert_eq!(columns(&oom, now), ["0/1", "OOMKilled", "0", "60s"]);
+    }
+
+    #[test]
+    fn manifests_take_pods_in_yaml_or_json_and_refuse_other_kinds() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n";
+        let pods = manifests(yaml).unwrap();
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[1]["metadata"]["name"], "b");
+        let error = manifests("apiVersion: apps/v1\nkind: Deployment\n").unwrap_err();
+        assert!(
+            error.contains("apps/v1/Deployment is not a v1/Pod"),
+            "{error}"
+        );
+        assert_eq!(
+            manifests("{\"apiVersion\":\"v1\",\"kind\":\"Pod\"}")
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! The kubelet's shell over the runtime: from a pod's container to a running process and
+//! back. Starting a run is this list of phases ([`Engine::start`]):
+//! 1. the image, pulled when the pull policy says so ([`ImageAccess`]);
+//! 2. the process (command, args, env, working directory) from the image's config and the
+//!    pod, and the user, looked up in the image's `/etc/passwd` when it is a name;
+//! 3. the cgroup, with the pod's limits;
+//! 4. the bundle (the spec and the overlay's upper and work directories) and a hold on
+//!    the image's layers;
+//! 5. the log pipes, handed to PID 1 to keep, and their copiers;
+//! 6. container-init, on a blocking thread.
+//!
+//! A run ends when its process does: the engine learns the exit from a pidfd and PID 1's
+//! exit record, the OOM kill from the cgroup's `memory.events`, then removes the bundle,
+//! the cgroup and the hold.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use keelson_contract::exits::{self, ExitStatus, EXITS_DIR};
+use keelson_images::{ImageRecord, ImageStore};
+use keelson_runtime::cgroup::CgroupTree;
+use keelson_runtime::process::{self, ImageProcess, User};
+use keelson_runtime::resources::CgroupValues;
+use keelson_runtime::shell::launch::Launcher;
+use keelson_runtime::spec::{
+    ContainerSpec, NetworkMode, RootSpec, SeccompProfile, DEFAULT_RLIMITS,
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::handoff::{self, InheritedPipes};
+use crate::logs::{self, LogWriter};
+use crate::store::RunningRecord;
+
+/// How the engine gets images and keeps their layers (the agent serialises this with the
+/// rest of the store's changes).
+pub trait ImageAccess: Send + Sync {
+    /// The image `reference`, pulled first when `policy` (`Always`, `IfNotPresent`,
+    /// `Never`) says so.
+    fn ensure<'a>(
+        &'a self,
+        reference: &'a str,
+        policy: &'a str,
+    ) -> BoxFuture<'a, Result<ImageRecord, String>>;
+    /// Keeps the image's layers for `run` until released.
+    fn hold<'a>(
+        &'a self,
+        run: &'a str,
+        image: &'a ImageRecord,
+    ) -> BoxFuture<'a, Result<(), String>>;
+    /// Lets go of `run`'s layers.
+    fn release<'a>(&'a self, run: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// Why a run could not start: a waiting reason as the kubelet names it, and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// `ErrImagePull`, `CreateContainerConfigError` or `CreateContainerError`.
+    pub reason: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+fn failure(reason: &'static str) -> impl Fn(String) -> StartFailure {
+    move |message| StartFailure { reason, message }
+}
+
+/// A started run.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// What to remember of it.
+    pub record: RunningRecord,
+    /// The image it runs (`name@manifest digest`).
+    pub image_id: String,
+}
+
+/// What became of a run the agent met again after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Its process still runs (its logs are followed again).
+    Running,
+    /// It exited while the agent was away.
+    Exited(ExitStatus),
+    /// Neither its process nor an exit record exists (the node rebooted).
+    Lost,
+}
+
+/// Where the engine keeps things, and its parts.
+pub struct Engine {
+    images: Arc<ImageStore>,
+    access: Arc<dyn ImageAccess>,
+    launcher: Launcher,
+    bundles: PathBuf,
+    logs: PathBuf,
+    cgroups: CgroupTree,
+    inherited: InheritedPipes,
+}
+
+/// The places an engine uses.
+#[derive(Debug, Clone)]
+pub struct EnginePaths {
+    /// Container bundles (`/var/lib/keelson/containers`).
+    pub bundles: PathBuf,
+    /// Pod logs (`/var/log/pods`).
+    pub logs: PathBuf,
+    /// The cgroup2 root (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// The binary that runs container-init (the agent's own).
+    pub container_init: PathBuf,
+}
+
+impl Engine {
+    /// An engine over the image store.
+    pub fn new(
+        images: Arc<ImageStore>,
+        access: Arc<dyn ImageAccess>,
+        paths: EnginePaths,
+        inherited: InheritedPipes,
+    ) -> Engine {
+        Engine {
+            images,
+            access,
+            launcher: Launcher::new(paths.container_init),
+            bundles: paths.bundles,
+            logs: paths.logs,
+            cgroups: CgroupTree::new(paths.cgroup_root),
+            inherited,
+        }
+    }
+
+    /// The log directory of a pod.
+    pub fn pod_log_dir(&self, pod: &Pod) -> PathBuf {
+        let (namespace, name) = crate::key(pod);
+        logs::pod_log_dir(
+            &self.logs,
+            &namespace,
+            &name,
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The log file of run `run` of the pod's container.
+    pub fn run_log(&self, pod: &Pod, run: u32) -> PathBuf {
+        let container = crate::pod::container(pod)
+            .map(|container| container.name.clone())
+            .unwrap_or_default();
+        logs::run_log(&self.pod_log_dir(pod), &container, run)
+    }
+
+    fn cgroup_of(pod: &Pod) -> PathBuf {
+        let container = crate::pod::container(pod)
+            .map(|container| container.name.as_str())
+            .unwrap_or_default();
+        CgroupTree::container_path(pod.metadata.uid.as_deref().unwrap_or_default(), container)
+    }
+
+    /// Starts run number `run` of the pod's container.
+    pub async fn start(&self, pod: &Pod, run: u32, now: u64) -> Result<Started, StartFailure> {
+        let container = crate::pod::container(pod).ok_or_else(|| {
+            failure("CreateContainerConfigError")("the pod has no container".into())
+        })?;
+        let image_name = container.image.clone().unwrap_or_default();
+        let policy = container
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
+        let run_id = format!(
+            "{}.{}.{run}",
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            container.name
+        );
+
+        // 1. The image.
+        let image = self
+            .access
+            .ensure(&image_name, &policy)
+            .await
+            .map_err(failure("ErrImagePull"))?;
+        let image_id = format!("{}@{}", image.name, image.manifest);
+        // 2. The process and its user.
+        let layers = self.images.layer_dirs(&image);
+        let config = self
+            .images
+            .config(&image)
+            .map_err(|error| failure("CreateContainerConfigError")(error.to_string()))?;
+        let process = process::resolve(
+            &ImageProcess::from_config(&config),
+            &crate::pod::request(container),
+        )
+        .map_err(|error| failure("CreateContainerConfigError")(error.to_string()))?;
+        let identity =
+            resolve_user(&process.user, &layers).map_err(failure("CreateContainerConfigError"))?;
+        // 3. The cgroup.
+        let resources =
+            crate::pod::resources_of(container).map_err(failure("CreateContainerConfigError"))?;
+        let cgroup_relative = Self::cgroup_of(pod);
+        let cgroup = self
+            .cgroups
+            .create(&cgroup_relative, &CgroupValues::of(&resources))
+            .map_err(|error| failure("CreateContainerError")(error.to_string()))?;
+        // 4. The bundle and the hold.
+        let bundle = self.bundles.join(&run_id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(&bundle).map_err(|error| {
+            failure("CreateContainerError")(format!("cannot create {}: {error}", bundle.display()))
+        })?;
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.host_network)
+            .unwrap_or(false);
+        let spec = ContainerSpec {
+            id: run_id.clone(),
+            root: RootSpec {
+                layers,
+                upper: bundle.join("upper"),
+                work: bundle.join("work"),
+                mount_point: bundle.join("rootfs"),
+                read_only: false,
+            },
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: identity.groups,
+            hostname: if host_network {
+                nix::unistd::gethostname()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                pod.metadata.name.clone().unwrap_or_default()
+            },
+            network: if host_network {
+                NetworkMode::Host
+            } else {
+                NetworkMode::Private
+            },
+            cgroup,
+            rlimits: DEFAULT_RLIMITS.to_vec(),
+            capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
+            no_new_privileges: false,
+            seccomp: SeccompProfile::RuntimeDefault,
+        };
+        spec.write(&bundle).map_err(|error| {
+            failure("CreateContainerError")(format!("cannot write {}: {error}", bundle.display()))
+        })?;
+        self.access
+            .hold(&run_id, &image)
+            .await
+            .map_err(failure("CreateContainerError"))?;
+        // 5. The log pipes.
+        let log = LogWriter::open(&self.run_log(pod, run)).map_err(|error| {
+            failure("CreateContainerError")(format!("cannot open the container's log: {error}"))
+        })?;
+        let (stdout_read, stdout_write) = pipe().map_err(failure("CreateContainerError"))?;
+        let (stderr_read, stderr_write) = pipe().map_err(failure("CreateContainerError"))?;
+        // 6. Container-init.
+        let launcher = self.launcher.clone();
+        let launched = tokio::task::spawn_blocking(move || {
+            launcher.launch(&bundle, stdout_write, stderr_write)
+        })
+        .await
+        .map_err(|error| failure("CreateContainerError")(error.to_string()))
+        .and_then(|launched| launched.map_err(failure("CreateContainerError")));
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err(failure) => {
+                self.clean_up(&run_id, pod).await;
+                return Err(failure);
+            }
+        };
+        for (pipe, stream) in [(stdout_read, "stdout"), (stderr_read, "stderr")] {
+            let name = handoff::pipe_name(&run_id, stream);
+            handoff::keep(&name, &pipe);
+            follow(pipe, stream, name, log.clone());
+        }
+        Ok(Started {
+            record: RunningRecord {
+                run_id,
+                pid: launched.pid,
+                start_time: launched.start_time,
+                started_at: now,
+            },
+            image_id,
+        })
+    }
+
+    /// Finds a run again after the agent restarted, and follows its logs again.
+    pub fn find(&self, pod: &Pod, run: u32, record: &RunningRecord) -> Found {
+        let found = if start_time_of(record.pid) == Some(record.start_time) {
+            Found::Running
+        } else {
+            match read_exit_record(record.pid, record.start_time) {
+                Some(status) => Found::Exited(status),
+                None => Found::Lost,
+            }
+        };
+        let log = LogWriter::open(&self.run_log(pod, run));
+        for stream in ["stdout", "stderr"] {
+            let name = handoff::pipe_name(&record.run_id, stream);
+            match (self.inherited.claim(&name), &log) {
+                (Some(pipe), Ok(log)) => follow(pipe, stream, name, log.clone()),
+                (Some(_), Err(error)) => {
+                    tracing::warn!("cannot reopen the log of {}: {error}", record.run_id);
+                    handoff::release(&name);
+                }
+                (None, _) if found == Found::Running => {
+                    tracing::warn!(
+                        "log pipe {name} did not come back from PID 1; that output is lost"
+                    )
+                }
+                (None, _) => {}
+            }
+        }
+        found
+    }
+
+    /// Drops the pipes no run claimed after a restart.
+    pub fn release_unclaimed_pipes(&self) {
+        for name in self.inherited.unclaimed() {
+            handoff::release(&name);
+        }
+    }
+
+    /// Waits for the run's process to end; its status, when PID 1 recorded one.
+    pub async fn wait(&self, record: &RunningRecord) -> Option<ExitStatus> {
+        if let Ok(pidfd) = pidfd_open(record.pid) {
+            // The pid may have been reused since: only the process that started then counts.
+            if start_time_of(record.pid) == Some(record.start_time) {
+                // SAFETY: the AsyncFd owns the pidfd and deregisters it before closing it.
+                if let Ok(pidfd) = unsafe { AsyncFd::register(pidfd) } {
+                    let _ = pidfd.readable().await;
+                }
+            }
+        }
+        // PID 1 writes the record right after it reaps the process.
+        for _ in 0..250 {
+            if let Some(status) = read_exit_record(record.pid, record.start_time) {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Sends `signal` to the run's process, if it is still that process.
+    pub fn signal(&self, record: &RunningRecord, signal: nix::sys::signal::Signal) {
+        if start_time_of(record.pid) == Some(record.start_time) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.pid), signal);
+        }
+    }
+
+    /// True when the kernel killed something in the pod's container cgroup for its memory
+    /// limit during this run.
+    pub fn oom_killed(&self, pod: &Pod) -> bool {
+        self.cgroups
+            .memory_events(&Self::cgroup_of(pod))
+            .is_ok_and(|events| events.oom_kill > 0)
+    }
+
+    /// Removes what a run left: its bundle, its cgroup (recreated by the next run, so that
+    /// counters start again) and its hold on the image's layers.
+    pub async fn clean_up(&self, run_id: &str, pod: &Pod) {
+        let bundle = self.bundles.join(run_id);
+        if let Err(error) = std::fs::remove_dir_all(&bundle) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {error}", bundle.display());
+            }
+        }
+        let cgroup = Self::cgroup_of(pod);
+        // The kernel empties a cgroup shortly after its last process exits.
+        for _ in 0..50 {
+            if self.cgroups.remove(&cgroup).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.access.release(run_id).await;
+    }
+
+    /// Removes the pod's own cgroup and its logs (the pod is deleted).
+    pub fn forget(&self, pod: &Pod) {
+        if let Some(pod_cgroup) = Self::cgroup_of(pod).parent() {
+            let _ = self.cgroups.remove(pod_cgroup);
+        }
+        let _ = std::fs::remove_dir_all(self.pod_log_dir(pod));
+    }
+}
+
+/// Copies a pipe into the log until the run's last writer closes it, then tells PID 1 to
+/// drop its copy.
+fn follow(pipe: OwnedFd, stream: &'static str, name: String, log: LogWriter) {
+    tokio::spawn(async move {
+        if let Err(error) = logs::copy(pipe, stream, log).await {
+            tracing::warn!("reading {name} failed: {error}");
+        }
+        handoff::release(&name);
+    });
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|errno| format!("cannot create a pipe: {}", errno.desc()))
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn start_time_of(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // A zombie still has its entry; it has exited all the same.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    if state == "Z" {
+        return None;
+    }
+    exits::start_time_in_stat(&stat)
+}
+
+fn read_exit_record(pid: i32, start_time: u64) -> Option<ExitStatus> {
+    let path = Path::new(EXITS_DIR).join(exits::record_name(pid, start_time));
+    let status = ExitStatus::parse(&std::fs::read_to_string(&path).ok()?)?;
+    let _ = std::fs::remove_file(&path);
+    Some(status)
+}
+
+/// The user's ids, from the image's `/etc/passwd` and `/etc/group` when it is a name or
+/// has no group.
+fn resolve_user(
+    user: &User,
+    layers: &[PathBuf],
+) -> Result<keelson_runtime::passwd::Identity, String> {
+    if let User::Id {
+        uid,
+        gid: Some(gid),
+    } = user
+    {
+        return Ok(keelson_runtime::passwd::Identity {
+            uid: *uid,
+            gid: *gid,
+            groups: Vec::new(),
+            home: "/".into(),
+        });
+    }
+    let passwd = read_from_layers(layers, "etc/passwd").unwrap_or_default();
+    let group = read_from_layers(layers, "etc/group").unwrap_or_default();
+    keelson_runtime::passwd::resolve(user, &passwd, &group).map_err(|error| error.to_string())
+}
+
+/// A file as the overlay would show it: from the topmost layer that has it.
+fn read_from_layers(layers: &[PathBuf], relative: &str) -> Option<String> {
+    layers.iter().find_map(|layer| {
+        let path = layer.join(relative);
+        let metadata = std::fs::symlink_metadata(&path).ok()?;
+        // A whiteout (character device 0:0) hides the file of the layers below.
+        if metadata.file_type().is_file() {
+            std::fs::read_to_string(&path).ok()
+        } else {
+            Some(String::new())
+        }
+    })
+}

@@ -1,0 +1,336 @@
+//! Admission: which `v1/Pod`s this node runs, with Kubernetes' defaults filled in, and what
+//! the runtime's pure cores need from one. Pure.
+//!
+//! This node runs pods of one container (init containers, several containers, volumes and
+//! probes come with the full kubelet). A pod that asks for more is refused, naming the
+//! field, rather than run in part.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keelson_runtime::lifecycle::RestartPolicy;
+use keelson_runtime::process::ContainerRequest;
+use keelson_runtime::resources::{self, Resources};
+
+/// The namespace of a pod that names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Seconds between SIGTERM and SIGKILL when the pod does not say.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+/// Checks `pod`, fills in the defaults (namespace, restart policy, grace period, pull
+/// policy), and gives it `uid` and `now` as its creation time. Returns why it cannot run.
+pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    check_name("metadata.name", &name)?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned())
+        .clone();
+    check_name("metadata.namespace", &namespace)?;
+    let Some(spec) = pod.spec.as_mut() else {
+        return Err(format!("pod {name} has no spec"));
+    };
+    let unsupported = [
+        (
+            "spec.initContainers",
+            spec.init_containers
+                .as_ref()
+                .is_some_and(|list| !list.is_empty()),
+        ),
+        (
+            "spec.volumes",
+            spec.volumes.as_ref().is_some_and(|list| !list.is_empty()),
+        ),
+        (
+            "spec.ephemeralContainers",
+            spec.ephemeral_containers
+                .as_ref()
+                .is_some_and(|list| !list.is_empty()),
+        ),
+    ];
+    for (field, present) in unsupported {
+        if present {
+            return Err(format!(
+                "pod {name}: {field} is not supported yet; this node runs pods of one container"
+            ));
+        }
+    }
+    if spec.containers.len() != 1 {
+        return Err(format!(
+            "pod {name} has {} containers in spec.containers; this node runs pods of exactly one container for now",
+            spec.containers.len()
+        ));
+    }
+    let policy = spec
+        .restart_policy
+        .get_or_insert_with(|| "Always".to_owned());
+    restart_policy_named(policy).map_err(|error| format!("pod {name}: {error}"))?;
+    spec.termination_grace_period_seconds
+        .get_or_insert(DEFAULT_GRACE_SECONDS);
+    if spec
+        .termination_grace_period_seconds
+        .is_some_and(|seconds| seconds < 0)
+    {
+        return Err(format!(
+            "pod {name}: spec.terminationGracePeriodSeconds must not be negative"
+        ));
+    }
+    for container in &mut spec.containers {
+        check_name("spec.containers[0].name", &container.name)?;
+        if container
+            .image
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            return Err(format!("pod {name}: spec.containers[0].image is required"));
+        }
+        let latest = container.image.as_deref().is_some_and(|image| {
+            let last = image.rsplit('/').next().unwrap_or(image);
+            !last.contains(':') && !image.contains('@') || last.ends_with(":latest")
+        });
+        container
+            .image_pull_policy
+            .get_or_insert_with(|| if latest { "Always" } else { "IfNotPresent" }.to_owned());
+        if container
+            .volume_mounts
+            .as_ref()
+            .is_some_and(|mounts| !mounts.is_empty())
+        {
+            return Err(format!("pod {name}: volumeMounts are not supported yet"));
+        }
+        resources_of(container).map_err(|error| format!("pod {name}: {error}"))?;
+        if let Some(env) = &container.env {
+            if let Some(variable) = env.iter().find(|variable| variable.value_from.is_some()) {
+                return Err(format!(
+                    "pod {name}: env {} uses valueFrom, which is not supported yet",
+                    variable.name
+                ));
+            }
+        }
+    }
+    pod.metadata.uid = Some(uid.to_owned());
+    pod.metadata.creation_timestamp = Some(now);
+    pod.status = None;
+    Ok(pod)
+}
+
+/// The one container of an admitted pod.
+pub fn container(pod: &Pod) -> Option<&Container> {
+    pod.spec.as_ref().and_then(|spec| spec.containers.first())
+}
+
+/// The pod's restart policy (admitted pods have one).
+pub fn restart_policy(pod: &Pod) -> RestartPolicy {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.restart_policy.as_deref())
+        .and_then(|policy| restart_policy_named(policy).ok())
+        .unwrap_or(RestartPolicy::Always)
+}
+
+fn restart_policy_named(policy: &str) -> Result<RestartPolicy, String> {
+    match policy {
+        "Always" => Ok(RestartPolicy::Always),
+        "OnFailure" => Ok(RestartPolicy::OnFailure),
+        "Never" => Ok(RestartPolicy::Never),
+        other => Err(format!(
+            "spec.restartPolicy {other:?} is not Always, OnFailure or Never"
+        )),
+    }
+}
+
+/// Seconds between SIGTERM and SIGKILL.
+pub fn grace_seconds(pod: &Pod) -> u64 {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.termination_grace_period_seconds)
+        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        .max(0) as u64
+}
+
+/// The container's CPU and memory (limits, and the CPU request for the weight).
+pub fn resources_of(container: &Container) -> Result<Resources, String> {
+    let requirements = container.resources.clone().unwrap_or_default();
+    let quantity = |map: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+                    key: &str| {
+        map.as_ref()
+            .and_then(|map| map.get(key))
+            .map(|quantity| quantity.0.clone())
+    };
+    let cpu = |text: Option<String>, field: &str| {
+        text.map(|text| {
+            resources::cpu_millis(&text).map_err(|error| format!("resources.{field}.cpu: {error}"))
+        })
+        .transpose()
+    };
+    let memory = |text: Option<String>, field: &str| {
+        text.map(|text| {
+            resources::memory_bytes(&text)
+                .map_err(|error| format!("resources.{field}.memory: {error}"))
+        })
+        .transpose()
+    };
+    let cpu_limit = cpu(quantity(&requirements.limits, "cpu"), "limits")?;
+    Ok(Resources {
+        cpu_limit_millis: cpu_limit,
+        // As Kubernetes defaults it: a request left out equals the limit.
+        cpu_request_millis: cpu(quantity(&requirements.requests, "cpu"), "requests")?.or(cpu_limit),
+        memory_limit_bytes: memory(quantity(&requirements.limits, "memory"), "limits")?,
+        pids_limit: None,
+    })
+}
+
+/// What the pod asks of the container's process.
+pub fn request(container: &Container) -> ContainerRequest {
+    let security = container.security_context.as_ref();
+    let run_as = security.and_then(|context| context.run_as_user).map(|uid| {
+        (
+            uid as u32,
+            security
+                .and_then(|context| context.run_as_group)
+                .map(|gid| gid as u32),
+        )
+    });
+    ContainerRequest {
+        command: container.command.clone(),
+        args: container.args.clone(),
+        env: container
+            .env
+            .iter()
+            .flatten()
+            .map(|variable| {
+                (
+                    variable.name.clone(),
+                    variable.value.clone().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        working_dir: container.working_dir.clone(),
+        run_as,
+    }
+}
+
+/// Kubernetes names: lowercase letters, digits and '-', starting and ending with a letter
+/// or digit, at most 63 characters (pod names become hostnames).
+fn check_name(field: &str, name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} {name:?} is not a valid name: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters"
+        ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    #[test]
+    fn an_admitted_pod_has_kubernetes_defaults() {
+        let admitted = admit(
+            pod(serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"containers": [{"name": "web", "image": "busybox"}]}
+            })),
+            "uid-1",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(admitted.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(admitted.metadata.uid.as_deref(), Some("uid-1"));
+        let spec = admitted.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
+        // An image without a tag is :latest, which Kubernetes always pulls.
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+        let tagged = admit(
+            pod(serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"containers": [{"name": "web", "image": "localhost:5000/busybox:1.36"}]}
+            })),
+            "uid-1",
+            now(),
+        )
+        .unwrap();
+        assert_eq!(
+            tagged.spec.unwrap().containers[0]
+                .image_pull_policy
+                .as_deref(),
+            Some("IfNotPresent")
+        );
+    }
+
+    #[test]
+    fn pods_this_node_cannot_run_are_refused_naming_the_field() {
+        let cases = [
+            (
+                serde_json::json!({"metadata": {"name": "Web"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}),
+                "metadata.name \"Web\" is not a valid name",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": []}}),
+                "has 0 containers",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "x"}]}}),
+                "\"Sometimes\" is not Always, OnFailure or Never",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "a"}]}}),
+                "image is required",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"memory": "lots"}}}]}}),
+                "resources.limits.memory",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "a", "image": "x"}]}}),
+                "spec.volumes is not supported yet",
+            ),
+        ];
+        for (json, expected) in cases {
+            let error = admit(pod(json), "u", now()).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "{error:?} does not say {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_and_requests_become_runtime_resources() {
+        let admitted = pod(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}]}
+        }));
+        let resources = resources_of(container(&admitted).unwrap()).unwrap();
+        assert_eq!(resources.cpu_limit_millis, Some(500));
+        assert_eq!(resources.cpu_request_millis, Some(500));
+        assert_eq!(resources.memory_limit_bytes, Some(64 << 20));
+    }
+}

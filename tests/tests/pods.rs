@@ -1,0 +1,322 @@
+//! End-to-end: containers on a node, driven by keelctl as an operator would. An image
+//! built on the host from Debian's busybox-static is imported; pods run from it and are
+//! checked as a user checks them (get pods, logs, -o json): exit codes and reasons, a
+//! memory limit ending in OOMKilled, the cgroup limits and namespaces a container sees,
+//! restart policies with the kubelet's backoff, an agent restart that leaves a container
+//! running and loses none of its log lines, refusals, deletion, and a reboot that brings a
+//! pod back. One VM for every check.
+
+use std::time::{Duration, Instant};
+
+use keelson_api::roles::Role;
+use keelson_testkit::oci::{self, ArchiveKind};
+use keelson_tests::{expect_failure, expect_success, TestNode};
+use serde_json::Value;
+
+const IMAGE: &str = "example/busybox:1";
+
+#[test]
+fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
+    if !oci::ready_for(
+        "pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot",
+        false,
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    oci::busybox_layout(work.path()).unwrap();
+    let archive = oci::archive(work.path(), ArchiveKind::Oci, "busybox.tar", IMAGE).unwrap();
+    let mut node = TestNode::boot(None).unwrap();
+    let pods = Pods { node: &node };
+    expect_success(
+        node.keelctl(
+            Role::Operator,
+            &["image", "import", archive.to_str().unwrap()],
+        )
+        .unwrap(),
+        "image import",
+    );
+
+    // A container that writes to both streams and fails.
+    pods.run(&[
+        "hello",
+        "--restart",
+        "Never",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from a container; echo oops >&2; exit 3",
+    ]);
+    let hello = pods.wait_for("hello", "to fail", |pod| pod["status"]["phase"] == "Failed");
+    let terminated = &hello["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 3, "{hello:#}");
+    assert_eq!(terminated["reason"], "Error", "{hello:#}");
+    assert_eq!(hello["apiVersion"], "v1");
+    assert_eq!(hello["kind"], "Pod");
+    assert_eq!(hello["metadata"]["labels"]["run"], "hello");
+    // Two streams, two pipes: their relative order is not kept (as with any runtime).
+    let mut lines: Vec<String> = pods.logs(&["hello"]).lines().map(str::to_owned).collect();
+    lines.sort();
+    assert_eq!(lines, ["hello from a container", "oops"]);
+
+    // What a container sees: its own hostname, network, PID namespace and cgroup limits.
+    pods.run(&[
+        "inside", "--restart", "Never", "--memory", "64Mi", "--cpu", "500m", "--env", "GREETING=hi", "--",
+        "sh", "-c",
+        "echo host=$(busybox hostname) pid=$$ $GREETING; busybox ls /sys/class/net; \
+         busybox cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.swap.max; \
+         busybox grep -E '^(CapEff|Seccomp):' /proc/self/status",
+    ]);
+    pods.wait_for("inside", "to complete", |pod| {
+        pod["status"]["phase"] == "Succeeded"
+    });
+    let inside = pods.logs(&["inside"]);
+    assert_eq!(
+        inside,
+        "host=inside pid=1 hi\nlo\n67108864\n50000 100000\n0\nCapEff:\t00000000a80425fb\nSeccomp:\t2\n"
+    );
+
+    // A memory limit the container passes: the kernel kills it and the pod says why.
+    pods.run(&[
+        "hog",
+        "--restart",
+        "Never",
+        "--memory",
+        "16Mi",
+        "--",
+        "sh",
+        "-c",
+        "busybox dd if=/dev/zero of=/dev/shm/fill bs=1M count=48",
+    ]);
+    let hog = pods.wait_for("hog", "to be killed", |pod| {
+        pod["status"]["phase"] == "Failed"
+    });
+    let terminated = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{hog:#}");
+    assert_eq!(terminated["exitCode"], 137, "{hog:#}");
+    let table = pods.table();
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with("hog ") && line.contains(" OOMKilled ")),
+        "{table}"
+    );
+
+    // Restart policies: OnFailure leaves a success alone; Always restarts with backoff.
+    pods.run(&["once", "--restart", "OnFailure", "--", "sh", "-c", "exit 0"]);
+    let once = pods.wait_for("once", "to complete", |pod| {
+        pod["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(once["status"]["containerStatuses"][0]["restartCount"], 0);
+    pods.run(&[
+        "crasher",
+        "--",
+        "sh",
+        "-c",
+        "echo run at $(busybox date +%s); exit 1",
+    ]);
+    let crasher = pods.wait_for("crasher", "to restart", |pod| {
+        pod["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+    });
+    let last = &crasher["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(
+        (last["exitCode"].as_i64(), last["reason"].as_str()),
+        (Some(1), Some("Error")),
+        "{crasher:#}"
+    );
+    assert!(pods.logs(&["crasher", "--previous"]).starts_with("run at "));
+
+    // A long-running container keeps running while the agent restarts, and none of the
+    // lines it wrote meanwhile is lost.
+    pods.run(&[
+        "ticker",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while true; do echo tick $i; i=$((i+1)); busybox sleep 0.2; done",
+    ]);
+    let before = pods.wait_for("ticker", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+    expect_success(
+        node.keelctl(Role::Operator, &["services", "restart", "keelsond"])
+            .unwrap(),
+        "services restart keelsond",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = pods.wait_for("ticker", "to be found again", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{after:#}"
+    );
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["state"]["running"]["startedAt"],
+        started
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks: Vec<u64> = pods
+        .logs(&["ticker"])
+        .lines()
+        .map(|line| line.strip_prefix("tick ").unwrap().parse().unwrap())
+        .collect();
+    assert!(ticks.len() > 20, "{ticks:?}\n{}", pods.diagnostics());
+    assert!(
+        ticks.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "a line was lost: {ticks:?}"
+    );
+    let tail = pods.logs(&["ticker", "--tail", "2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+
+    // Refusals say what is wrong.
+    let invalid = expect_failure(
+        node.keelctl(Role::Operator, &["run", "Bad_Name", "--image", IMAGE])
+            .unwrap(),
+        "run with an invalid name",
+    );
+    assert!(
+        invalid.contains("metadata.name \"Bad_Name\" is not a valid name"),
+        "{invalid}"
+    );
+    let changed = expect_failure(
+        node.keelctl(
+            Role::Operator,
+            &["run", "ticker", "--image", IMAGE, "--", "true"],
+        )
+        .unwrap(),
+        "run over an existing pod",
+    );
+    assert!(
+        changed.contains("pod default/ticker exists with another spec"),
+        "{changed}"
+    );
+    let reader = expect_failure(
+        node.keelctl(Role::Reader, &["delete", "pod", "ticker"])
+            .unwrap(),
+        "delete as a reader",
+    );
+    assert!(reader.contains("operator"), "{reader}");
+    let missing = expect_failure(
+        node.keelctl(Role::Operator, &["delete", "pod", "nothing"])
+            .unwrap(),
+        "delete of a missing pod",
+    );
+    assert!(
+        missing.contains("pod default/nothing not found"),
+        "{missing}"
+    );
+    pods.run(&["absent", "--image", "example/absent:1"]);
+    let absent = pods.wait_for("absent", "to fail its pull", |pod| {
+        let reason = &pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
+        reason == "ErrImagePull" || reason == "ImagePullBackOff"
+    });
+    assert_eq!(absent["status"]["phase"], "Pending");
+
+    // Deleting stops and forgets.
+    let deleted = expect_success(
+        node.keelctl(
+            Role::Operator,
+            &["delete", "pod", "hello", "absent", "crasher"],
+        )
+        .unwrap(),
+        "delete pod",
+    );
+    assert!(deleted.contains("pod \"hello\" deleted"), "{deleted}");
+    let table = pods.table();
+    assert!(
+        !table.contains("hello") && !table.contains("crasher"),
+        "{table}"
+    );
+
+    // Pods are kept on STATE: after a reboot the ticker runs again (a new run: the old
+    // one ended with the machine) and the finished pods report as they did.
+    expect_success(
+        node.keelctl(Role::Operator, &["reboot", "--wait"]).unwrap(),
+        "reboot --wait",
+    );
+    let back = pods.wait_for("ticker", "to run after the reboot", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    assert_eq!(
+        back["status"]["containerStatuses"][0]["restartCount"], 1,
+        "{back:#}"
+    );
+    let hog = pods.get("hog").unwrap();
+    assert_eq!(
+        hog["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "OOMKilled"
+    );
+    let table = pods.table();
+    assert!(table.starts_with("NAME"), "{table}");
+    for header in ["READY", "STATUS", "RESTARTS", "AGE"] {
+        assert!(table.lines().next().unwrap().contains(header), "{table}");
+    }
+    node.power_off().unwrap();
+}
+
+struct Pods<'a> {
+    node: &'a TestNode,
+}
+
+impl Pods<'_> {
+    /// `keelctl run NAME --image IMAGE ARGUMENTS…` (an `--image` among the arguments wins).
+    fn run(&self, arguments: &[&str]) {
+        let mut full = vec!["run", arguments[0]];
+        if !arguments.contains(&"--image") {
+            full.extend(["--image", IMAGE]);
+        }
+        full.extend_from_slice(&arguments[1..]);
+        let created = expect_success(self.node.keelctl(Role::Operator, &full).unwrap(), "run");
+        assert_eq!(created.trim(), format!("pod/{} created", arguments[0]));
+    }
+
+    fn get(&self, name: &str) -> Option<Value> {
+        let (ok, stdout, _) = self
+            .node
+            .keelctl(Role::Reader, &["get", "pod", name, "-o", "json"])
+            .unwrap();
+        ok.then(|| serde_json::from_str(&stdout).unwrap())
+    }
+
+    /// Polls the pod until `done` holds (three minutes at most).
+    fn wait_for(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(pod) = self.get(name) {
+                if done(&pod) {
+                    return pod;
+                }
+                last = Some(pod);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("pod {name} did not come {what} in time; last seen:\n{last:#?}");
+    }
+
+    fn logs(&self, arguments: &[&str]) -> String {
+        let mut full = vec!["logs"];
+        full.extend_from_slice(arguments);
+        expect_success(self.node.keelctl(Role::Reader, &full).unwrap(), "logs")
+    }
+
+    /// The agent's and PID 1's logs, for a failure message.
+    fn diagnostics(&self) -> String {
+        let log = |service: &str| {
+            self.node
+                .keelctl(Role::Reader, &["logs", service])
+                .unwrap()
+                .1
+        };
+        format!("keelsond:\n{}\ninit:\n{}", log("keelsond"), log("init"))
+    }
+
+    fn table(&self) -> String {
+        expect_success(
+            self.node.keelctl(Role::Reader, &["get", "pods"]).unwrap(),
+            "get pods",
+        )
+    }
+}
