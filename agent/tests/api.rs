@@ -212,6 +212,16 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
                 })
                 .await
                 .map(drop),
+            "Exec" => {
+                let start = api::ExecRequest {
+                    item: Some(api::exec_request::Item::Start(api::ExecStart {
+                        name: pod,
+                        command: vec!["true".into()],
+                        ..Default::default()
+                    })),
+                };
+                pods.exec(tokio_stream::iter(vec![start])).await.map(drop)
+            }
             other => panic!("the test does not know how to call {other}: add it"),
         };
     }

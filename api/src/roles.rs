@@ -101,6 +101,9 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.pods.v1.Pods/Get", Role::Reader),
     ("/keelson.pods.v1.Pods/Delete", Role::Operator),
     ("/keelson.pods.v1.Pods/Logs", Role::Reader),
+    // Running commands in containers changes them: operators only, as kubectl's
+    // pods/exec is a create.
+    ("/keelson.pods.v1.Pods/Exec", Role::Operator),
 ];
 
 /// The least role `method` (a gRPC path) needs; `None` for a method the API lacks.

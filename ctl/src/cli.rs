@@ -80,6 +80,8 @@ pub enum Command {
     Get(GetArgs),
     /// Delete pods: SIGTERM, then SIGKILL after the grace period.
     Delete(DeleteArgs),
+    /// Run a command in a pod's running container; exits with the command's exit code.
+    Exec(ExecArgs),
     /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
     /// the node's own parser and validation; exits 1 when a node would refuse it.
     Validate(ValidateArgs),
@@ -460,4 +462,23 @@ pub struct ImageRemoveArgs {
     /// or ids (12 or more hex digits).
     #[arg(required = true)]
     pub references: Vec<String>,
+}
+
+/// `exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The pod (NAME or pod/NAME).
+    pub pod: String,
+    /// Pass this terminal's input to the command.
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Give the command a terminal (with -i: an interactive shell).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// After `--`: the command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }

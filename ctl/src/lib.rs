@@ -14,6 +14,7 @@
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
+pub mod exec;
 pub mod files;
 pub mod generate;
 pub mod images;
@@ -79,6 +80,11 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
         Command::Apply(arguments) => pods::apply(session, arguments).await,
         Command::Get(arguments) => pods::get(session, arguments).await,
         Command::Delete(arguments) => pods::delete(session, arguments).await,
+        Command::Exec(arguments) => {
+            let code = exec::exec(session, arguments).await?;
+            // The command's own exit code is keelctl's, as with kubectl exec.
+            std::process::exit(code)
+        }
         Command::Dmesg(arguments) => machine::dmesg(session, arguments).await,
         Command::Reboot(arguments) => machine::reboot(session, arguments).await,
         Command::Shutdown => machine::shutdown(session).await,

@@ -27,7 +27,7 @@ use keelson_runtime::process::{self, ImageProcess, User};
 use keelson_runtime::resources::CgroupValues;
 use keelson_runtime::shell::launch::Launcher;
 use keelson_runtime::spec::{
-    ContainerSpec, NetworkMode, RootSpec, SeccompProfile, DEFAULT_RLIMITS,
+    ContainerSpec, ExecSpec, NetworkMode, Process, RootSpec, SeccompProfile, DEFAULT_RLIMITS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -221,12 +221,21 @@ impl Engine {
                 mount_point: bundle.join("rootfs"),
                 read_only: false,
             },
-            args: process.args,
-            env: process.env,
-            cwd: process.cwd,
-            uid: identity.uid,
-            gid: identity.gid,
-            groups: identity.groups,
+            process: Process {
+                args: process.args,
+                env: process.env,
+                cwd: process.cwd,
+                uid: identity.uid,
+                gid: identity.gid,
+                groups: identity.groups,
+                rlimits: DEFAULT_RLIMITS.to_vec(),
+                capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
+                    .iter()
+                    .map(|name| name.to_string())
+                    .collect(),
+                no_new_privileges: false,
+                seccomp: SeccompProfile::RuntimeDefault,
+            },
             hostname: if host_network {
                 nix::unistd::gethostname()
                     .map(|name| name.to_string_lossy().into_owned())
@@ -240,13 +249,6 @@ impl Engine {
                 NetworkMode::Private
             },
             cgroup,
-            rlimits: DEFAULT_RLIMITS.to_vec(),
-            capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
-                .iter()
-                .map(|name| name.to_string())
-                .collect(),
-            no_new_privileges: false,
-            seccomp: SeccompProfile::RuntimeDefault,
         };
         spec.write(&bundle).map_err(|error| {
             failure("CreateContainerError")(format!("cannot write {}: {error}", bundle.display()))
@@ -320,6 +322,34 @@ impl Engine {
             }
         }
         found
+    }
+
+    /// What `exec` needs to run `command` in the run: the run's own process, with the
+    /// command in place of its arguments.
+    pub fn exec_spec(
+        &self,
+        record: &RunningRecord,
+        command: Vec<String>,
+        terminal: bool,
+    ) -> Result<ExecSpec, String> {
+        let bundle = self.bundles.join(&record.run_id);
+        let spec = ContainerSpec::read(&bundle)?;
+        Ok(ExecSpec {
+            container: record.run_id.clone(),
+            pid: record.pid,
+            start_time: record.start_time,
+            cgroup: spec.cgroup,
+            process: Process {
+                args: command,
+                ..spec.process
+            },
+            terminal,
+        })
+    }
+
+    /// The binary that runs container-init and container-exec.
+    pub fn helper_binary(&self) -> &Path {
+        self.launcher.program()
     }
 
     /// Drops the pipes no run claimed after a restart.

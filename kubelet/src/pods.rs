@@ -176,6 +176,22 @@ impl Kubelet {
         last.ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))
     }
 
+    /// Reads the pod's shared state.
+    fn with_pod<T>(
+        &self,
+        namespace: &str,
+        name: &str,
+        read: impl FnOnce(&Shared) -> T,
+    ) -> Result<T, PodsError> {
+        let poisoned = || PodsError::Storage("the pod table is poisoned".into());
+        let pods = self.pods.lock().map_err(|_| poisoned())?;
+        let handle = pods
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))?;
+        let shared = handle.shared.lock().map_err(|_| poisoned())?;
+        Ok(read(&shared))
+    }
+
     /// The log file of the pod's current (or previous) run, and whether that run may
     /// still write to it.
     pub fn log_file(
@@ -184,17 +200,17 @@ impl Kubelet {
         name: &str,
         previous: bool,
     ) -> Result<(std::path::PathBuf, bool), PodsError> {
-        let pods = self
-            .pods
-            .lock()
-            .map_err(|_| PodsError::Storage("poisoned".into()))?;
-        let handle = pods
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))?;
-        let shared = handle
-            .shared
-            .lock()
-            .map_err(|_| PodsError::Storage("poisoned".into()))?;
+        self.with_pod(namespace, name, |shared| {
+            self.log_file_of(shared, name, previous)
+        })?
+    }
+
+    fn log_file_of(
+        &self,
+        shared: &Shared,
+        name: &str,
+        previous: bool,
+    ) -> Result<(std::path::PathBuf, bool), PodsError> {
         let runs = shared.record.container.runs;
         let running = shared.record.container.running.is_some();
         if runs == 0 {
@@ -206,14 +222,61 @@ impl Kubelet {
             )));
         }
         if previous {
-            let Some(previous) = runs.checked_sub(2) else {
+            // As the kubelet does: the previous run is the one `lastState` reports, the
+            // run before the current one, or, between runs (backing off), the last one.
+            let between_runs = matches!(
+                shared.container.state,
+                State::BackOff { .. } | State::Creating
+            );
+            let previous = if shared.container.last.is_none() {
+                None
+            } else if between_runs {
+                runs.checked_sub(1)
+            } else {
+                runs.checked_sub(2)
+            };
+            let Some(previous) = previous else {
                 return Err(PodsError::NotFound(format!(
-                    "pod {name} has no previous run"
+                    "previous terminated container {} in pod {name} not found",
+                    crate::pod::container(&shared.record.pod)
+                        .map(|container| container.name.as_str())
+                        .unwrap_or_default()
                 )));
             };
             return Ok((self.engine.run_log(&shared.record.pod, previous), false));
         }
         Ok((self.engine.run_log(&shared.record.pod, runs - 1), running))
+    }
+
+    /// What `exec` needs to run `command` in the pod's running container.
+    pub fn exec_spec(
+        &self,
+        namespace: &str,
+        name: &str,
+        command: Vec<String>,
+        terminal: bool,
+    ) -> Result<keelson_runtime::spec::ExecSpec, PodsError> {
+        let running = self.with_pod(namespace, name, |shared| {
+            shared.record.container.running.clone()
+        })?;
+        let running = running.ok_or_else(|| {
+            PodsError::Invalid(format!(
+                "cannot exec into pod {name}: its container is not running (keelctl get pod {name})"
+            ))
+        })?;
+        if command.is_empty() {
+            return Err(PodsError::Invalid(
+                "exec needs a command (keelctl exec POD -- COMMAND)".into(),
+            ));
+        }
+        self.engine
+            .exec_spec(&running, command, terminal)
+            .map_err(PodsError::Storage)
+    }
+
+    /// The binary that runs container-exec.
+    pub fn helper_binary(&self) -> std::path::PathBuf {
+        self.engine.helper_binary().to_owned()
     }
 
     fn view(&self, handle: &PodHandle) -> Pod {

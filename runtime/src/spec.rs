@@ -16,6 +16,19 @@ pub struct ContainerSpec {
     pub id: String,
     /// The root filesystem.
     pub root: RootSpec,
+    /// The process it runs.
+    pub process: Process,
+    /// The container's hostname (the pod's name).
+    pub hostname: String,
+    /// Its network.
+    pub network: NetworkMode,
+    /// Its cgroup directory (absolute, under `/sys/fs/cgroup`), created beforehand.
+    pub cgroup: PathBuf,
+}
+
+/// A process in a container: its first, or one `exec` adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
     /// `argv`; the program is looked up in the `PATH` of `env` when it has no `/`.
     pub args: Vec<String>,
     /// `NAME=value`.
@@ -28,12 +41,6 @@ pub struct ContainerSpec {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
-    /// The container's hostname (the pod's name).
-    pub hostname: String,
-    /// Its network.
-    pub network: NetworkMode,
-    /// Its cgroup directory (absolute, under `/sys/fs/cgroup`), created beforehand.
-    pub cgroup: PathBuf,
     /// Resource limits (`RLIMIT_*`).
     pub rlimits: Vec<Rlimit>,
     /// The capabilities the process keeps (`CAP_…` names); every other is dropped.
@@ -42,6 +49,23 @@ pub struct ContainerSpec {
     pub no_new_privileges: bool,
     /// The seccomp profile.
     pub seccomp: SeccompProfile,
+}
+
+/// A process to start in a running container (`keelctl exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// The container's id, for messages.
+    pub container: String,
+    /// The container's first process, whose namespaces the new process joins.
+    pub pid: i32,
+    /// That process's start time: if it differs, the container is gone.
+    pub start_time: u64,
+    /// The container's cgroup.
+    pub cgroup: PathBuf,
+    /// The process.
+    pub process: Process,
+    /// Its standard input is a terminal to make its controlling terminal.
+    pub terminal: bool,
 }
 
 /// An overlayfs root over the image's layers.
@@ -111,7 +135,9 @@ impl ContainerSpec {
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(bundle.join(SPEC_FILE), text)
     }
+}
 
+impl Process {
     /// The program to execute: `args[0]` itself when it holds a `/`, else the first
     /// executable of that name in the `PATH` of the container's environment, found under
     /// `root` (the container's root, before or after `pivot_root`).
@@ -166,19 +192,21 @@ mod tests {
                 mount_point: "/m".into(),
                 read_only: false,
             },
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-            env: env.iter().map(|entry| entry.to_string()).collect(),
-            cwd: "/".into(),
-            uid: 0,
-            gid: 0,
-            groups: vec![],
+            process: Process {
+                args: args.iter().map(|arg| arg.to_string()).collect(),
+                env: env.iter().map(|entry| entry.to_string()).collect(),
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                rlimits: DEFAULT_RLIMITS.to_vec(),
+                capabilities: vec![],
+                no_new_privileges: false,
+                seccomp: SeccompProfile::RuntimeDefault,
+            },
             hostname: "pod".into(),
             network: NetworkMode::Private,
             cgroup: "/sys/fs/cgroup/keelson/pods/x/app".into(),
-            rlimits: DEFAULT_RLIMITS.to_vec(),
-            capabilities: vec![],
-            no_new_privileges: false,
-            seccomp: SeccompProfile::RuntimeDefault,
         }
     }
 
@@ -193,9 +221,12 @@ mod tests {
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(root.path().join("bin/hello"), "not executable").unwrap();
 
-        let found = spec(&["hello"], &["PATH=/bin:/opt/tools"]).program(root.path());
+        let found = spec(&["hello"], &["PATH=/bin:/opt/tools"])
+            .process
+            .program(root.path());
         assert_eq!(found.unwrap(), PathBuf::from("/opt/tools/hello"));
         let missing = spec(&["hello"], &["PATH=/bin"])
+            .process
             .program(root.path())
             .unwrap_err();
         assert!(
@@ -203,10 +234,11 @@ mod tests {
             "{missing}"
         );
         assert_eq!(
-            spec(&["/x/y"], &[]).program(root.path()).unwrap(),
+            spec(&["/x/y"], &[]).process.program(root.path()).unwrap(),
             PathBuf::from("/x/y")
         );
         assert!(spec(&[], &[])
+            .process
             .program(root.path())
             .unwrap_err()
             .contains("no command"));

@@ -8,11 +8,16 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use keelson_runtime::shell::launch::{Launcher, CONTAINER_INIT};
-use keelson_runtime::spec::{ContainerSpec, NetworkMode, Rlimit, RootSpec, SeccompProfile};
+use keelson_runtime::shell::launch::{Launcher, CONTAINER_EXEC, CONTAINER_INIT};
+use keelson_runtime::spec::{
+    ContainerSpec, ExecSpec, NetworkMode, Process, Rlimit, RootSpec, SeccompProfile,
+};
 
 fn main() {
     let arguments: Vec<String> = std::env::args().collect();
+    if arguments.get(1).map(String::as_str) == Some(CONTAINER_EXEC) {
+        std::process::exit(keelson_runtime::shell::exec::run(Path::new(&arguments[2])));
+    }
     if arguments.get(1).map(String::as_str) == Some(CONTAINER_INIT) {
         let fd = arguments
             .get(4)
@@ -24,7 +29,11 @@ fn main() {
         ));
     }
     type Test = (&'static str, fn(&Host));
-    let tests: [Test; 3] = [
+    let tests: [Test; 4] = [
+        (
+            "a_process_executed_in_a_running_container_joins_its_namespaces",
+            exec_joins_the_container,
+        ),
         (
             "a_container_sees_only_its_own_root_devices_and_processes",
             sees_only_its_own_world,
@@ -146,30 +155,33 @@ impl Host {
                 mount_point: directory.join("rootfs"),
                 read_only: false,
             },
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-            env: vec![
-                "PATH=/bin".into(),
-                "GREETING=hello from the container".into(),
-            ],
-            cwd: "/work/dir".into(),
-            uid: 0,
-            gid: 0,
-            groups: vec![],
+            process: Process {
+                args: args.iter().map(|arg| arg.to_string()).collect(),
+                env: vec![
+                    "PATH=/bin".into(),
+                    "GREETING=hello from the container".into(),
+                ],
+                cwd: "/work/dir".into(),
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                // The sandbox a test host runs in may lack CAP_SYS_RESOURCE: stay under
+                // its limit.
+                rlimits: vec![Rlimit {
+                    resource: libc::RLIMIT_NOFILE,
+                    soft: 1024,
+                    hard: 1024,
+                }],
+                capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
+                    .iter()
+                    .map(|name| name.to_string())
+                    .collect(),
+                no_new_privileges: true,
+                seccomp: SeccompProfile::RuntimeDefault,
+            },
             hostname: "web-1".into(),
             network: NetworkMode::Private,
             cgroup: leaf,
-            // The sandbox a test host runs in may lack CAP_SYS_RESOURCE: stay under its limit.
-            rlimits: vec![Rlimit {
-                resource: libc::RLIMIT_NOFILE,
-                soft: 1024,
-                hard: 1024,
-            }],
-            capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
-                .iter()
-                .map(|name| name.to_string())
-                .collect(),
-            no_new_privileges: true,
-            seccomp: SeccompProfile::RuntimeDefault,
         }
     }
 
@@ -255,6 +267,82 @@ fn default_privileges(host: &Host) {
     assert!(
         !output.contains("mounted"),
         "a container mounted a filesystem:\n{output}"
+    );
+}
+
+fn exec_joins_the_container(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let spec = host.spec(
+        directory.path(),
+        &["sh", "-c", "echo started; exec sleep 30"],
+    );
+    spec.write(directory.path()).unwrap();
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let launcher = Launcher::new(std::env::current_exe().unwrap());
+    let launched = launcher
+        .launch(directory.path(), write.try_clone().unwrap(), write)
+        .unwrap();
+    let mut first_line = [0u8; 8];
+    std::fs::File::from(read)
+        .read_exact(&mut first_line)
+        .unwrap();
+
+    let exec = |args: &[&str]| {
+        let exec_spec = ExecSpec {
+            container: spec.id.clone(),
+            pid: launched.pid,
+            start_time: launched.start_time,
+            cgroup: spec.cgroup.clone(),
+            process: Process {
+                args: args.iter().map(|arg| arg.to_string()).collect(),
+                ..spec.process.clone()
+            },
+            terminal: false,
+        };
+        let file = directory.path().join("exec.json");
+        std::fs::write(&file, serde_json::to_vec(&exec_spec).unwrap()).unwrap();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg(CONTAINER_EXEC)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!file.exists(), "the spec file is removed once read");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = exec(&[
+        "sh",
+        "-c",
+        "echo $(hostname) $(pwd) $$; cat /proc/1/cmdline | tr '\\0' ' '; exit 7",
+    ]);
+    assert_eq!(code, Some(7));
+    // Its hostname and working directory, a pid in its namespace after its first process.
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap();
+    assert!(first.starts_with("web-1 /work/dir "), "{stdout}");
+    assert_ne!(first, "web-1 /work/dir 1", "{stdout}");
+    assert_eq!(lines.next().unwrap().trim_end(), "sleep 30");
+    let (code, _, stderr) = exec(&["nginx"]);
+    assert_eq!(code, Some(127));
+    assert!(
+        stderr.contains("executable file \"nginx\" not found"),
+        "{stderr}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(launched.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None).unwrap();
+    let (code, _, stderr) = exec(&["true"]);
+    assert_eq!(code, Some(126));
+    assert!(
+        stderr.contains("container test.app.0 is not running"),
+        "{stderr}"
     );
 }
 

@@ -170,6 +170,59 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let tail = pods.logs(&["ticker", "--tail", "2"]);
     assert_eq!(tail.lines().count(), 2, "{tail}");
 
+    // Commands run inside the running container, with its exit code, input and terminal.
+    let (code, stdout) = pods.exec(
+        &[
+            "ticker",
+            "--",
+            "sh",
+            "-c",
+            "echo $(busybox hostname) $$; exit 7",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(7));
+    let (host, pid) = stdout.trim().split_once(' ').unwrap();
+    assert_eq!(host, "ticker");
+    assert_ne!(
+        pid, "1",
+        "the exec'd shell is not the container's first process"
+    );
+    let (code, stdout) = pods.exec(
+        &["-i", "ticker", "--", "busybox", "wc", "-c"],
+        Some("hello\n"),
+    );
+    assert_eq!((code, stdout.trim()), (Some(0), "6"));
+    let (code, stdout) = pods.exec(
+        &[
+            "-t",
+            "ticker",
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] && echo terminal",
+        ],
+        None,
+    );
+    assert_eq!((code, stdout.as_str()), (Some(0), "terminal\r\n"));
+    let (code, _) = pods.exec(&["ticker", "--", "nginx"], None);
+    assert_eq!(code, Some(127));
+    let stopped = expect_failure(
+        node.keelctl(Role::Operator, &["exec", "hello", "--", "true"])
+            .unwrap(),
+        "exec in a finished pod",
+    );
+    assert!(
+        stopped.contains("cannot exec into pod hello: its container is not running"),
+        "{stopped}"
+    );
+    let reader = expect_failure(
+        node.keelctl(Role::Reader, &["exec", "ticker", "--", "true"])
+            .unwrap(),
+        "exec as a reader",
+    );
+    assert!(reader.contains("operator"), "{reader}");
+
     // Refusals say what is wrong.
     let invalid = expect_failure(
         node.keelctl(Role::Operator, &["run", "Bad_Name", "--image", IMAGE])
@@ -294,6 +347,40 @@ impl Pods<'_> {
             std::thread::sleep(Duration::from_millis(500));
         }
         panic!("pod {name} did not come {what} in time; last seen:\n{last:#?}");
+    }
+
+    /// `keelctl exec ARGUMENTS…` with `input` on its standard input; its exit code and
+    /// output.
+    fn exec(&self, arguments: &[&str], input: Option<&str>) -> (Option<i32>, String) {
+        let (code, stdout, stderr) = self.exec_with_errors(arguments, input);
+        if code != Some(0) {
+            eprintln!("keelctl exec {arguments:?}: exit {code:?}, stderr: {stderr}");
+        }
+        (code, stdout)
+    }
+
+    fn exec_with_errors(
+        &self,
+        arguments: &[&str],
+        input: Option<&str>,
+    ) -> (Option<i32>, String, String) {
+        let mut full = vec!["exec"];
+        full.extend_from_slice(arguments);
+        let mut command = self.node.keelctl_command(Role::Operator, &full).unwrap();
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, input.unwrap_or_default().as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     fn logs(&self, arguments: &[&str]) -> String {

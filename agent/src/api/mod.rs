@@ -14,6 +14,7 @@
 //! refused, header lists are capped, a connection runs at most 32 calls at once, and every
 //! unary call ends after two minutes or the client's deadline, whichever is sooner.
 
+pub mod exec;
 pub mod files;
 pub mod images;
 pub mod machine;
@@ -89,6 +90,7 @@ const UNBOUNDED_CALLS: &[&str] = &[
     "/keelson.images.v1.Images/Import",
     "/keelson.images.v1.Images/Pull",
     "/keelson.pods.v1.Pods/Logs",
+    "/keelson.pods.v1.Pods/Exec",
     // Deleting waits out the pod's grace period (30 s unless it says otherwise, and
     // Kubernetes allows far more).
     "/keelson.pods.v1.Pods/Delete",

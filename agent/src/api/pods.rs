@@ -9,8 +9,8 @@ use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use keelson_api::pods::pods_server::Pods;
 use keelson_api::pods::{
-    ApplyRequest, ApplyResponse, DeleteRequest, GetRequest, ListRequest, ListResponse, LogsRequest,
-    LogsResponse, PodResponse,
+    exec_request, ApplyRequest, ApplyResponse, DeleteRequest, ExecRequest, ExecResponse,
+    GetRequest, ListRequest, ListResponse, LogsRequest, LogsResponse, PodResponse,
 };
 use keelson_kubelet::pods::{Kubelet, PodsError};
 use tonic::{Request, Response, Status};
@@ -47,7 +47,8 @@ impl PodsService {
     }
 }
 
-fn status_of(error: PodsError) -> Status {
+/// The gRPC status of a refusal.
+pub fn status_of(error: PodsError) -> Status {
     match error {
         PodsError::Invalid(message) => Status::invalid_argument(message),
         PodsError::Conflict(message) => Status::already_exists(message),
@@ -69,6 +70,7 @@ fn namespace_or_default(namespace: &str) -> &str {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<LogsResponse, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Pods for PodsService {
@@ -136,6 +138,32 @@ impl Pods for PodsService {
         Ok(Response::new(PodResponse {
             pod_json: to_json(&pod)?,
         }))
+    }
+
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        request: Request<tonic::Streaming<ExecRequest>>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let caller = who(&request);
+        let mut requests = request.into_inner();
+        let start = match requests.message().await? {
+            Some(ExecRequest {
+                item: Some(exec_request::Item::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "Exec's first message says what to start",
+                ))
+            }
+        };
+        info!(caller = %caller, pod = %start.name, command = ?start.command, "exec");
+        let (sender, receiver) = tokio::sync::mpsc::channel(32);
+        super::exec::start(self.kubelet()?, start, requests, sender).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     type LogsStream = LogStream;

@@ -22,14 +22,21 @@ struct Arguments {
 }
 
 fn main() {
-    // Container-init mode must decide before anything starts a thread (see
-    // keelson_runtime::shell::init).
+    // Container-init and container-exec must start before anything starts a thread (see
+    // keelson_runtime::shell).
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if raw
-        .get(1)
-        .is_some_and(|mode| mode == keelson_runtime::shell::launch::CONTAINER_INIT)
-    {
+    let mode = raw.get(1).and_then(|mode| mode.to_str());
+    if mode == Some(keelson_runtime::shell::launch::CONTAINER_INIT) {
         std::process::exit(container_init(&raw));
+    }
+    if mode == Some(keelson_runtime::shell::launch::CONTAINER_EXEC) {
+        let Some(spec) = raw.get(2) else {
+            eprintln!("usage: keelsond container-exec SPEC (started by the agent)");
+            std::process::exit(2);
+        };
+        std::process::exit(keelson_runtime::shell::exec::run(std::path::Path::new(
+            spec,
+        )));
     }
     let arguments = Arguments::parse();
     // SAFETY: no other thread exists yet.

@@ -11,10 +11,10 @@ use std::str::FromStr;
 
 use caps::{CapSet, Capability, CapsHashSet};
 
-use crate::spec::ContainerSpec;
+use crate::spec::Process;
 
-/// Applies the spec's identity and privileges to the calling process.
-pub fn apply(spec: &ContainerSpec) -> Result<(), String> {
+/// Applies the process's identity and privileges to the calling process.
+pub fn apply(spec: &Process) -> Result<(), String> {
     let keep = capabilities(&spec.capabilities)?;
     for capability in caps::all() {
         if keep.contains(&capability) {

@@ -30,7 +30,7 @@ use nix::sched::CloneFlags;
 use nix::unistd::ForkResult;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{ContainerSpec, NetworkMode, SeccompProfile};
+use crate::spec::{ContainerSpec, NetworkMode, Process, SeccompProfile};
 
 /// What container-init reports to the agent: one JSON line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,10 +84,7 @@ fn create(bundle: &Path) -> Result<(i32, u64), String> {
         )
     })?;
     // Everything the child needs from the heap is prepared before the fork.
-    let seccomp = match spec.seccomp {
-        SeccompProfile::RuntimeDefault => Some(super::seccomp::default_program()?),
-        SeccompProfile::Unconfined => None,
-    };
+    let seccomp = seccomp_program(&spec.process)?;
     let (errors_read, errors_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|errno| format!("cannot create a pipe: {}", errno.desc()))?;
     // SAFETY: this process has a single thread (container-init never starts another).
@@ -124,19 +121,23 @@ fn create(bundle: &Path) -> Result<(i32, u64), String> {
 /// In the forked child: everything up to `execve`. Returns only with an error.
 fn become_container(spec: &ContainerSpec, seccomp: Option<&seccompiler::BpfProgram>) -> String {
     match prepare(spec, seccomp) {
-        Ok((program, args, env)) => {
-            let errno = nix::unistd::execve(&program, &args, &env).unwrap_err();
-            format!(
-                "cannot execute {:?}: {}",
-                spec.args.first().map(String::as_str).unwrap_or(""),
-                errno.desc()
-            )
-        }
+        Ok(exec) => execute(&spec.process, exec),
         Err(error) => error,
     }
 }
 
-type Exec = (CString, Vec<CString>, Vec<CString>);
+/// Executes the prepared program; returns only with the error.
+pub fn execute(process: &Process, (program, args, env): Exec) -> String {
+    let errno = nix::unistd::execve(&program, &args, &env).unwrap_err();
+    format!(
+        "cannot execute {:?}: {}",
+        process.args.first().map(String::as_str).unwrap_or(""),
+        errno.desc()
+    )
+}
+
+/// A program, its arguments and its environment, ready for `execve`.
+pub type Exec = (CString, Vec<CString>, Vec<CString>);
 
 fn prepare(
     spec: &ContainerSpec,
@@ -163,7 +164,16 @@ fn prepare(
             errno.desc()
         )
     })?;
-    for limit in &spec.rlimits {
+    become_process(&spec.process, seccomp)
+}
+
+/// The steps every process in a container takes last, its first or an exec'd one: limits,
+/// working directory, seccomp filter, credentials. Returns what to execute.
+pub fn become_process(
+    process: &Process,
+    seccomp: Option<&seccompiler::BpfProgram>,
+) -> Result<Exec, String> {
+    for limit in &process.rlimits {
         let value = libc::rlimit {
             rlim_cur: limit.soft,
             rlim_max: limit.hard,
@@ -177,17 +187,22 @@ fn prepare(
             ));
         }
     }
-    std::fs::create_dir_all(&spec.cwd)
-        .and_then(|()| std::env::set_current_dir(&spec.cwd))
-        .map_err(|error| format!("cannot enter the working directory {}: {error}", spec.cwd))?;
-    let program = spec.program(Path::new("/"))?;
+    std::fs::create_dir_all(&process.cwd)
+        .and_then(|()| std::env::set_current_dir(&process.cwd))
+        .map_err(|error| {
+            format!(
+                "cannot enter the working directory {}: {error}",
+                process.cwd
+            )
+        })?;
+    let program = process.program(Path::new("/"))?;
     let program = c_string(program.as_os_str().as_bytes())?;
-    let args = spec
+    let args = process
         .args
         .iter()
         .map(|arg| c_string(arg.as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
-    let env = spec
+    let env = process
         .env
         .iter()
         .map(|entry| c_string(entry.as_bytes()))
@@ -195,8 +210,16 @@ fn prepare(
     if let Some(program) = seccomp {
         super::seccomp::install(program)?;
     }
-    super::credentials::apply(spec)?;
+    super::credentials::apply(process)?;
     Ok((program, args, env))
+}
+
+/// The seccomp program a process's profile asks for.
+pub fn seccomp_program(process: &Process) -> Result<Option<seccompiler::BpfProgram>, String> {
+    match process.seccomp {
+        SeccompProfile::RuntimeDefault => super::seccomp::default_program().map(Some),
+        SeccompProfile::Unconfined => Ok(None),
+    }
 }
 
 fn c_string(bytes: &[u8]) -> Result<CString, String> {

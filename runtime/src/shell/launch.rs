@@ -13,6 +13,9 @@ use super::init::Report;
 /// The argument that puts the agent's binary into container-init mode.
 pub const CONTAINER_INIT: &str = "container-init";
 
+/// The argument that puts the agent's binary into container-exec mode.
+pub const CONTAINER_EXEC: &str = "container-exec";
+
 /// A container whose program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Launched {
@@ -34,6 +37,11 @@ impl Launcher {
         Launcher {
             program: program.into(),
         }
+    }
+
+    /// The binary it runs.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// Creates the container described in `bundle`; its output goes to `stdout` and

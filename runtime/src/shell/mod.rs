@@ -1,8 +1,10 @@
 //! The runtime's shell: what touches the kernel. [`launch`] runs in the agent and starts
 //! [`init`] (container-init) in a fresh single-threaded process, which builds the
-//! container with [`rootfs`], [`seccomp`] and [`credentials`] from a spec the agent wrote.
+//! container with [`rootfs`], [`seccomp`] and [`credentials`] from a spec the agent wrote;
+//! [`exec`] (container-exec) runs another process in a running container the same way.
 
 pub mod credentials;
+pub mod exec;
 pub mod init;
 pub mod launch;
 pub mod rootfs;
