@@ -13,6 +13,7 @@ keelson_packages=(
   skopeo umoci busybox-static            # the tests build real OCI images and archives
   docker-registry apache2-utils          # a real registry the pull tests start on 127.0.0.1
                                          # (htpasswd writes its basic-auth users)
+  crun runc                              # the runtime benchmark's baselines (bench image only)
 )
 
 ensure_host_packages() {

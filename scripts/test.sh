@@ -45,6 +45,9 @@ target/debug/keelson-image keygen --out "$updates_dir/update.key" >/dev/null
 static_dir=target/x86_64-unknown-linux-gnu/release
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build -q --release --target x86_64-unknown-linux-gnu -p keelson-init -p keelson-agent
+# The runtime benchmark's guest half, with the same flags (it shares their build).
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build -q --release --target x86_64-unknown-linux-gnu -p keelson-runtime --example runtime_bench
 binaries=(--binaries "$static_dir")
 if [ "$(id -u)" -eq 0 ]; then
   # Prove that building needs no root: build the image as the unprivileged user 'nobody',
@@ -85,5 +88,9 @@ step "update write benchmark, one run (prints figures; speed never fails the sui
 # the bench's own work is the VM's.
 KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_BENCH_RUNS=1 \
   cargo bench -q --profile dev --workspace --bench update
+
+step "runtime benchmark, one run (prints figures beside crun and runc; never fails on speed)"
+KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_TEST_BUNDLES="$updates_dir" \
+  KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench runtime
 
 step "test suite finished"

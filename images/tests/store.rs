@@ -531,3 +531,63 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     };
     (length >= 0).then(|| buffer[..length as usize].to_vec())
 }
+
+/// A STATE that fills up mid-import: the refusal says so and what to do, and the partial
+/// blob is not left behind. STATE here is a 2 MiB tmpfs (root: mounting it).
+#[test]
+fn a_full_state_is_named_and_the_import_keeps_nothing() {
+    if !as_root("a_full_state_is_named_and_the_import_keeps_nothing") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        state.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=2m"),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount(self.0);
+        }
+    }
+    let _unmount = Unmount(state.path());
+    // 4 MiB that no compression shrinks (xorshift), in an uncompressed layer.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let noise: &'static [u8] = Box::leak(noise.into_boxed_slice());
+    let image = Image::new(
+        vec![common::layer(
+            &[Entry::File("big", 0o644, 0, noise)],
+            Packing::Plain,
+        )],
+        &["/big"],
+    );
+    let archive = common::oci_archive(
+        vec![image.descriptor(json!({ "org.opencontainers.image.ref.name": "example/big:1" }))],
+        image.blobs(),
+    );
+    let root = state.path().join("images");
+    let store = ImageStore::open(&root).unwrap();
+    let error = store
+        .import_archive(&archive[..], "big.tar", None)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("STATE is full while writing"), "{error}");
+    assert!(
+        error.contains("free space by removing images (keelctl image rm)"),
+        "{error}"
+    );
+    nothing_stored(&root);
+    assert!(store.list().unwrap().is_empty());
+}

@@ -27,7 +27,7 @@ use keelson_runtime::process::{self, ImageProcess, User};
 use keelson_runtime::resources::CgroupValues;
 use keelson_runtime::shell::launch::Launcher;
 use keelson_runtime::spec::{
-    ContainerSpec, ExecSpec, NetworkMode, Process, RootSpec, SeccompProfile, DEFAULT_RLIMITS,
+    ContainerSpec, ExecSpec, NetworkMode, Process, RootSpec, DEFAULT_RLIMITS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -233,8 +233,8 @@ impl Engine {
                     .iter()
                     .map(|name| name.to_string())
                     .collect(),
-                no_new_privileges: false,
-                seccomp: SeccompProfile::RuntimeDefault,
+                no_new_privileges: crate::pod::no_new_privileges(container),
+                seccomp: crate::pod::seccomp_profile(pod, container),
             },
             hostname: if host_network {
                 nix::unistd::gethostname()

@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keelson_runtime::lifecycle::RestartPolicy;
 use keelson_runtime::process::ContainerRequest;
 use keelson_runtime::resources::{self, Resources};
+use keelson_runtime::spec::SeccompProfile;
 
 /// The namespace of a pod that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -102,6 +103,33 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
             return Err(format!("pod {name}: volumeMounts are not supported yet"));
         }
         resources_of(container).map_err(|error| format!("pod {name}: {error}"))?;
+        let profiles = [
+            container
+                .security_context
+                .as_ref()
+                .and_then(|context| context.seccomp_profile.as_ref()),
+            spec.security_context
+                .as_ref()
+                .and_then(|context| context.seccomp_profile.as_ref()),
+        ];
+        for profile in profiles.into_iter().flatten() {
+            if !matches!(profile.type_.as_str(), "RuntimeDefault" | "Unconfined") {
+                return Err(format!(
+                    "pod {name}: seccompProfile.type {:?} is not supported: use RuntimeDefault or Unconfined",
+                    profile.type_
+                ));
+            }
+        }
+        if container
+            .security_context
+            .as_ref()
+            .and_then(|context| context.privileged)
+            == Some(true)
+        {
+            return Err(format!(
+                "pod {name}: privileged containers are not supported yet"
+            ));
+        }
         if let Some(env) = &container.env {
             if let Some(variable) = env.iter().find(|variable| variable.value_from.is_some()) {
                 return Err(format!(
@@ -183,6 +211,36 @@ pub fn resources_of(container: &Container) -> Result<Resources, String> {
         memory_limit_bytes: memory(quantity(&requirements.limits, "memory"), "limits")?,
         pids_limit: None,
     })
+}
+
+/// `no_new_privs`: set when the container says `allowPrivilegeEscalation: false`.
+pub fn no_new_privileges(container: &Container) -> bool {
+    container
+        .security_context
+        .as_ref()
+        .and_then(|context| context.allow_privilege_escalation)
+        == Some(false)
+}
+
+/// The seccomp profile: the runtime's default unless the container (or, failing that, the
+/// pod) asks for `Unconfined`. (`Localhost` profiles are refused at admission.)
+pub fn seccomp_profile(pod: &Pod, container: &Container) -> SeccompProfile {
+    let of_container = container
+        .security_context
+        .as_ref()
+        .and_then(|context| context.seccomp_profile.as_ref());
+    let of_pod = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.security_context.as_ref())
+        .and_then(|context| context.seccomp_profile.as_ref());
+    match of_container
+        .or(of_pod)
+        .map(|profile| profile.type_.as_str())
+    {
+        Some("Unconfined") => SeccompProfile::Unconfined,
+        _ => SeccompProfile::RuntimeDefault,
+    }
 }
 
 /// What the pod asks of the container's process.
@@ -320,6 +378,43 @@ mod tests {
                 "{error:?} does not say {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn security_contexts_choose_no_new_privs_and_the_seccomp_profile() {
+        let admitted = pod(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                "containers": [{"name": "a", "image": "x",
+                                "securityContext": {"allowPrivilegeEscalation": false}}]}
+        }));
+        let container = container(&admitted).unwrap();
+        assert!(no_new_privileges(container));
+        assert_eq!(
+            seccomp_profile(&admitted, container),
+            SeccompProfile::Unconfined
+        );
+        let strict = pod(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                "containers": [{"name": "a", "image": "x",
+                                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}]}
+        }));
+        let container = crate::pod::container(&strict).unwrap();
+        assert!(!no_new_privileges(container));
+        assert_eq!(
+            seccomp_profile(&strict, container),
+            SeccompProfile::RuntimeDefault
+        );
+        let localhost = pod(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "a", "image": "x",
+                "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}}]}
+        }));
+        let error = admit(localhost, "u", now()).unwrap_err();
+        assert!(error.contains("\"Localhost\" is not supported"), "{error}");
     }
 
     #[test]

@@ -294,8 +294,16 @@ impl TestNode {
     /// fw_cfg, a NoCloud seed, a static guest address…). By default the node gets the
     /// test cluster's machine config by fw_cfg.
     pub fn prepare_with(configure: impl FnOnce(&mut VmOptions)) -> anyhow::Result<TestNode> {
+        TestNode::prepare_on(test_image(), configure)
+    }
+
+    /// [`TestNode::prepare_with`] on another image than the test image (a bench image).
+    pub fn prepare_on(
+        image: PathBuf,
+        configure: impl FnOnce(&mut VmOptions),
+    ) -> anyhow::Result<TestNode> {
         let api_port = free_port()?;
-        let mut options = VmOptions::new(test_image());
+        let mut options = VmOptions::new(image);
         options.api_port = Some(api_port);
         options.config = Some(TestCluster::get().node_config.clone());
         configure(&mut options);
