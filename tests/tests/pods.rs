@@ -76,6 +76,51 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "host=inside pid=1 hi\nlo\n67108864\n50000 100000\n0\nCapEff:\t00000000a80425fb\nSeccomp:\t2\n"
     );
 
+    // A manifest applied as a user writes one, with a security context.
+    let manifest = work.path().join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: applied\n  labels:\n    app: demo\nspec:\n  \
+             restartPolicy: Never\n  securityContext:\n    seccompProfile:\n      type: Unconfined\n  \
+             containers:\n  - name: main\n    image: {IMAGE}\n    command: [sh, -c]\n    \
+             args: [\"busybox grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status\"]\n    \
+             securityContext:\n      allowPrivilegeEscalation: false\n"
+        ),
+    )
+    .unwrap();
+    let applied = expect_success(
+        node.keelctl(Role::Operator, &["apply", "-f", manifest.to_str().unwrap()])
+            .unwrap(),
+        "apply -f",
+    );
+    assert_eq!(applied.trim(), "pod/applied created");
+    let again = expect_success(
+        node.keelctl(Role::Operator, &["apply", "-f", manifest.to_str().unwrap()])
+            .unwrap(),
+        "apply -f again",
+    );
+    assert_eq!(again.trim(), "pod/applied unchanged");
+    pods.wait_for("applied", "to complete", |pod| {
+        pod["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(pods.logs(&["applied"]), "NoNewPrivs:\t1\nSeccomp:\t0\n");
+
+    // Following a log returns what the run writes, until it ends.
+    pods.run(&[
+        "follow",
+        "--restart",
+        "Never",
+        "--",
+        "sh",
+        "-c",
+        "busybox sleep 2; for i in 1 2 3; do echo line $i; busybox sleep 1; done",
+    ]);
+    pods.wait_for("follow", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    assert_eq!(pods.logs(&["follow", "-f"]), "line 1\nline 2\nline 3\n");
+
     // A memory limit the container passes: the kernel kills it and the pod says why.
     pods.run(&[
         "hog",
