@@ -228,3 +228,64 @@ async fn a_registry_behind_a_private_ca_and_basic_auth_needs_both_from_the_confi
     assert_eq!(record.name, reference);
     assert!(store.layer_dirs(&record)[0].join("bin/busybox").is_file());
 }
+
+/// The bearer-token challenge, as Docker Hub and GHCR send it: the registry answers 401
+/// with a realm; the client fetches a token there with the config's credentials and
+/// retries. Without credentials the realm refuses and the error says where they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_challenge_is_answered_with_a_token_from_its_realm() {
+    if !oci::ready_for(
+        "a_bearer_challenge_is_answered_with_a_token_from_its_realm",
+        true,
+    ) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let tokens = keelson_testkit::token::TokenServer::start("ci", "t0ken-pass").unwrap();
+    let registry =
+        oci::Registry::start_with_tokens(work.path(), &tokens, "ci", "t0ken-pass").unwrap();
+    let host = registry.host();
+    oci::busybox_layout(work.path()).unwrap();
+    registry.push(work.path(), "private/busybox:1").unwrap();
+    let reference = format!("{host}/private/busybox:1");
+    let root = tempfile::tempdir().unwrap();
+    let store = Arc::new(ImageStore::open(root.path()).unwrap());
+    let mut settings = RegistrySettings {
+        stall_timeout: Duration::from_secs(5),
+        ..RegistrySettings::default()
+    };
+    settings.insecure.insert(host.clone());
+
+    let refused_before = tokens.refused();
+    let error = pull(store.clone(), &reference, &settings, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "http://{host} refused access to private/busybox:1"
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "give credentials for {host} under registries.auth"
+        )),
+        "{error}"
+    );
+    assert!(
+        tokens.refused() > refused_before,
+        "the realm was never asked"
+    );
+
+    settings
+        .auth
+        .insert(host.clone(), ("ci".into(), "t0ken-pass".into()));
+    let issued_before = tokens.issued();
+    let record = pull(store.clone(), &reference, &settings, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(record.name, reference);
+    assert!(store.layer_dirs(&record)[0].join("bin/busybox").is_file());
+    assert!(tokens.issued() > issued_before, "pulled without a token");
+}

@@ -38,7 +38,10 @@ pub fn reap_children() -> Vec<(i32, String)> {
         }
         let how = match status {
             ExitStatus::Exited(code) => format!("exited with status {code}"),
-            ExitStatus::Signaled(signal) => format!("was killed by signal {signal}"),
+            ExitStatus::Signaled(number) => match nix::sys::signal::Signal::try_from(number) {
+                Ok(signal) => format!("was killed by {signal}"),
+                Err(_) => format!("was killed by signal {number}"),
+            },
         };
         reaped.push((pid.as_raw(), how));
     }

@@ -50,13 +50,11 @@ fn main() {
     let Some(host) = Host::ready() else {
         return;
     };
-    let filter = arguments
-        .iter()
-        .skip(1)
-        .find(|argument| !argument.starts_with('-'));
-    let mut failed = 0;
+    let filter = name_filter(&arguments);
+    let (mut passed, mut failed, mut filtered) = (0, 0, 0);
     for (name, test) in tests {
-        if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
+        if filter.is_some_and(|filter| !name.contains(filter)) {
+            filtered += 1;
             continue;
         }
         let outcome = std::panic::catch_unwind(|| test(&host));
@@ -64,14 +62,31 @@ fn main() {
             "test {name} ... {}",
             if outcome.is_ok() { "ok" } else { "FAILED" }
         );
+        passed += usize::from(outcome.is_ok());
         failed += usize::from(outcome.is_err());
     }
     host.clean_up();
     println!(
-        "test result: {}. {failed} failed",
+        "test result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {filtered} filtered out",
         if failed == 0 { "ok" } else { "FAILED" }
     );
     std::process::exit(i32::from(failed > 0));
+}
+
+/// The name filter among libtest's arguments (`cargo test -- NAME --test-threads 2`): the
+/// first word that is neither a flag nor a flag's value.
+fn name_filter(arguments: &[String]) -> Option<&str> {
+    let mut words = arguments.iter().skip(1);
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--test-threads" | "--skip" | "--format" | "--color" | "--logfile" | "-Z" => {
+                words.next();
+            }
+            flag if flag.starts_with('-') => {}
+            name => return Some(name),
+        }
+    }
+    None
 }
 
 /// What the tests need of the host: root, busybox, overlayfs and a cgroup2 hierarchy.

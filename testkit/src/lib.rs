@@ -6,9 +6,11 @@
 //! the suite), and under `CI=true` as root, where nothing should be missing, a skip fails
 //! the test.
 //!
-//! [`oci`] makes real OCI images and archives with umoci and skopeo, as users make them.
+//! [`oci`] makes real OCI images and archives with umoci and skopeo, as users make them, and
+//! starts real registries; [`token`] is the bearer-token server a registry can demand.
 
 pub mod oci;
+pub mod token;
 
 use std::io::Write;
 

@@ -147,7 +147,37 @@ impl Registry {
         Registry::start_with(directory, Some(secured))
     }
 
+    /// Starts a registry (plain HTTP) that demands bearer tokens from `tokens`; pushes use
+    /// `user` and `password`, which the token server accepts.
+    pub fn start_with_tokens(
+        directory: &Path,
+        tokens: &crate::token::TokenServer,
+        user: &str,
+        password: &str,
+    ) -> Result<Registry, String> {
+        let bundle = directory.join("token-signer.crt");
+        std::fs::write(&bundle, &tokens.cert_pem).map_err(|error| error.to_string())?;
+        let auth = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.realm(),
+            tokens.service,
+            tokens.issuer,
+            bundle.display()
+        );
+        let mut registry = Registry::start_configured(directory, None, &auth)?;
+        registry.credentials = Some((user.to_owned(), password.to_owned()));
+        Ok(registry)
+    }
+
     fn start_with(directory: &Path, secured: Option<&Secured<'_>>) -> Result<Registry, String> {
+        Registry::start_configured(directory, secured, "")
+    }
+
+    fn start_configured(
+        directory: &Path,
+        secured: Option<&Secured<'_>>,
+        extra: &str,
+    ) -> Result<Registry, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map_err(|error| error.to_string())?
@@ -175,6 +205,7 @@ impl Registry {
                 directory.join("htpasswd").display()
             ));
         }
+        yaml.push_str(extra);
         std::fs::write(&config, yaml).map_err(|error| error.to_string())?;
         let child = Command::new("docker-registry")
             .arg("serve")
