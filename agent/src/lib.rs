@@ -217,10 +217,23 @@ fn start_kubelet(
         Ok(keelson_kubelet::pods::Kubelet::start(engine, store))
     })();
     match &started {
-        Ok(kubelet) => info!(pods = kubelet.list(None).len(), "pod supervisor started"),
+        Ok(kubelet) => {
+            info!(pods = kubelet.list(None).len(), "pod supervisor started");
+            tokio::spawn(follow_node_ip(kubelet.clone()));
+        }
         Err(reason) => warn!("pods: {reason}"),
     }
     let _ = context.pods.set(started);
+}
+
+/// Keeps the kubelet's `hostIP` (and a hostNetwork pod's `podIP`) on the node's address as
+/// DHCP or the config changes it.
+async fn follow_node_ip(kubelet: Arc<keelson_kubelet::pods::Kubelet>) {
+    loop {
+        let address = keelson_net::node::node_ip_in_force().await;
+        kubelet.set_host_ip(address.map(|address| address.to_string()));
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    }
 }
 
 /// Phase (managed machines): reconcile the slots, then bless the running slot once it

@@ -42,6 +42,9 @@ use store::{Records, Store};
 #[derive(Debug)]
 pub struct ImageStore {
     store: Store,
+    /// Held through every read-modify-write of the records file, so that a container's
+    /// hold never undoes a pull's record (or the reverse): holds do not wait for pulls.
+    records_lock: std::sync::Mutex<()>,
 }
 
 impl ImageStore {
@@ -50,6 +53,7 @@ impl ImageStore {
     pub fn open(root: &Path) -> Result<ImageStore, ImageError> {
         let images = ImageStore {
             store: Store::open(root)?,
+            records_lock: std::sync::Mutex::new(()),
         };
         images.collect_garbage()?;
         Ok(images)
@@ -158,11 +162,29 @@ impl ImageStore {
 
     /// Records images (replacing any of the same names) durably.
     pub fn record(&self, images: &[ImageRecord]) -> Result<(), ImageError> {
+        self.update_records(|records| {
+            for image in images {
+                records.images.insert(image.name.clone(), image.clone());
+            }
+            Ok(true)
+        })
+    }
+
+    /// Reads the records, lets `change` change them, and saves them when it says so, with
+    /// no other change in between.
+    fn update_records(
+        &self,
+        change: impl FnOnce(&mut store::Records) -> Result<bool, ImageError>,
+    ) -> Result<(), ImageError> {
+        let _exclusive = self
+            .records_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut records = self.store.records()?;
-        for image in images {
-            records.images.insert(image.name.clone(), image.clone());
+        if change(&mut records)? {
+            self.store.save_records(&records)?;
         }
-        self.store.save_records(&records)
+        Ok(())
     }
 
     /// Every image, by name.
@@ -204,14 +226,20 @@ impl ImageStore {
         &self,
         reference: &str,
     ) -> Result<(ImageRecord, gc::Garbage<Digest, Digest>), ImageError> {
-        let mut records = self.store.records()?;
-        let removed = find(&records, reference)
-            .map(|image| image.name.clone())
-            .and_then(|name| records.images.remove(&name))
-            .ok_or_else(|| ImageError::NotFound {
-                reference: reference.to_owned(),
-            })?;
-        self.store.save_records(&records)?;
+        let mut removed = None;
+        self.update_records(|records| {
+            let image = find(records, reference)
+                .map(|image| image.name.clone())
+                .and_then(|name| records.images.remove(&name))
+                .ok_or_else(|| ImageError::NotFound {
+                    reference: reference.to_owned(),
+                })?;
+            removed = Some(image);
+            Ok(true)
+        })?;
+        let removed = removed.ok_or_else(|| ImageError::NotFound {
+            reference: reference.to_owned(),
+        })?;
         let freed = self.collect_garbage()?;
         Ok((removed, freed))
     }
@@ -219,22 +247,24 @@ impl ImageStore {
     /// Keeps `layers` for `container` until [`ImageStore::release`], whatever happens to
     /// their image.
     pub fn hold(&self, container: &str, layers: BTreeSet<Digest>) -> Result<(), ImageError> {
-        let mut records = self.store.records()?;
-        records.holds.insert(container.to_owned(), layers);
-        self.store.save_records(&records)
+        self.update_records(|records| {
+            records.holds.insert(container.to_owned(), layers);
+            Ok(true)
+        })
     }
 
     /// Lets go of a container's layers.
     pub fn release(&self, container: &str) -> Result<(), ImageError> {
-        let mut records = self.store.records()?;
-        if records.holds.remove(container).is_some() {
-            self.store.save_records(&records)?;
-        }
-        Ok(())
+        self.update_records(|records| Ok(records.holds.remove(container).is_some()))
     }
 
     /// Removes every blob and layer that no image and no container uses.
     pub fn collect_garbage(&self) -> Result<gc::Garbage<Digest, Digest>, ImageError> {
+        // Under the records' lock: a hold recorded meanwhile is either seen or comes after.
+        let _exclusive = self
+            .records_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let records = self.store.records()?;
         let usage = gc::Usage {
             stored_blobs: self.store.stored_blobs()?,

@@ -27,7 +27,7 @@ use keelson_runtime::process::{self, ImageProcess, User};
 use keelson_runtime::resources::CgroupValues;
 use keelson_runtime::shell::launch::Launcher;
 use keelson_runtime::spec::{
-    ContainerSpec, ExecSpec, NetworkMode, Process, RootSpec, DEFAULT_RLIMITS,
+    ContainerSpec, ExecSpec, IdMapping, NetworkMode, Process, RootSpec, DEFAULT_RLIMITS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -157,8 +157,15 @@ impl Engine {
         CgroupTree::container_path(pod.metadata.uid.as_deref().unwrap_or_default(), container)
     }
 
-    /// Starts run number `run` of the pod's container.
-    pub async fn start(&self, pod: &Pod, run: u32, now: u64) -> Result<Started, StartFailure> {
+    /// Starts run number `run` of the pod's container, in a user namespace of those node
+    /// ids when it has one.
+    pub async fn start(
+        &self,
+        pod: &Pod,
+        run: u32,
+        now: u64,
+        user_namespace: Option<IdMapping>,
+    ) -> Result<Started, StartFailure> {
         let container = crate::pod::container(pod).ok_or_else(|| {
             failure("CreateContainerConfigError")("the pod has no container".into())
         })?;
@@ -193,6 +200,19 @@ impl Engine {
         .map_err(|error| failure("CreateContainerConfigError")(error.to_string()))?;
         let identity =
             resolve_user(&process.user, &layers).map_err(failure("CreateContainerConfigError"))?;
+        if let Some(mapping) = &user_namespace {
+            let ids = [identity.uid, identity.gid]
+                .into_iter()
+                .chain(identity.groups.iter().copied());
+            if let Some(outside) = ids.into_iter().find(|id| mapping.to_host(*id).is_none()) {
+                return Err(failure("CreateContainerConfigError")(format!(
+                    "id {outside} of the container's user is outside its user namespace \
+                     (ids 0-{}, hostUsers: false); run it as a user below {}",
+                    mapping.size - 1,
+                    mapping.size
+                )));
+            }
+        }
         // 3. The cgroup.
         let resources =
             crate::pod::resources_of(container).map_err(failure("CreateContainerConfigError"))?;
@@ -249,6 +269,7 @@ impl Engine {
                 NetworkMode::Private
             },
             cgroup,
+            user_namespace,
         };
         spec.write(&bundle).map_err(|error| {
             failure("CreateContainerError")(format!("cannot write {}: {error}", bundle.display()))

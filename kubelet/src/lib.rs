@@ -5,7 +5,8 @@
 //! does; both are pure. [`store`] keeps them on STATE; [`logs`] writes and reads the CRI
 //! log files; [`handoff`] passes log pipes to PID 1 and back; [`engine`] turns a pod's
 //! container into a running process through `keelson-runtime`; [`pods`] runs one task per
-//! pod over the runtime's lifecycle machine.
+//! pod over the runtime's lifecycle machine; [`userns`] gives pods with `hostUsers: false`
+//! node ids of their own.
 //!
 //! Today a pod has one container; the full kubelet (several containers, init containers,
 //! probes, volumes, pod networking) extends these pieces.
@@ -17,6 +18,7 @@ pub mod pod;
 pub mod pods;
 pub mod status;
 pub mod store;
+pub mod userns;
 
 use k8s_openapi::api::core::v1::Pod;
 

@@ -57,6 +57,12 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
             ));
         }
     }
+    if spec.host_users == Some(false) && spec.host_network == Some(true) {
+        return Err(format!(
+            "pod {name}: spec.hostUsers: false cannot be combined with spec.hostNetwork: true; \
+             a pod's own user namespace needs its own network namespace"
+        ));
+    }
     if spec.containers.len() != 1 {
         return Err(format!(
             "pod {name} has {} containers in spec.containers; this node runs pods of exactly one container for now",

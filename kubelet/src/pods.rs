@@ -57,6 +57,8 @@ pub struct Kubelet {
     store: PodStore,
     pods: Mutex<BTreeMap<(String, String), PodHandle>>,
     host_ip: Mutex<Option<String>>,
+    /// Held through an apply, so that two pods are never given the same name or ids.
+    admitting: Mutex<()>,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -82,6 +84,7 @@ impl Kubelet {
             store,
             pods: Mutex::new(BTreeMap::new()),
             host_ip: Mutex::new(None),
+            admitting: Mutex::new(()),
         });
         let (records, problems) = kubelet.store.load_all();
         for problem in problems {
@@ -104,6 +107,10 @@ impl Kubelet {
     /// Admits `pod` and starts it. Applying a pod that exists with the same spec changes
     /// nothing (returns false); with another spec it is refused, as pods cannot change.
     pub fn apply(self: &Arc<Self>, pod: Pod) -> Result<(Pod, bool), PodsError> {
+        let _admitting = self
+            .admitting
+            .lock()
+            .map_err(|_| PodsError::Storage("the pod supervisor's lock is poisoned".into()))?;
         let uid = uuid::Uuid::new_v4().to_string();
         let admitted =
             crate::pod::admit(pod, &uid, status::time(now())).map_err(PodsError::Invalid)?;
@@ -120,9 +127,27 @@ impl Kubelet {
                 key.0, key.1, key.1
             )));
         }
+        let host_users = admitted.spec.as_ref().and_then(|spec| spec.host_users);
+        let user_namespace = match host_users {
+            Some(false) => {
+                let held = self.user_blocks_held();
+                let block = crate::userns::first_free_block(held).ok_or_else(|| {
+                    PodsError::Invalid(format!(
+                        "pod {}/{}: every block of node ids for user namespaces is taken \
+                         ({} pods with hostUsers: false); delete one first",
+                        key.0,
+                        key.1,
+                        crate::userns::LAST_BLOCK
+                    ))
+                })?;
+                Some(crate::userns::mapping(block))
+            }
+            _ => None,
+        };
         let record = PodRecord {
             pod: admitted,
             container: Default::default(),
+            user_namespace,
         };
         self.store.save(&record).map_err(PodsError::Storage)?;
         tracing::info!(pod = %format!("{}/{}", key.0, key.1), "pod admitted");
@@ -292,6 +317,23 @@ impl Kubelet {
             host_ip.as_deref(),
         ));
         pod
+    }
+
+    /// The blocks of node ids the pods' user namespaces hold.
+    fn user_blocks_held(&self) -> Vec<u32> {
+        let Ok(pods) = self.pods.lock() else {
+            return Vec::new();
+        };
+        pods.values()
+            .filter_map(|handle| {
+                let shared = handle.shared.lock().ok()?;
+                shared
+                    .record
+                    .user_namespace
+                    .as_ref()
+                    .map(crate::userns::block_of)
+            })
+            .collect()
     }
 
     /// Starts the task of a kept or new pod.
@@ -495,13 +537,17 @@ impl Worker {
         let engine = self.kubelet.engine.clone();
         match action {
             Action::Start => {
-                let Some((pod, run)) =
-                    self.with(|shared| (shared.record.pod.clone(), shared.record.container.runs))
-                else {
+                let Some((pod, run, user_namespace)) = self.with(|shared| {
+                    (
+                        shared.record.pod.clone(),
+                        shared.record.container.runs,
+                        shared.record.user_namespace,
+                    )
+                }) else {
                     return Vec::new();
                 };
                 let at = now();
-                match engine.start(&pod, run, at).await {
+                match engine.start(&pod, run, at, user_namespace).await {
                     Ok(started) => {
                         if let Ok(mut shared) = self.shared.lock() {
                             shared.facts.waiting = None;

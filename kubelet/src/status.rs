@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{
     ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use keelson_runtime::lifecycle::{Container, State, Terminated};
+use keelson_runtime::lifecycle::{Container, State, Terminated, TerminationReason};
 
 /// What the shell knows of a pod's container besides its lifecycle.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,6 +159,10 @@ fn terminated(run: &Terminated, facts: &ContainerFacts) -> ContainerStateTermina
     ContainerStateTerminated {
         exit_code: run.exit_code,
         reason: Some(run.reason.name().to_owned()),
+        // Why it never started: what the runtime said, as the kubelet shows runc's error.
+        message: (run.reason == TerminationReason::StartError)
+            .then(|| facts.waiting.as_ref().map(|(_, message)| message.clone()))
+            .flatten(),
         started_at: Some(time(run.started_at)),
         finished_at: Some(time(run.finished_at)),
         container_id: facts.container_id.clone(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use keelson_runtime::lifecycle::{Terminated, TerminationReason};
+use keelson_runtime::spec::IdMapping;
 use serde::{Deserialize, Serialize};
 
 /// A kept pod.
@@ -16,6 +17,9 @@ pub struct PodRecord {
     /// Its container's memory.
     #[serde(default)]
     pub container: SavedContainer,
+    /// The node ids of its user namespace (`hostUsers: false`), given when admitted.
+    #[serde(default)]
+    pub user_namespace: Option<IdMapping>,
 }
 
 /// What is remembered of a pod's container.
@@ -72,6 +76,8 @@ pub enum SavedReason {
     Error,
     /// Killed at its memory limit.
     OomKilled,
+    /// Never started.
+    StartError,
 }
 
 impl From<Terminated> for SavedRun {
@@ -82,6 +88,7 @@ impl From<Terminated> for SavedRun {
                 TerminationReason::Completed => SavedReason::Completed,
                 TerminationReason::Error => SavedReason::Error,
                 TerminationReason::OomKilled => SavedReason::OomKilled,
+                TerminationReason::StartError => SavedReason::StartError,
             },
             started_at: run.started_at,
             finished_at: run.finished_at,
@@ -97,6 +104,7 @@ impl From<SavedRun> for Terminated {
                 SavedReason::Completed => TerminationReason::Completed,
                 SavedReason::Error => TerminationReason::Error,
                 SavedReason::OomKilled => TerminationReason::OomKilled,
+                SavedReason::StartError => TerminationReason::StartError,
             },
             started_at: run.started_at,
             finished_at: run.finished_at,
@@ -190,6 +198,7 @@ mod tests {
         let mut record = PodRecord {
             pod,
             container: SavedContainer::default(),
+            user_namespace: Some(crate::userns::mapping(2)),
         };
         record.container.restart_count = 2;
         record.container.running = Some(RunningRecord {

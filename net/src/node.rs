@@ -570,6 +570,47 @@ fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// The node's IP as the kubelet reports it (`status.hostIP`): the first address on the
+/// interface of the default route with the lowest metric, IPv4 before IPv6; with no
+/// default route, the first address that is not loopback or link-local.
+pub fn node_ip(routes: &[RouteInForce], addresses: &[(String, String)]) -> Option<IpAddr> {
+    let usable = |(interface, cidr): &(String, String)| {
+        let ip: IpAddr = cidr.split('/').next()?.parse().ok()?;
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        };
+        (!ip.is_loopback() && !link_local).then(|| (interface.clone(), ip))
+    };
+    let candidates: Vec<(String, IpAddr)> = addresses.iter().filter_map(usable).collect();
+    let first_on = |interface: Option<&str>, v4: bool| {
+        candidates
+            .iter()
+            .filter(|(name, ip)| {
+                interface.is_none_or(|wanted| name == wanted) && ip.is_ipv4() == v4
+            })
+            .map(|(_, ip)| *ip)
+            .next()
+    };
+    let mut defaults: Vec<&RouteInForce> = routes
+        .iter()
+        .filter(|route| route.destination == "0.0.0.0/0" || route.destination == "::/0")
+        .collect();
+    defaults.sort_by_key(|route| (route.destination != "0.0.0.0/0", route.metric));
+    defaults
+        .iter()
+        .find_map(|route| {
+            first_on(Some(&route.interface), true).or(first_on(Some(&route.interface), false))
+        })
+        .or(first_on(None, true))
+        .or(first_on(None, false))
+}
+
+/// [`node_ip`] of the routes and addresses in force.
+pub async fn node_ip_in_force() -> Option<IpAddr> {
+    node_ip(&routes().await, &addresses().await)
+}
+
 /// The DNS servers and search domains in `/run/keelson/resolv.conf`.
 pub fn resolver_in_force() -> (Vec<String>, Vec<String>) {
     let text = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
@@ -594,6 +635,54 @@ pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(destination: &str, interface: &str, metric: u32) -> RouteInForce {
+        RouteInForce {
+            destination: destination.into(),
+            gateway: String::new(),
+            interface: interface.into(),
+            metric,
+        }
+    }
+
+    fn addresses(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(interface, cidr)| (interface.to_string(), cidr.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_node_ip_is_on_the_default_routes_interface() {
+        let in_force = addresses(&[
+            ("lo", "127.0.0.1/8"),
+            ("eth0", "fe80::1/64"),
+            ("eth0", "192.168.1.5/24"),
+            ("eth1", "10.0.2.15/24"),
+            ("eth1", "2001:db8::15/64"),
+        ]);
+        let routes = [
+            route("10.0.2.0/24", "eth1", 0),
+            route("0.0.0.0/0", "eth0", 200),
+            route("0.0.0.0/0", "eth1", 100),
+        ];
+        assert_eq!(
+            node_ip(&routes, &in_force),
+            Some("10.0.2.15".parse().unwrap())
+        );
+        // IPv6 only on the default route's link: its global address, not the link-local one.
+        let routes = [route("::/0", "eth0", 100)];
+        let v6_only = addresses(&[("eth0", "fe80::1/64"), ("eth0", "2001:db8::5/64")]);
+        assert_eq!(
+            node_ip(&routes, &v6_only),
+            Some("2001:db8::5".parse().unwrap())
+        );
+        // No default route: the first usable address; loopback alone gives none.
+        assert_eq!(
+            node_ip(&[], &in_force),
+            Some("192.168.1.5".parse().unwrap())
+        );
+        assert_eq!(node_ip(&[], &addresses(&[("lo", "127.0.0.1/8")])), None);
+    }
 
     #[test]
     fn configured_servers_come_before_leased_ones_without_duplicates() {

@@ -132,6 +132,7 @@ fn time_keelson(
         hostname: "bench".into(),
         network: NetworkMode::Private,
         cgroup: leaf.clone(),
+        user_namespace: None,
     };
     spec.write(&bundle).map_err(|error| error.to_string())?;
     let null = || {

@@ -32,15 +32,19 @@ pub enum TerminationReason {
     Error,
     /// Killed by the kernel for passing its memory limit.
     OomKilled,
+    /// The process never started: the runtime could not create the container (exit code
+    /// 128, as the kubelet reports a failed `runc create`).
+    StartError,
 }
 
 impl TerminationReason {
-    /// `Completed`, `Error` or `OOMKilled`.
+    /// `Completed`, `Error`, `OOMKilled` or `StartError`.
     pub fn name(self) -> &'static str {
         match self {
             TerminationReason::Completed => "Completed",
             TerminationReason::Error => "Error",
             TerminationReason::OomKilled => "OOMKilled",
+            TerminationReason::StartError => "StartError",
         }
     }
 }
@@ -238,7 +242,7 @@ impl Container {
             (State::Creating, Event::CreateFailed { at }) => Ok(self.finished(
                 Terminated {
                     exit_code: 128,
-                    reason: TerminationReason::Error,
+                    reason: TerminationReason::StartError,
                     started_at: at,
                     finished_at: at,
                 },

@@ -24,6 +24,32 @@ pub struct ContainerSpec {
     pub network: NetworkMode,
     /// Its cgroup directory (absolute, under `/sys/fs/cgroup`), created beforehand.
     pub cgroup: PathBuf,
+    /// A user namespace of its own (`hostUsers: false`): the container's ids 0.. are
+    /// these node ids. None: the node's ids.
+    #[serde(default)]
+    pub user_namespace: Option<IdMapping>,
+}
+
+/// A user namespace's mapping: container ids `0..size` are node ids
+/// `host_id..host_id + size`, for users and groups alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    /// The node id of the container's root.
+    pub host_id: u32,
+    /// How many ids.
+    pub size: u32,
+}
+
+impl IdMapping {
+    /// The `uid_map`/`gid_map` line.
+    pub fn map_line(&self) -> String {
+        format!("0 {} {}\n", self.host_id, self.size)
+    }
+
+    /// The node id of container id `id`, if the mapping holds it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        (id < self.size).then(|| self.host_id + id)
+    }
 }
 
 /// A process in a container: its first, or one `exec` adds.
@@ -64,7 +90,9 @@ pub struct ExecSpec {
     pub cgroup: PathBuf,
     /// The process.
     pub process: Process,
-    /// Its standard input is a terminal to make its controlling terminal.
+    /// Give it a terminal of the container's own `/dev/pts`: container-exec's standard
+    /// input is then a Unix socket, on which it sends the terminal's master
+    /// ([`crate::shell::exec`]).
     pub terminal: bool,
 }
 
@@ -207,6 +235,7 @@ mod tests {
             hostname: "pod".into(),
             network: NetworkMode::Private,
             cgroup: "/sys/fs/cgroup/keelson/pods/x/app".into(),
+            user_namespace: None,
         }
     }
 

@@ -29,7 +29,15 @@ fn main() {
         ));
     }
     type Test = (&'static str, fn(&Host));
-    let tests: [Test; 4] = [
+    let tests: [Test; 6] = [
+        (
+            "a_container_in_a_user_namespace_is_root_only_over_its_own_files",
+            user_namespace,
+        ),
+        (
+            "a_host_network_container_sees_the_nodes_links_and_hostname",
+            host_network,
+        ),
         (
             "a_process_executed_in_a_running_container_joins_its_namespaces",
             exec_joins_the_container,
@@ -150,7 +158,8 @@ impl Host {
         }
         std::fs::copy(&self.busybox, layer.join("bin/busybox")).unwrap();
         for applet in [
-            "sh", "echo", "cat", "ls", "id", "hostname", "grep", "sleep", "mount", "ps",
+            "sh", "echo", "cat", "ls", "id", "hostname", "grep", "sleep", "mount", "ps", "touch",
+            "stat",
         ] {
             std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
         }
@@ -197,6 +206,7 @@ impl Host {
             hostname: "web-1".into(),
             network: NetworkMode::Private,
             cgroup: leaf,
+            user_namespace: None,
         }
     }
 
@@ -359,6 +369,89 @@ fn exec_joins_the_container(host: &Host) {
         stderr.contains("container test.app.0 is not running"),
         "{stderr}"
     );
+}
+
+fn user_namespace(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let mut spec = host.spec(
+        directory.path(),
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c '%u:%g' / /bin/busybox /dev/null; \
+             touch /etc/made-here && echo wrote /etc; \
+             mount -t tmpfs none /tmp 2>/dev/null || echo mount refused; \
+             hostname elsewhere 2>/dev/null || echo hostname refused; \
+             grep -E '^(CapEff|Seccomp):' /proc/self/status",
+        ],
+    );
+    let mapping = keelson_runtime::spec::IdMapping {
+        host_id: 7 * 65536,
+        size: 65536,
+    };
+    spec.user_namespace = Some(mapping);
+    let (output, code) = host.run(&spec, directory.path()).unwrap();
+    assert_eq!(code, 0, "{output}");
+    let lines: Vec<Vec<&str>> = output
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let expected: Vec<Vec<&str>> = [
+        "0 458752 65536",
+        "0 458752 65536",
+        "0",
+        // The root, the image's files (the node's root's on disk) and /dev: the container's
+        // root's, through the idmapped layers.
+        "0:0",
+        "0:0",
+        "0:0",
+        "wrote /etc",
+        "mount refused",
+        "hostname refused",
+        // The default capabilities, held in its own user namespace only.
+        "CapEff: 00000000a80425fb",
+        "Seccomp: 2",
+    ]
+    .iter()
+    .map(|line| line.split_whitespace().collect())
+    .collect();
+    assert_eq!(lines, expected, "{output}");
+    // On the node, what it wrote is owned by the node id of its root; the shared layer is
+    // untouched.
+    use std::os::unix::fs::MetadataExt;
+    let written = std::fs::metadata(spec.root.upper.join("etc/made-here")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (458752, 458752));
+    assert!(!spec.root.layers[0].join("etc/made-here").exists());
+    let layer = std::fs::metadata(spec.root.layers[0].join("bin/busybox")).unwrap();
+    assert_eq!(layer.uid(), 0);
+}
+
+fn host_network(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let mut spec = host.spec(
+        directory.path(),
+        &[
+            "sh",
+            "-c",
+            "hostname; echo $(ls /sys/class/net); ls /sys/fs/cgroup | grep -c procs",
+        ],
+    );
+    let node = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    spec.hostname = node.clone();
+    spec.network = NetworkMode::Host;
+    let (output, code) = host.run(&spec, directory.path()).unwrap();
+    assert_eq!(code, 0, "{output}");
+    let mut lines = output.lines();
+    assert_eq!(lines.next(), Some(node.as_str()), "{output}");
+    let mut node_links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    node_links.sort();
+    let seen: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(seen, node_links, "{output}");
+    // The container's own cgroup, not the node's hierarchy.
+    assert_ne!(lines.next(), Some("0"), "{output}");
 }
 
 fn missing_program(host: &Host) {

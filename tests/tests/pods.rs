@@ -76,15 +76,64 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "host=inside pid=1 hi\nlo\n67108864\n50000 100000\n0\nCapEff:\t00000000a80425fb\nSeccomp:\t2\n"
     );
 
+    // hostNetwork: the node's network namespace and hostname, and the node's address as
+    // the pod's.
+    pods.run(&[
+        "hostnet",
+        "--host-network",
+        "--restart",
+        "Never",
+        "--",
+        "sh",
+        "-c",
+        "busybox hostname; busybox ls /sys/class/net",
+    ]);
+    let hostnet = pods.wait_for("hostnet", "to finish", |pod| {
+        pod["status"]["phase"] == "Succeeded" || pod["status"]["phase"] == "Failed"
+    });
+    assert_eq!(hostnet["status"]["phase"], "Succeeded", "{hostnet:#}");
+    let status = node.status().unwrap();
+    let node_addresses: Vec<&str> = status
+        .addresses
+        .iter()
+        .filter_map(|address| address.address.split('/').next())
+        .collect();
+    let host_ip = hostnet["status"]["hostIP"].as_str().unwrap_or_default();
+    assert!(
+        node_addresses.contains(&host_ip),
+        "hostIP {host_ip:?} is not one of {node_addresses:?}"
+    );
+    assert_eq!(hostnet["status"]["podIP"], host_ip, "{hostnet:#}");
+    let output = pods.logs(&["hostnet"]);
+    let mut lines = output.lines();
+    assert_eq!(lines.next(), Some(status.hostname.as_str()), "{output}");
+    let links: Vec<&str> = lines.collect();
+    assert!(
+        links.contains(&"lo") && links.len() >= 2,
+        "the node's links: {output}"
+    );
+
+    // A program the image lacks: the pod fails to start and says why, as the kubelet does.
+    pods.run(&["nocmd", "--restart", "Never", "--", "nginx"]);
+    let nocmd = pods.wait_for("nocmd", "to fail", |pod| pod["status"]["phase"] == "Failed");
+    let terminated = &nocmd["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["reason"], "StartError", "{nocmd:#}");
+    assert_eq!(terminated["exitCode"], 128, "{nocmd:#}");
+    let message = terminated["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("executable file \"nginx\" not found in $PATH"),
+        "{nocmd:#}"
+    );
+
     let yaml = expect_success(
-        node.keelctl(Role::Reader, &["get", "pod", "inside", "-o", "yaml"])
+        node.keelctl(Role::Reader, &["get", "pod", "hostnet", "-o", "yaml"])
             .unwrap(),
         "get pod -o yaml",
     );
     for expected in [
         "apiVersion: v1\n",
         "kind: Pod\n",
-        "  name: inside\n",
+        "  hostNetwork: true\n",
         "  phase: Succeeded\n",
     ] {
         assert!(yaml.contains(expected), "{expected:?} not in:\n{yaml}");
@@ -119,6 +168,67 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         pod["status"]["phase"] == "Succeeded"
     });
     assert_eq!(pods.logs(&["applied"]), "NoNewPrivs:\t1\nSeccomp:\t0\n");
+
+    // hostUsers: false: a user namespace of the pod's own, the first block of node ids
+    // past the node's, with the image's files seen as its root's; exec joins it too.
+    let isolated = work.path().join("isolated.yaml");
+    let isolated_manifest = |host_network: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: isolated\nspec:\n  hostUsers: false\n  \
+             hostNetwork: {host_network}\n  containers:\n  - name: main\n    image: {IMAGE}\n    \
+             command: [sh, -c]\n    args: [\"busybox cat /proc/self/uid_map; busybox id -u; \
+             busybox stat -c %u /bin/busybox; busybox touch /bin/made-here && echo wrote; \
+             exec busybox sleep 3600\"]\n"
+        )
+    };
+    std::fs::write(&isolated, isolated_manifest(true)).unwrap();
+    let refused = expect_failure(
+        node.keelctl(Role::Operator, &["apply", "-f", isolated.to_str().unwrap()])
+            .unwrap(),
+        "apply hostUsers: false with hostNetwork",
+    );
+    assert!(
+        refused.contains("spec.hostUsers: false cannot be combined with spec.hostNetwork: true"),
+        "{refused}"
+    );
+    std::fs::write(&isolated, isolated_manifest(false)).unwrap();
+    expect_success(
+        node.keelctl(Role::Operator, &["apply", "-f", isolated.to_str().unwrap()])
+            .unwrap(),
+        "apply hostUsers: false",
+    );
+    pods.wait_for("isolated", "to run", |pod| {
+        pod["status"]["phase"] == "Running"
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = pods.logs(&["isolated"]);
+    while !seen.contains("wrote") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = pods.logs(&["isolated"]);
+    }
+    let words: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(words, ["0", "65536", "65536", "0", "0", "wrote"], "{seen}");
+    let (code, stdout) = pods.exec(
+        &[
+            "isolated",
+            "--",
+            "sh",
+            "-c",
+            "busybox cat /proc/self/uid_map; busybox id -u",
+        ],
+        None,
+    );
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(
+        (code, words),
+        (Some(0), vec!["0", "65536", "65536", "0"]),
+        "{stdout}"
+    );
+    expect_success(
+        node.keelctl(Role::Operator, &["delete", "pod", "isolated"])
+            .unwrap(),
+        "delete pod isolated",
+    );
 
     // Following a log returns what the run writes, until it ends.
     pods.run(&[
@@ -259,11 +369,15 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
             "--",
             "sh",
             "-c",
-            "[ -t 0 ] && echo terminal",
+            "[ -t 0 ] && busybox tty && busybox ls -1 /dev/pts",
         ],
         None,
     );
-    assert_eq!((code, stdout.as_str()), (Some(0), "terminal\r\n"));
+    // A terminal of the container's own devpts (its first), not one of the node's.
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "/dev/pts/0\r\n0\r\nptmx\r\n")
+    );
     let (code, _) = pods.exec(&["ticker", "--", "nginx"], None);
     assert_eq!(code, Some(127));
     let stopped = expect_failure(
@@ -405,7 +519,10 @@ impl Pods<'_> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        panic!("pod {name} did not come {what} in time; last seen:\n{last:#?}");
+        panic!(
+            "pod {name} did not come {what} in time; last seen:\n{last:#?}\n{}",
+            self.diagnostics()
+        );
     }
 
     /// `keelctl exec ARGUMENTS…` with `input` on its standard input; its exit code and

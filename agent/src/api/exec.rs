@@ -49,7 +49,7 @@ pub async fn start(
         .arg(&file)
         .env_clear();
     let outcome = if start.tty {
-        with_terminal(command, start.size, requests, sender)
+        with_terminal(command, start.size, requests, sender).await
     } else {
         with_pipes(command, start.stdin, requests, sender)
     };
@@ -59,15 +59,18 @@ pub async fn start(
     outcome
 }
 
+/// container-exec's status as the command's code (the same rule as a container's exit);
+/// 255 when it cannot be known.
 fn exit_code(status: std::io::Result<std::process::ExitStatus>) -> i32 {
+    use keelson_contract::exits::ExitStatus;
     use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(status) => status
+    let status = status.ok().and_then(|status| {
+        status
             .code()
-            .or(status.signal().map(|signal| 128 + signal))
-            .unwrap_or(255),
-        Err(_) => 255,
-    }
+            .map(ExitStatus::Exited)
+            .or(status.signal().map(ExitStatus::Signaled))
+    });
+    status.map_or(255, ExitStatus::code)
 }
 
 fn with_pipes(
@@ -149,38 +152,53 @@ async fn finish<T>(
         .await;
 }
 
-fn with_terminal(
+/// The command on a terminal that container-exec opens in the container and sends back on
+/// a socket (its standard input); what container-exec itself says before that (a
+/// container that has stopped, say) comes through its output pipes.
+async fn with_terminal(
     mut command: tokio::process::Command,
     size: Option<WindowSize>,
     mut requests: Streaming<ExecRequest>,
     sender: Sender,
 ) -> Result<(), Status> {
-    let size = size.map(|size| nix::pty::Winsize {
-        ws_row: size.rows as u16,
-        ws_col: size.columns as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    });
-    let pty = nix::pty::openpty(size.as_ref(), None)
-        .map_err(|errno| Status::internal(format!("cannot open a terminal: {}", errno.desc())))?;
-    let slave = |fd: &OwnedFd| {
-        fd.try_clone()
-            .map(Stdio::from)
-            .map_err(|error| Status::internal(error.to_string()))
-    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|error| Status::internal(format!("cannot create a socket pair: {error}")))?;
     command
-        .stdin(slave(&pty.slave)?)
-        .stdout(slave(&pty.slave)?)
-        .stderr(slave(&pty.slave)?);
-    let child = command
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
         .spawn()
         .map_err(|error| Status::internal(format!("cannot start container-exec: {error}")))?;
     drop(command);
-    drop(pty.slave);
-    let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL)
+    let early_output = tokio::spawn(futures::future::join(
+        copy(
+            child.stdout.take(),
+            exec_response::Item::Stdout,
+            sender.clone(),
+        ),
+        copy(
+            child.stderr.take(),
+            exec_response::Item::Stderr,
+            sender.clone(),
+        ),
+    ));
+    let master = tokio::task::spawn_blocking(move || receive_terminal(&ours))
+        .await
+        .ok()
+        .flatten();
+    let Some(master) = master else {
+        // container-exec ended before it had a terminal: its message and code follow.
+        tokio::spawn(finish(child, early_output, sender));
+        return Ok(());
+    };
+    if let Some(size) = size {
+        resize(&master, size);
+    }
+    let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL)
         .map_err(|errno| Status::internal(errno.desc()))?;
     nix::fcntl::fcntl(
-        &pty.master,
+        &master,
         nix::fcntl::FcntlArg::F_SETFL(
             nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
         ),
@@ -188,7 +206,7 @@ fn with_terminal(
     .map_err(|errno| Status::internal(errno.desc()))?;
     // SAFETY: the AsyncFd owns the master and deregisters it before closing it.
     let master = Arc::new(
-        unsafe { AsyncFd::register(pty.master) }
+        unsafe { AsyncFd::register(master) }
             .map_err(|error| Status::internal(std::io::Error::from(error).to_string()))?,
     );
     {
@@ -199,24 +217,13 @@ fn with_terminal(
                     Some(exec_request::Item::Stdin(bytes)) => write_all(&master, &bytes).await,
                     // End of input on a terminal is ^D.
                     Some(exec_request::Item::StdinEof(true)) => write_all(&master, b"\x04").await,
-                    Some(exec_request::Item::Resize(size)) => {
-                        let size = nix::pty::Winsize {
-                            ws_row: size.rows as u16,
-                            ws_col: size.columns as u16,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        };
-                        // SAFETY: TIOCSWINSZ reads a winsize struct.
-                        unsafe {
-                            libc::ioctl(master.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &size)
-                        };
-                    }
+                    Some(exec_request::Item::Resize(size)) => resize(master.get_ref(), size),
                     _ => {}
                 }
             }
         });
     }
-    let output = {
+    let terminal_output = {
         let (master, sender) = (master.clone(), sender.clone());
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 32 * 1024];
@@ -245,8 +252,45 @@ fn with_terminal(
             }
         })
     };
+    let output = tokio::spawn(async move {
+        let _ = terminal_output.await;
+        let _ = early_output.await;
+    });
     tokio::spawn(finish(child, output, sender));
     Ok(())
+}
+
+/// The terminal's master, as container-exec sends it; None when it ended first.
+fn receive_terminal(socket: &std::os::unix::net::UnixStream) -> Option<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut buffers = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut buffers,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let received = message.cmsgs().ok()?.find_map(|control| match control {
+        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+        _ => None,
+    })?;
+    // SAFETY: the kernel installed this descriptor for us alone.
+    Some(unsafe { OwnedFd::from_raw_fd(received) })
+}
+
+fn resize(master: &impl AsRawFd, size: WindowSize) {
+    let size = nix::pty::Winsize {
+        ws_row: size.rows as u16,
+        ws_col: size.columns as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
 }
 
 async fn write_all(master: &AsyncFd<OwnedFd>, mut bytes: &[u8]) {

@@ -249,8 +249,10 @@ impl Images for ImagesService {
     }
 }
 
-/// The kubelet's way to the image store: pulls and holds run under the store's operation
-/// lock, like the Images service's own changes, and pull with the config in force.
+/// The kubelet's way to the image store: pulls run under the store's operation lock, like
+/// the Images service's own changes, with the config in force. Holds and releases do not
+/// take it (the store keeps its records consistent itself), so a container whose image is
+/// present starts while another pod's pull waits for a slow registry.
 pub struct KubeletImageAccess {
     /// The store.
     pub handle: Arc<ImageStoreHandle>,
@@ -301,7 +303,6 @@ impl keelson_kubelet::engine::ImageAccess for KubeletImageAccess {
         image: &'a ImageRecord,
     ) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let _operation = self.handle.operations.lock().await;
             let (store, run, layers) =
                 (self.handle.store.clone(), run.to_owned(), image.diff_ids());
             tokio::task::spawn_blocking(move || store.hold(&run, layers))
@@ -313,7 +314,6 @@ impl keelson_kubelet::engine::ImageAccess for KubeletImageAccess {
 
     fn release<'a>(&'a self, run: &'a str) -> futures::future::BoxFuture<'a, ()> {
         Box::pin(async move {
-            let _operation = self.handle.operations.lock().await;
             let (store, run) = (self.handle.store.clone(), run.to_owned());
             let released = tokio::task::spawn_blocking(move || store.release(&run)).await;
             if let Ok(Err(error)) = released {

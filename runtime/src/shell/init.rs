@@ -6,12 +6,13 @@
 //! as runc starts `runc init`: a fresh process with one thread, which
 //! 1. reads the bundle's spec;
 //! 2. joins the container's cgroup (everything it forks is born there);
-//! 3. unshares the PID namespace;
+//! 3. creates the container's user namespace when it has one ([`super::userns`]), and
+//!    unshares the PID namespace;
 //! 4. forks the container's first process (PID 1 of the new PID namespace), which
 //!    unshares the mount, UTS, IPC, cgroup and (unless the pod uses the node's) network
 //!    namespaces, builds
-//!    the root ([`super::rootfs`]), sets the hostname, limits, working directory, seccomp
-//!    filter and credentials, and executes the program;
+//!    the root ([`super::rootfs`]), sets the hostname and limits, joins the user namespace,
+//!    sets the working directory, seccomp filter and credentials, and executes the program;
 //! 5. waits until that process has executed its program or failed (a close-on-exec pipe
 //!    tells which), reports `{pid, start time}` or the error on the report descriptor,
 //!    and exits.
@@ -22,7 +23,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -75,6 +76,13 @@ fn create(bundle: &Path) -> Result<(i32, u64), String> {
             spec.cgroup.display()
         )
     })?;
+    // Made before the PID namespace, so that its helper process is not the namespace's
+    // first process.
+    let user_namespace = spec
+        .user_namespace
+        .as_ref()
+        .map(super::userns::create)
+        .transpose()?;
     // The PID namespace applies to children, so it is made here; the child makes the rest
     // itself, so that this process keeps the node's /proc to read the child's start time.
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|errno| {
@@ -95,7 +103,7 @@ fn create(bundle: &Path) -> Result<(i32, u64), String> {
         )),
         Ok(ForkResult::Child) => {
             drop(errors_read);
-            let error = become_container(&spec, seccomp.as_ref());
+            let error = become_container(&spec, seccomp.as_ref(), user_namespace.as_ref());
             let _ = std::fs::File::from(errors_write).write_all(error.as_bytes());
             // SAFETY: leave at once, running no destructors of the parent's state.
             unsafe { libc::_exit(127) }
@@ -119,8 +127,12 @@ fn create(bundle: &Path) -> Result<(i32, u64), String> {
 }
 
 /// In the forked child: everything up to `execve`. Returns only with an error.
-fn become_container(spec: &ContainerSpec, seccomp: Option<&seccompiler::BpfProgram>) -> String {
-    match prepare(spec, seccomp) {
+fn become_container(
+    spec: &ContainerSpec,
+    seccomp: Option<&seccompiler::BpfProgram>,
+    user_namespace: Option<&OwnedFd>,
+) -> String {
+    match prepare(spec, seccomp, user_namespace) {
         Ok(exec) => execute(&spec.process, exec),
         Err(error) => error,
     }
@@ -142,6 +154,7 @@ pub type Exec = (CString, Vec<CString>, Vec<CString>);
 fn prepare(
     spec: &ContainerSpec,
     seccomp: Option<&seccompiler::BpfProgram>,
+    user_namespace: Option<&OwnedFd>,
 ) -> Result<Exec, String> {
     let _ = nix::unistd::setsid();
     let mut namespaces = CloneFlags::CLONE_NEWNS
@@ -155,8 +168,11 @@ fn prepare(
         .map_err(|errno| format!("cannot create the container's namespaces: {}", errno.desc()))?;
     if spec.network == NetworkMode::Private {
         super::rootfs::loopback_up()?;
+        if user_namespace.is_some() {
+            super::userns::open_network_to_unprivileged()?;
+        }
     }
-    super::rootfs::enter(spec)?;
+    super::rootfs::enter(spec, user_namespace)?;
     nix::unistd::sethostname(&spec.hostname).map_err(|errno| {
         format!(
             "cannot set the hostname {:?}: {}",
@@ -164,14 +180,16 @@ fn prepare(
             errno.desc()
         )
     })?;
-    become_process(&spec.process, seccomp)
+    become_process(&spec.process, seccomp, user_namespace)
 }
 
 /// The steps every process in a container takes last, its first or an exec'd one: limits,
-/// working directory, seccomp filter, credentials. Returns what to execute.
+/// the user namespace (limits first: raising one needs the node's privilege), working
+/// directory, seccomp filter, credentials. Returns what to execute.
 pub fn become_process(
     process: &Process,
     seccomp: Option<&seccompiler::BpfProgram>,
+    user_namespace: Option<impl AsFd>,
 ) -> Result<Exec, String> {
     for limit in &process.rlimits {
         let value = libc::rlimit {
@@ -186,6 +204,9 @@ pub fn become_process(
                 std::io::Error::last_os_error()
             ));
         }
+    }
+    if let Some(namespace) = user_namespace {
+        super::userns::enter(namespace)?;
     }
     std::fs::create_dir_all(&process.cwd)
         .and_then(|()| std::env::set_current_dir(&process.cwd))

@@ -4,20 +4,26 @@
 //! filesystems are out of reach.
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::security::{DEVICES, DEV_LINKS, MASKED_PATHS, READONLY_PATHS};
-use crate::spec::{ContainerSpec, NetworkMode};
+use crate::spec::{ContainerSpec, IdMapping, NetworkMode};
 
 /// Builds the root at the spec's mount point and moves into it. The steps, in order.
-pub fn enter(spec: &ContainerSpec) -> Result<(), String> {
+/// With a user namespace, the image's layers are idmapped into it.
+pub fn enter(spec: &ContainerSpec, user_namespace: Option<&OwnedFd>) -> Result<(), String> {
     let root = spec.root.mount_point.as_path();
     keep_mounts_private()?;
-    mount_overlay(spec)?;
-    mount_kernel_filesystems(root, &spec.network)?;
-    populate_dev(root)?;
+    let idmapped = match (user_namespace, spec.user_namespace) {
+        (Some(namespace), Some(mapping)) => Some((namespace, mapping)),
+        _ => None,
+    };
+    mount_overlay(spec, idmapped)?;
+    mount_kernel_filesystems(root, &spec.network, spec.user_namespace)?;
+    populate_dev(root, spec.user_namespace.map(|mapping| mapping.host_id))?;
     pivot_into(root)?;
     mask_paths()?;
     if spec.root.read_only {
@@ -44,14 +50,35 @@ fn keep_mounts_private() -> Result<(), String> {
     })
 }
 
-fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
+fn mount_overlay(
+    spec: &ContainerSpec,
+    idmapped: Option<(&OwnedFd, IdMapping)>,
+) -> Result<(), String> {
     let root = &spec.root;
     for directory in [&root.upper, &root.work, &root.mount_point] {
         std::fs::create_dir_all(directory)
             .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
     }
-    let lower: Vec<String> = root
-        .layers
+    let mut layers = root.layers.clone();
+    if let Some((namespace, mapping)) = idmapped {
+        // Each shared layer seen through the user namespace's ids, from a mount point of
+        // the container's own; and the root directory, which overlayfs takes from the
+        // writable layer, owned by the container's root.
+        let mounts = root.mount_point.with_file_name("lower");
+        for (index, layer) in layers.iter_mut().enumerate() {
+            let target = mounts.join(index.to_string());
+            super::userns::idmapped_bind(layer, &target, namespace)?;
+            *layer = target;
+        }
+        let owner = Some(mapping.host_id);
+        nix::unistd::chown(
+            &root.upper,
+            owner.map(nix::unistd::Uid::from_raw),
+            owner.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(|errno| format!("cannot chown {}: {}", root.upper.display(), errno.desc()))?;
+    }
+    let lower: Vec<String> = layers
         .iter()
         .map(|layer| layer.display().to_string())
         .collect();
@@ -87,10 +114,22 @@ fn mount_overlay(spec: &ContainerSpec) -> Result<(), String> {
 }
 
 /// `/proc`, `/dev` (a tmpfs), `/dev/pts`, `/dev/shm`, `/dev/mqueue`, `/sys` read-only and
-/// the container's own cgroup (its cgroup namespace's root) read-only.
-fn mount_kernel_filesystems(root: &Path, network: &NetworkMode) -> Result<(), String> {
+/// the container's own cgroup (its cgroup namespace's root) read-only. With a user
+/// namespace, `/dev` belongs to the container's root and terminals to its `tty` group.
+fn mount_kernel_filesystems(
+    root: &Path,
+    network: &NetworkMode,
+    mapping: Option<IdMapping>,
+) -> Result<(), String> {
     let nosuid_noexec_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     let sys_flags = nosuid_noexec_nodev | MsFlags::MS_RDONLY;
+    let node_id = |id: u32| {
+        mapping
+            .map_or(Some(id), |mapping| mapping.to_host(id))
+            .unwrap_or(id)
+    };
+    let dev_options = format!("mode=755,size=65536k,uid={},gid={}", node_id(0), node_id(0));
+    let pts_options = format!("newinstance,ptmxmode=0666,mode=0620,gid={}", node_id(5));
     let steps: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "proc", "proc", nosuid_noexec_nodev, None),
         (
@@ -98,14 +137,14 @@ fn mount_kernel_filesystems(root: &Path, network: &NetworkMode) -> Result<(), St
             "dev",
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
+            Some(&dev_options),
         ),
         (
             "devpts",
             "dev/pts",
             "devpts",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            Some(&pts_options),
         ),
         (
             "shm",
@@ -121,7 +160,9 @@ fn mount_kernel_filesystems(root: &Path, network: &NetworkMode) -> Result<(), St
     for (source, target, fstype, flags, data) in steps {
         if fstype == "sysfs" && *network == NetworkMode::Host {
             // sysfs can only be mounted anew in a network namespace of one's own; with
-            // the node's network the node's /sys is bound, read-only.
+            // the node's network the node's /sys is bound, read-only. Not recursively:
+            // the node's mounts below it (its cgroup2 among them, which would make the
+            // container's own cgroup2 mount a busy duplicate) stay out of sight.
             bind_read_only(Path::new("/sys"), &root.join(target))?;
             continue;
         }
@@ -146,7 +187,7 @@ fn bind_read_only(source: &Path, target: &Path) -> Result<(), String> {
         Some(source),
         target,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
+        MsFlags::MS_BIND,
         None::<&str>,
     )
     .map_err(|errno| {
@@ -160,8 +201,9 @@ fn bind_read_only(source: &Path, target: &Path) -> Result<(), String> {
     remount_read_only(target)
 }
 
-/// The device nodes and links of [`DEVICES`] and [`DEV_LINKS`]; nothing else.
-fn populate_dev(root: &Path) -> Result<(), String> {
+/// The device nodes and links of [`DEVICES`] and [`DEV_LINKS`]; nothing else. The nodes
+/// belong to `owner` (the node id of the container's root), when given.
+fn populate_dev(root: &Path, owner: Option<u32>) -> Result<(), String> {
     let dev = root.join("dev");
     for device in DEVICES {
         let path = dev.join(device.name);
@@ -186,6 +228,14 @@ fn populate_dev(root: &Path) -> Result<(), String> {
                 errno.desc()
             )
         })?;
+        if let Some(owner) = owner {
+            nix::unistd::chown(
+                &path,
+                Some(nix::unistd::Uid::from_raw(owner)),
+                Some(nix::unistd::Gid::from_raw(owner)),
+            )
+            .map_err(|errno| format!("cannot chown {}: {}", path.display(), errno.desc()))?;
+        }
     }
     for (name, target) in DEV_LINKS {
         let path = dev.join(name);
