@@ -4,13 +4,15 @@
 //!   static addresses and routes, a DHCP client per interface, and the resolver file;
 //! * [`dhcp`]: the DHCPv4 client as a pure state machine (RFC 2131 selecting, requesting,
 //!   bound, renewing, rebinding, expiry), with message building and reply parsing;
-//! * [`dhcp_socket`]: the client's socket and timer loop.
+//! * [`dhcp_socket`]: the client's socket and timer loop;
+//! * [`ipam`]: pod addresses from the node's pod CIDR, a pure allocator.
 //!
 //! Everything goes through netlink; nothing shells out to `ip`. The pod network (bridge,
-//! veth pairs, IPAM, VXLAN, nftables) lands here next, beside these.
+//! veth pairs, VXLAN, nftables) lands here next, beside these.
 //!
 //! Known limits: IPv4 DHCP only (IPv6 addresses and routes may be static).
 
 pub mod dhcp;
 pub mod dhcp_socket;
+pub mod ipam;
 pub mod node;
