@@ -59,7 +59,7 @@ pub async fn run(
     let images = open_image_store(&options).await;
     let (served, context) =
         serve_api(&options, environment, configured, engine.clone(), images).await?;
-    start_kubelet(&options, &context, inherited_pipes);
+    start_kubelet(&options, &context, inherited_pipes).await;
     if options.manage_machine {
         start_health_gate(&context, engine, &update_policy).await;
     }
@@ -176,12 +176,13 @@ async fn serve_api(
 /// Phase: the pod supervisor. Kept pods come back: running containers are found again
 /// (their log pipes came back from PID 1), exited ones are restarted as their policy says.
 /// A development host runs no pods.
-fn start_kubelet(
+async fn start_kubelet(
     options: &AgentOptions,
     context: &Arc<api::ApiContext>,
     inherited_pipes: keelson_kubelet::handoff::InheritedPipes,
 ) {
     use keelson_kubelet::engine::{Engine, EnginePaths};
+    let log_limits = log_limits(context.in_force.lock().await.as_ref());
     let started = (|| {
         if !options.manage_machine {
             return Err("the agent does not manage this machine".to_owned());
@@ -207,12 +208,10 @@ fn start_kubelet(
                 "log pipes came back from PID 1"
             );
         }
-        let engine = Arc::new(Engine::new(
-            handle.store.clone(),
-            access,
-            paths,
-            inherited_pipes,
-        ));
+        let engine = Arc::new(
+            Engine::new(handle.store.clone(), access, paths, inherited_pipes)
+                .with_log_limits(log_limits),
+        );
         let store = keelson_kubelet::store::PodStore::open(&options.state_dir.join("pods"))?;
         Ok(keelson_kubelet::pods::Kubelet::start(engine, store))
     })();
@@ -224,6 +223,27 @@ fn start_kubelet(
         Err(reason) => warn!("pods: {reason}"),
     }
     let _ = context.pods.set(started);
+}
+
+/// The container log limits of the config's `kubelet` section (checked when the config was
+/// loaded), else the kubelet's defaults.
+fn log_limits(
+    config: Option<&keelson_config::model::MachineConfig>,
+) -> keelson_kubelet::logs::LogLimits {
+    let defaults = keelson_kubelet::logs::LogLimits::default();
+    let Some(settings) = config.and_then(|config| config.kubelet.as_ref()) else {
+        return defaults;
+    };
+    keelson_kubelet::logs::LogLimits {
+        max_size: settings
+            .log_max_size_bytes()
+            .ok()
+            .flatten()
+            .unwrap_or(defaults.max_size),
+        max_files: settings
+            .container_log_max_files
+            .map_or(defaults.max_files, |files| files as usize),
+    }
 }
 
 /// Keeps the kubelet's `hostIP` (and a hostNetwork pod's `podIP`) on the node's address as

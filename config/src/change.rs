@@ -138,6 +138,9 @@ pub fn compare(in_force: Option<&MachineConfig>, new: &MachineConfig) -> Change 
     if current.static_pods != new.static_pods {
         reboot_needed_for.push("staticPods");
     }
+    if current.kubelet != new.kubelet {
+        reboot_needed_for.push("kubelet");
+    }
     Change {
         diff,
         reboot_needed_for,

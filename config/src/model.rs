@@ -66,6 +66,54 @@ pub struct MachineConfig {
     /// Where and how the node pulls container images.
     #[serde(default, skip_serializing_if = "Registries::is_empty")]
     pub registries: Registries,
+    /// The embedded kubelet's settings, named as the kubelet's own configuration names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet: Option<KubeletSettings>,
+}
+
+/// The embedded kubelet's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletSettings {
+    /// The size at which a container's log file is rotated, as a quantity (`10Mi`, the
+    /// default; at least `16Ki`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_log_max_size: Option<String>,
+    /// How many files a container's log keeps, the one being written included (5, the
+    /// default; at least 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_log_max_files: Option<u32>,
+}
+
+impl KubeletSettings {
+    /// `container_log_max_size` in bytes: a number with an optional binary (`Ki`, `Mi`,
+    /// `Gi`) or decimal (`k`, `M`, `G`) suffix.
+    pub fn log_max_size_bytes(&self) -> Result<Option<u64>, String> {
+        let Some(text) = &self.container_log_max_size else {
+            return Ok(None);
+        };
+        let digits = text.trim_end_matches(|character: char| character.is_ascii_alphabetic());
+        let multiplier: u64 = match &text[digits.len()..] {
+            "" => 1,
+            "Ki" => 1 << 10,
+            "Mi" => 1 << 20,
+            "Gi" => 1 << 30,
+            "k" => 1_000,
+            "M" => 1_000_000,
+            "G" => 1_000_000_000,
+            unit => {
+                return Err(format!(
+                    "{text:?} has the unit {unit:?}; use Ki, Mi or Gi (or k, M, G)"
+                ))
+            }
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|number| number.checked_mul(multiplier))
+            .map(Some)
+            .ok_or_else(|| format!("{text:?} is not a size such as 10Mi"))
+    }
 }
 
 impl MachineConfig {
@@ -86,6 +134,7 @@ impl MachineConfig {
             api: None,
             certificate_authorities: Vec::new(),
             registries: Registries::default(),
+            kubelet: None,
         }
     }
 }

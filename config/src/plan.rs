@@ -445,6 +445,9 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
         check_update(&mut check, update);
     }
     check_static_pods(&mut check, &config.static_pods);
+    if let Some(kubelet) = &config.kubelet {
+        check_kubelet(&mut check, kubelet);
+    }
     check_registries(&mut check, &config.registries);
     let api = match (&config.api, api_from_files) {
         (Some(_), Some(_)) => {
@@ -998,6 +1001,25 @@ fn check_link(check: &mut Checker<'_>, field: &str, link: &model::Link) -> Optio
         target: target?,
         hard: link.hard,
     })
+}
+
+fn check_kubelet(check: &mut Checker<'_>, kubelet: &model::KubeletSettings) {
+    match kubelet.log_max_size_bytes() {
+        Err(reason) => check.error("kubelet.containerLogMaxSize", reason),
+        Ok(Some(bytes)) if bytes < 16 * 1024 => check.error(
+            "kubelet.containerLogMaxSize",
+            format!("{bytes} bytes is below the 16Ki minimum (one full log line)"),
+        ),
+        Ok(_) => {}
+    }
+    if let Some(files) = kubelet.container_log_max_files {
+        if files < 2 {
+            check.error(
+                "kubelet.containerLogMaxFiles",
+                format!("{files} is below 2: a log keeps the file being written and at least one rotated file"),
+            );
+        }
+    }
 }
 
 fn check_time(check: &mut Checker<'_>, time: &model::Time) {

@@ -378,6 +378,48 @@ fn update_policies_are_checked_whole() {
     }
 }
 
+#[test]
+fn kubelet_log_limits_are_read_as_quantities_and_checked() {
+    let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nkubelet:\n";
+    let accepted = load(
+        "test",
+        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n").as_bytes(),
+    )
+    .unwrap();
+    let kubelet = accepted.config.kubelet.clone().unwrap();
+    assert_eq!(kubelet.log_max_size_bytes(), Ok(Some(65536)));
+    assert_eq!(kubelet.container_log_max_files, Some(3));
+    for (section, field, words) in [
+        (
+            "  containerLogMaxSize: 10MB\n",
+            "kubelet.containerLogMaxSize",
+            "use Ki, Mi or Gi",
+        ),
+        (
+            "  containerLogMaxSize: 4Ki\n",
+            "kubelet.containerLogMaxSize",
+            "below the 16Ki minimum",
+        ),
+        (
+            "  containerLogMaxSize: lots\n",
+            "kubelet.containerLogMaxSize",
+            "use Ki",
+        ),
+        (
+            "  containerLogMaxFiles: 1\n",
+            "kubelet.containerLogMaxFiles",
+            "below 2",
+        ),
+    ] {
+        let rejected = load("test", format!("{base}{section}").as_bytes()).unwrap_err();
+        let error = rejected
+            .errors()
+            .find(|error| error.field == field)
+            .unwrap_or_else(|| panic!("no error at {field} for {section}"));
+        assert!(error.reason.contains(words), "{}", error.reason);
+    }
+}
+
 /// The API credential files leave the plan, so a plan's position is not the config's: the
 /// agent once inlined a fetched file into the config entry of the CA certificate.
 #[test]

@@ -136,9 +136,62 @@ pub struct LogsArgs {
     /// Prefix a pod's lines with their times (RFC 3339).
     #[arg(long)]
     pub timestamps: bool,
+    /// The pod's container (it has one; naming it checks it).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Only a pod's lines of this last while (5s, 2m, 1h30m).
+    #[arg(long, value_parser = parse_since, conflicts_with = "since_time")]
+    pub since: Option<i64>,
+    /// Only a pod's lines written at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since_time: Option<String>,
     /// The pod's namespace.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+}
+
+/// A duration as kubectl's `--since` takes it (`90s`, `5m`, `1h30m`), in seconds.
+pub fn parse_since(text: &str) -> Result<i64, String> {
+    let refused = || {
+        format!("{text:?} is not a duration: write a number and a unit, s, m or h (5s, 2m, 1h30m)")
+    };
+    let mut seconds: i64 = 0;
+    let mut number = String::new();
+    for character in text.chars() {
+        if character.is_ascii_digit() {
+            number.push(character);
+            continue;
+        }
+        let unit = match character {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(refused()),
+        };
+        let value: i64 = number.parse().map_err(|_| refused())?;
+        seconds = value
+            .checked_mul(unit)
+            .and_then(|part| seconds.checked_add(part))
+            .ok_or_else(refused)?;
+        number.clear();
+    }
+    if !number.is_empty() || seconds == 0 {
+        return Err(refused());
+    }
+    Ok(seconds)
+}
+
+#[cfg(test)]
+mod since_tests {
+    #[test]
+    fn since_takes_kubectls_durations() {
+        assert_eq!(super::parse_since("90s"), Ok(90));
+        assert_eq!(super::parse_since("1h30m"), Ok(5400));
+        for bad in ["5", "5d", "m", "", "0s"] {
+            let error = super::parse_since(bad).unwrap_err();
+            assert!(error.contains("is not a duration"), "{bad}: {error}");
+        }
+    }
 }
 
 /// `run`.

@@ -445,7 +445,8 @@ pub async fn delete(session: &Session, arguments: &DeleteArgs) -> anyhow::Result
     Ok(all_good)
 }
 
-/// `keelctl logs POD [-f] [--tail N] [--previous] [--timestamps]`.
+/// `keelctl logs POD [-c NAME] [-f] [--tail N] [--previous] [--timestamps]
+/// [--since D | --since-time T]`.
 pub async fn logs(session: &Session, arguments: &LogsArgs) -> anyhow::Result<bool> {
     let name = arguments
         .target
@@ -459,6 +460,9 @@ pub async fn logs(session: &Session, arguments: &LogsArgs) -> anyhow::Result<boo
         tail: arguments.follow.tail,
         previous: arguments.previous,
         timestamps: arguments.timestamps,
+        container: arguments.container.clone().unwrap_or_default(),
+        since_seconds: arguments.since.unwrap_or(0),
+        since_time: arguments.since_time.clone().unwrap_or_default(),
     };
     let several = session.nodes.len() > 1;
     let streams = session.nodes.iter().map(|node| {

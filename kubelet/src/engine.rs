@@ -32,7 +32,7 @@ use keelson_runtime::spec::{
 use tokio::io::unix::AsyncFd;
 
 use crate::handoff::{self, InheritedPipes};
-use crate::logs::{self, LogWriter};
+use crate::logs::{self, LogLimits, LogWriter};
 use crate::store::RunningRecord;
 
 /// How the engine gets images and keeps their layers (the agent serialises this with the
@@ -97,6 +97,7 @@ pub struct Engine {
     logs: PathBuf,
     cgroups: CgroupTree,
     inherited: InheritedPipes,
+    log_limits: LogLimits,
 }
 
 /// The places an engine uses.
@@ -128,7 +129,14 @@ impl Engine {
             logs: paths.logs,
             cgroups: CgroupTree::new(paths.cgroup_root),
             inherited,
+            log_limits: LogLimits::default(),
         }
+    }
+
+    /// Rotates container logs at these limits rather than the kubelet's defaults.
+    pub fn with_log_limits(mut self, limits: LogLimits) -> Engine {
+        self.log_limits = limits;
+        self
     }
 
     /// The log directory of a pod.
@@ -279,7 +287,12 @@ impl Engine {
             .await
             .map_err(failure("CreateContainerError"))?;
         // 5. The log pipes.
-        let log = LogWriter::open(&self.run_log(pod, run)).map_err(|error| {
+        let log_path = self.run_log(pod, run);
+        // The kubelet keeps the current run and the one before (`logs --previous`).
+        if let Some(container_dir) = log_path.parent() {
+            logs::prune_runs(container_dir, run.saturating_sub(1));
+        }
+        let log = LogWriter::open(&log_path, self.log_limits).map_err(|error| {
             failure("CreateContainerError")(format!("cannot open the container's log: {error}"))
         })?;
         let (stdout_read, stdout_write) = pipe().map_err(failure("CreateContainerError"))?;
@@ -325,7 +338,7 @@ impl Engine {
                 None => Found::Lost,
             }
         };
-        let log = LogWriter::open(&self.run_log(pod, run));
+        let log = LogWriter::open(&self.run_log(pod, run), self.log_limits);
         for stream in ["stdout", "stderr"] {
             let name = handoff::pipe_name(&record.run_id, stream);
             match (self.inherited.claim(&name), &log) {

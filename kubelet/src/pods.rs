@@ -217,15 +217,24 @@ impl Kubelet {
         Ok(read(&shared))
     }
 
-    /// The log file of the pod's current (or previous) run, and whether that run may
-    /// still write to it.
+    /// The log file of the pod's current (or previous) run of `container` (None: the
+    /// pod's only one), and whether that run may still write to it.
     pub fn log_file(
         &self,
         namespace: &str,
         name: &str,
+        container: Option<&str>,
         previous: bool,
     ) -> Result<(std::path::PathBuf, bool), PodsError> {
         self.with_pod(namespace, name, |shared| {
+            let own = crate::pod::container(&shared.record.pod)
+                .map(|container| container.name.as_str())
+                .unwrap_or_default();
+            if let Some(asked) = container.filter(|asked| *asked != own) {
+                return Err(PodsError::NotFound(format!(
+                    "container {asked} is not valid for pod {name}: its container is {own}"
+                )));
+            }
             self.log_file_of(shared, name, previous)
         })?
     }

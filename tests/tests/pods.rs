@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use keelson_api::roles::Role;
 use keelson_testkit::oci::{self, ArchiveKind};
-use keelson_tests::{expect_failure, expect_success, TestNode};
+use keelson_tests::{expect_failure, expect_success, TestCluster, TestNode};
 use serde_json::Value;
 
 const IMAGE: &str = "example/busybox:1";
@@ -26,7 +26,14 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let work = tempfile::tempdir().unwrap();
     oci::busybox_layout(work.path()).unwrap();
     let archive = oci::archive(work.path(), ArchiveKind::Oci, "busybox.tar", IMAGE).unwrap();
-    let mut node = TestNode::boot(None).unwrap();
+    // Small log limits, so that rotation shows within the test.
+    let config = TestCluster::get().node_config_with("pods.yaml", |config| {
+        config.kubelet = Some(keelson_config::model::KubeletSettings {
+            container_log_max_size: Some("16Ki".into()),
+            container_log_max_files: Some(2),
+        });
+    });
+    let (mut node, _) = TestNode::boot_with(|options| options.config = Some(config)).unwrap();
     let pods = Pods { node: &node };
     expect_success(
         node.keelctl(
@@ -244,6 +251,57 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         pod["status"]["containerStatuses"][0]["ready"] == true
     });
     assert_eq!(pods.logs(&["follow", "-f"]), "line 1\nline 2\nline 3\n");
+
+    // Logs rotate at the config's limits (16Ki, 2 files): following reads on through
+    // every rotation and loses nothing; afterwards the run keeps only its newest lines.
+    let padding = "x".repeat(60);
+    let padding = format!("PADDING={padding}");
+    pods.run(&[
+        "chatty",
+        "--restart",
+        "Never",
+        "--env",
+        &padding,
+        "--",
+        "sh",
+        "-c",
+        "busybox sleep 2; i=0; while [ $i -lt 400 ]; do echo \"line $i $PADDING\"; i=$((i+1)); \
+         [ $((i % 10)) -eq 0 ] && busybox sleep 0.1; done; true",
+    ]);
+    pods.wait_for("chatty", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    let number_of =
+        |line: &str| -> usize { line.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    let followed = pods.logs(&["chatty", "-f", "-c", "chatty"]);
+    let numbers: Vec<usize> = followed.lines().map(number_of).collect();
+    assert_eq!(numbers, (0..400).collect::<Vec<_>>(), "{followed}");
+    let kept = pods.logs(&["chatty"]);
+    let numbers: Vec<usize> = kept.lines().map(number_of).collect();
+    assert!(
+        numbers.first() > Some(&0) && numbers.last() == Some(&399),
+        "the oldest lines went with the rotated files: {numbers:?}"
+    );
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{numbers:?}"
+    );
+    assert!(kept.len() < 2 * 16 * 1024, "{} bytes kept", kept.len());
+    // --since: the lines of the last hour are all of them; none are after a future time.
+    assert_eq!(pods.logs(&["chatty", "--since", "1h"]), kept);
+    assert_eq!(
+        pods.logs(&["chatty", "--since-time", "2099-01-01T00:00:00Z"]),
+        ""
+    );
+    let wrong = expect_failure(
+        node.keelctl(Role::Reader, &["logs", "chatty", "-c", "sidecar"])
+            .unwrap(),
+        "logs of a container the pod lacks",
+    );
+    assert!(
+        wrong.contains("container sidecar is not valid for pod chatty"),
+        "{wrong}"
+    );
 
     // A memory limit the container passes: the kernel kills it and the pod says why.
     pods.run(&[

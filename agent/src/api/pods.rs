@@ -61,6 +61,35 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Status> {
     serde_json::to_string(value).map_err(|error| Status::internal(error.to_string()))
 }
 
+/// The time `--since` or `--since-time` asks for.
+fn since_of(request: &LogsRequest) -> Result<Option<k8s_openapi::jiff::Timestamp>, Status> {
+    if request.since_seconds > 0 && !request.since_time.is_empty() {
+        return Err(Status::invalid_argument(
+            "logs takes --since or --since-time, not both",
+        ));
+    }
+    if request.since_seconds > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = (now.as_secs() as i64).saturating_sub(request.since_seconds);
+        return Ok(k8s_openapi::jiff::Timestamp::new(seconds, now.subsec_nanos() as i32).ok());
+    }
+    if request.since_time.is_empty() {
+        return Ok(None);
+    }
+    request
+        .since_time
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .map(Some)
+        .map_err(|error| {
+            Status::invalid_argument(format!(
+                "--since-time {:?} is not an RFC 3339 time (such as 2026-12-02T10:00:00Z): {error}",
+                request.since_time
+            ))
+        })
+}
+
 fn namespace_or_default(namespace: &str) -> &str {
     if namespace.is_empty() {
         keelson_kubelet::pod::DEFAULT_NAMESPACE
@@ -172,44 +201,55 @@ impl Pods for PodsService {
         let request = request.into_inner();
         let kubelet = self.kubelet()?;
         let namespace = namespace_or_default(&request.namespace).to_owned();
+        let container = (!request.container.is_empty()).then_some(request.container.clone());
         let (path, _) = kubelet
-            .log_file(&namespace, &request.name, request.previous)
+            .log_file(
+                &namespace,
+                &request.name,
+                container.as_deref(),
+                request.previous,
+            )
             .map_err(status_of)?;
-        let tail = (request.tail > 0).then_some(request.tail as usize);
-        let contents = tokio::fs::read(&path).await.unwrap_or_default();
-        let first = keelson_kubelet::logs::render(&contents, tail, request.timestamps);
-        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let options = keelson_kubelet::logs::RenderOptions {
+            tail: (request.tail > 0).then_some(request.tail as usize),
+            timestamps: request.timestamps,
+            since: since_of(&request)?,
+        };
         let follow = request.follow && !request.previous;
-        tokio::spawn(async move {
-            if sender.send(Ok(LogsResponse { data: first })).await.is_err() || !follow {
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        // Files are read on a blocking thread: the first answer from every file of the run,
+        // then, following, the whole lines each poll finds, through rotations, until the
+        // run that writes the log is over and all it wrote has been sent.
+        tokio::task::spawn_blocking(move || {
+            let (held, mut follower) = keelson_kubelet::logs::Follower::start(&path);
+            let first = keelson_kubelet::logs::render(&held, options);
+            if sender
+                .blocking_send(Ok(LogsResponse { data: first }))
+                .is_err()
+                || !follow
+            {
                 return;
             }
-            // Follow: whole lines appended since, until the run that writes this file is
-            // over and everything it wrote has been sent.
-            let mut offset = contents.len();
+            let options = keelson_kubelet::logs::RenderOptions {
+                tail: None,
+                ..options
+            };
             loop {
                 let still_writing = kubelet
-                    .log_file(&namespace, &request.name, false)
+                    .log_file(&namespace, &request.name, container.as_deref(), false)
                     .map(|(current, running)| current == path && running)
                     .unwrap_or(false);
-                let contents = tokio::fs::read(&path).await.unwrap_or_default();
-                let complete = contents
-                    .get(offset..)
-                    .and_then(|fresh| fresh.iter().rposition(|byte| *byte == b'\n'))
-                    .map(|last| offset + last + 1)
-                    .unwrap_or(offset);
-                if complete > offset {
-                    let fresh = contents.get(offset..complete).unwrap_or_default();
-                    let data = keelson_kubelet::logs::render(fresh, None, request.timestamps);
-                    if sender.send(Ok(LogsResponse { data })).await.is_err() {
+                let fresh = follower.read();
+                if !fresh.is_empty() {
+                    let data = keelson_kubelet::logs::render(&fresh, options);
+                    if sender.blocking_send(Ok(LogsResponse { data })).is_err() {
                         return;
                     }
-                    offset = complete;
                 }
                 if !still_writing {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                std::thread::sleep(Duration::from_millis(250));
             }
         });
         Ok(Response::new(Box::pin(
