@@ -369,13 +369,18 @@ fn update_policies_are_checked_whole() {
         ("  channel: ftp://old\n", "update.channel", "ftp://old"),
         ("  checkIntervalMinutes: 1\n", "update.checkIntervalMinutes", "5 to 10080"),
     ] {
-        let rejected = load("test", format!("{base}update:\n{section}").as_bytes()).unwrap_err();
-        let error = rejected
-            .errors()
-            .find(|error| error.field == field)
-            .unwrap_or_else(|| panic!("no error at {field} for {section}"));
-        assert!(error.reason.contains(words), "{}", error.reason);
+        assert_refused_at(&format!("{base}update:\n{section}"), field, words);
     }
+}
+
+/// `document` is refused with an error at `field` whose reason holds `words`.
+fn assert_refused_at(document: &str, field: &str, words: &str) {
+    let rejected = load("test", document.as_bytes()).unwrap_err();
+    let error = rejected
+        .errors()
+        .find(|error| error.field == field)
+        .unwrap_or_else(|| panic!("no error at {field} for {document}"));
+    assert!(error.reason.contains(words), "{}", error.reason);
 }
 
 #[test]
@@ -411,12 +416,7 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
             "below 2",
         ),
     ] {
-        let rejected = load("test", format!("{base}{section}").as_bytes()).unwrap_err();
-        let error = rejected
-            .errors()
-            .find(|error| error.field == field)
-            .unwrap_or_else(|| panic!("no error at {field} for {section}"));
-        assert!(error.reason.contains(words), "{}", error.reason);
+        assert_refused_at(&format!("{base}{section}"), field, words);
     }
 }
 
