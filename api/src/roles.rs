@@ -99,6 +99,7 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.pods.v1.Pods/Apply", Role::Operator),
     ("/keelson.pods.v1.Pods/List", Role::Reader),
     ("/keelson.pods.v1.Pods/Get", Role::Reader),
+    ("/keelson.pods.v1.Pods/Events", Role::Reader),
     ("/keelson.pods.v1.Pods/Delete", Role::Operator),
     ("/keelson.pods.v1.Pods/Logs", Role::Reader),
     // Running commands in containers changes them: operators only, as kubectl's

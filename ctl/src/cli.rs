@@ -78,6 +78,8 @@ pub enum Command {
     Apply(ApplyArgs),
     /// List pods (`get pods`) or show one (`get pod NAME`), as kubectl prints them.
     Get(GetArgs),
+    /// Describe a pod: its container's state, its conditions and its events.
+    Describe(DescribeArgs),
     /// Delete pods: SIGTERM, then SIGKILL after the grace period.
     Delete(DeleteArgs),
     /// Run a command in a pod's running container; exits with the command's exit code.
@@ -262,6 +264,19 @@ pub struct GetArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+}
+
+/// `describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// What to describe: pod (also pods, po).
+    #[arg(value_parser = ["pods", "pod", "po"])]
+    pub resource: String,
+    /// The pod's name.
+    pub name: String,
+    /// The namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
 }
 
 /// `delete`.

@@ -10,10 +10,12 @@
 //!   `keelson_api::pki`). [`output`]: tables and machine formats. [`update`]: `upgrade`,
 //!   `rollback` and `update status|check|cancel`.
 //! - [`session`]: calls to every node at once and how answers are printed; [`machine`],
-//!   [`files`], [`update`], [`images`] and [`pods`]: the verbs of each API service.
+//!   [`files`], [`update`], [`images`] and [`pods`]: the verbs of each API service;
+//!   [`describe`]: `describe pod`, as kubectl lays it out.
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
+pub mod describe;
 pub mod exec;
 pub mod files;
 pub mod generate;
@@ -76,6 +78,7 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
             machine::logs(session, arguments).await
         }
         Command::Logs(arguments) => pods::logs(session, arguments).await,
+        Command::Describe(arguments) => describe::describe(session, arguments).await,
         Command::Run(arguments) => pods::run(session, arguments).await,
         Command::Apply(arguments) => pods::apply(session, arguments).await,
         Command::Get(arguments) => pods::get(session, arguments).await,

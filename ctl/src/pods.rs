@@ -28,7 +28,7 @@ fn parse(json: &str) -> Result<Value, String> {
 }
 
 /// Calls every node at once; prints failures; returns the answers that came.
-async fn on_each<T, F, Fut>(session: &Session, call: F) -> (Vec<(String, T)>, bool)
+pub(crate) async fn on_each<T, F, Fut>(session: &Session, call: F) -> (Vec<(String, T)>, bool)
 where
     F: Fn(PodsClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,

@@ -31,6 +31,7 @@ use keelson_runtime::spec::{
 };
 use tokio::io::unix::AsyncFd;
 
+use crate::events::EventType;
 use crate::handoff::{self, InheritedPipes};
 use crate::logs::{self, LogLimits, LogWriter};
 use crate::store::RunningRecord;
@@ -63,6 +64,9 @@ pub struct StartFailure {
     /// What went wrong and what to do.
     pub message: String,
 }
+
+/// An event a start produces: its type, reason and message.
+pub type Note = (EventType, &'static str, String);
 
 fn failure(reason: &'static str) -> impl Fn(String) -> StartFailure {
     move |message| StartFailure { reason, message }
@@ -173,6 +177,7 @@ impl Engine {
         run: u32,
         now: u64,
         user_namespace: Option<IdMapping>,
+        notes: &mut Vec<Note>,
     ) -> Result<Started, StartFailure> {
         let container = crate::pod::container(pod).ok_or_else(|| {
             failure("CreateContainerConfigError")("the pod has no container".into())
@@ -189,11 +194,39 @@ impl Engine {
         );
 
         // 1. The image.
-        let image = self
-            .access
-            .ensure(&image_name, &policy)
-            .await
-            .map_err(failure("ErrImagePull"))?;
+        let present = self.images.get(&image_name).is_ok();
+        let pulls = policy == "Always" || (policy == "IfNotPresent" && !present);
+        if pulls {
+            notes.push((
+                EventType::Normal,
+                "Pulling",
+                format!("Pulling image {image_name:?}"),
+            ));
+        }
+        let pull_started = std::time::Instant::now();
+        let image = match self.access.ensure(&image_name, &policy).await {
+            Ok(image) => image,
+            Err(error) => {
+                notes.push((
+                    EventType::Warning,
+                    "Failed",
+                    format!("Failed to pull image {image_name:?}: {error}"),
+                ));
+                return Err(failure("ErrImagePull")(error));
+            }
+        };
+        notes.push((
+            EventType::Normal,
+            "Pulled",
+            if pulls {
+                format!(
+                    "Successfully pulled image {image_name:?} in {:.3}s",
+                    pull_started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!("Container image {image_name:?} already present on machine")
+            },
+        ));
         let image_id = format!("{}@{}", image.name, image.manifest);
         // 2. The process and its user.
         let layers = self.images.layer_dirs(&image);
@@ -317,6 +350,17 @@ impl Engine {
             handoff::keep(&name, &pipe);
             follow(pipe, stream, name, log.clone());
         }
+        // The kubelet's two events: the runtime's create, then its start.
+        notes.push((
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", container.name),
+        ));
+        notes.push((
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", container.name),
+        ));
         Ok(Started {
             record: RunningRecord {
                 run_id,

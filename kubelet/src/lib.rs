@@ -2,7 +2,7 @@
 //!
 //! Pods are Kubernetes `v1/Pod` objects (k8s-openapi). [`pod`] admits them (defaults,
 //! validation, what the runtime needs from one); [`status`] reports them as the kubelet
-//! does; both are pure. [`store`] keeps them on STATE; [`logs`] writes and reads the CRI
+//! does; [`events`] folds what happens to them into `v1/Event`s; all three are pure. [`store`] keeps them on STATE; [`logs`] writes and reads the CRI
 //! log files; [`handoff`] passes log pipes to PID 1 and back; [`engine`] turns a pod's
 //! container into a running process through `keelson-runtime`; [`pods`] runs one task per
 //! pod over the runtime's lifecycle machine; [`userns`] gives pods with `hostUsers: false`
@@ -12,6 +12,7 @@
 //! probes, volumes, pod networking) extends these pieces.
 
 pub mod engine;
+pub mod events;
 pub mod handoff;
 pub mod logs;
 pub mod pod;

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, Found};
+use crate::events::{EventLog, EventType};
 use crate::status::{self, ContainerFacts};
 use crate::store::{PodRecord, PodStore, SavedRun};
 
@@ -43,6 +44,15 @@ struct Shared {
     record: PodRecord,
     container: Container,
     facts: ContainerFacts,
+    events: EventLog,
+}
+
+impl Shared {
+    fn container_name(&self) -> String {
+        crate::pod::container(&self.record.pod)
+            .map(|container| container.name.clone())
+            .unwrap_or_default()
+    }
 }
 
 struct PodHandle {
@@ -215,6 +225,28 @@ impl Kubelet {
             .ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))?;
         let shared = handle.shared.lock().map_err(|_| poisoned())?;
         Ok(read(&shared))
+    }
+
+    /// The pod's events as `v1/Event`s, oldest first.
+    pub fn events(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Event>, PodsError> {
+        let node = nix::unistd::gethostname()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.with_pod(namespace, name, |shared| {
+            shared
+                .events
+                .events()
+                .iter()
+                .enumerate()
+                .map(|(sequence, event)| {
+                    crate::events::to_v1(&shared.record.pod, event, &node, sequence)
+                })
+                .collect()
+        })
     }
 
     /// The log file of the pod's current (or previous) run of `container` (None: the
@@ -401,6 +433,7 @@ impl Kubelet {
             record,
             container,
             facts,
+            events: EventLog::default(),
         }));
         let (delete_sender, delete_receiver) = mpsc::channel(1);
         let (gone_sender, gone_receiver) = watch::channel(false);
@@ -485,6 +518,12 @@ impl Worker {
                     let _ = request;
                     deleting = true;
                     let grace = self.with(|shared| crate::pod::grace_seconds(&shared.record.pod)).unwrap_or(30);
+                    if let Ok(mut shared) = self.shared.lock() {
+                        if matches!(shared.container.state, State::Running { .. }) {
+                            let message = format!("Stopping container {}", shared.container_name());
+                            shared.events.record(EventType::Normal, "Killing", message, now());
+                        }
+                    }
                     actions.extend(self.step(Event::StopRequested { at: now(), grace_seconds: grace }).await);
                 }
                 _ = sleep_until(wake), if wake.is_some() => {
@@ -535,6 +574,10 @@ impl Worker {
                     *reason = "ImagePullBackOff".into();
                 }
             }
+            let message = backoff_message(&shared);
+            shared
+                .events
+                .record(EventType::Warning, "BackOff", message, now());
         }
         if let Err(error) = self.kubelet.store.save(&shared.record) {
             tracing::warn!("{error}");
@@ -556,7 +599,22 @@ impl Worker {
                     return Vec::new();
                 };
                 let at = now();
-                match engine.start(&pod, run, at, user_namespace).await {
+                let mut notes = Vec::new();
+                let outcome = engine
+                    .start(&pod, run, at, user_namespace, &mut notes)
+                    .await;
+                if let Ok(mut shared) = self.shared.lock() {
+                    for (kind, reason, message) in notes {
+                        shared.events.record(kind, reason, message, at);
+                    }
+                    if let Err(failure) = &outcome {
+                        let message = format!("Error: {}", failure.reason);
+                        shared
+                            .events
+                            .record(EventType::Warning, "Failed", message, at);
+                    }
+                }
+                match outcome {
                     Ok(started) => {
                         if let Ok(mut shared) = self.shared.lock() {
                             shared.facts.waiting = None;
@@ -636,6 +694,26 @@ impl Worker {
         })
         .await
     }
+}
+
+/// The kubelet's words for a container held back by its backoff.
+fn backoff_message(shared: &Shared) -> String {
+    let pulling = shared
+        .facts
+        .waiting
+        .as_ref()
+        .is_some_and(|(reason, _)| reason == "ImagePullBackOff");
+    if pulling {
+        return format!("Back-off pulling image {:?}", shared.facts.image);
+    }
+    let pod = &shared.record.pod.metadata;
+    format!(
+        "Back-off restarting failed container {} in pod {}_{}({})",
+        shared.container_name(),
+        pod.name.as_deref().unwrap_or_default(),
+        pod.namespace.as_deref().unwrap_or_default(),
+        pod.uid.as_deref().unwrap_or_default()
+    )
 }
 
 async fn sleep_until(at: Option<u64>) {

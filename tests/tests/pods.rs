@@ -352,6 +352,32 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "{crasher:#}"
     );
     assert!(pods.logs(&["crasher", "--previous"]).starts_with("run at "));
+    // describe: the container's states and the kubelet's events, repeats folded.
+    let described = expect_success(
+        node.keelctl(Role::Reader, &["describe", "pod", "crasher"])
+            .unwrap(),
+        "describe pod",
+    );
+    for expected in [
+        "Name:             crasher\n",
+        "    Last State:     Terminated\n      Reason:       Error\n      Exit Code:    1\n",
+        "Container image \"example/busybox:1\" already present on machine",
+        "Created container: crasher",
+        "Back-off restarting failed container crasher in pod crasher_default(",
+    ] {
+        assert!(
+            described.contains(expected),
+            "{expected:?} not in:\n{described}"
+        );
+    }
+    let started = described
+        .lines()
+        .find(|line| line.contains("Started container crasher"))
+        .unwrap_or_else(|| panic!("no Started event:\n{described}"));
+    assert!(
+        started.contains("(x"),
+        "the runs' Started events fold into one: {started}"
+    );
 
     // A long-running container keeps running while the agent restarts, and none of the
     // lines it wrote meanwhile is lost.
@@ -497,6 +523,21 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         reason == "ErrImagePull" || reason == "ImagePullBackOff"
     });
     assert_eq!(absent["status"]["phase"], "Pending");
+    let described = expect_success(
+        node.keelctl(Role::Reader, &["describe", "pod", "absent"])
+            .unwrap(),
+        "describe pod absent",
+    );
+    for expected in [
+        "Pulling image \"example/absent:1\"",
+        "Failed to pull image \"example/absent:1\"",
+        "Error: ErrImagePull",
+    ] {
+        assert!(
+            described.contains(expected),
+            "{expected:?} not in:\n{described}"
+        );
+    }
 
     // Deleting stops and forgets.
     let deleted = expect_success(

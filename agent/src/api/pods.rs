@@ -9,8 +9,8 @@ use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use keelson_api::pods::pods_server::Pods;
 use keelson_api::pods::{
-    exec_request, ApplyRequest, ApplyResponse, DeleteRequest, ExecRequest, ExecResponse,
-    GetRequest, ListRequest, ListResponse, LogsRequest, LogsResponse, PodResponse,
+    exec_request, ApplyRequest, ApplyResponse, DeleteRequest, EventsResponse, ExecRequest,
+    ExecResponse, GetRequest, ListRequest, ListResponse, LogsRequest, LogsResponse, PodResponse,
 };
 use keelson_kubelet::pods::{Kubelet, PodsError};
 use tonic::{Request, Response, Status};
@@ -148,6 +148,27 @@ impl Pods for PodsService {
             })?;
         Ok(Response::new(PodResponse {
             pod_json: to_json(&pod)?,
+        }))
+    }
+
+    async fn events(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<EventsResponse>, Status> {
+        let request = request.get_ref();
+        let namespace = namespace_or_default(&request.namespace);
+        let items = self
+            .kubelet()?
+            .events(namespace, &request.name)
+            .map_err(status_of)?;
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "EventList",
+            "metadata": {},
+            "items": items,
+        });
+        Ok(Response::new(EventsResponse {
+            event_list_json: list.to_string(),
         }))
     }
 
