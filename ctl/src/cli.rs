@@ -245,7 +245,8 @@ pub struct RunArgs {
 /// `apply`.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The manifest (YAML, several documents allowed, or JSON); `-` reads stdin.
+    /// The manifest (YAML, several documents allowed, or JSON), a directory of them
+    /// (`.yaml`, `.yml`, `.json`), or `-` for stdin.
     #[arg(short, long)]
     pub file: PathBuf,
 }

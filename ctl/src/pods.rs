@@ -138,17 +138,51 @@ pub fn print_run(arguments: &RunArgs, format: Format) -> anyhow::Result<bool> {
 
 /// `keelctl apply -f FILE`.
 pub async fn apply(session: &Session, arguments: &ApplyArgs) -> anyhow::Result<bool> {
-    let text = if arguments.file.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        text
+    let files = if arguments.file.is_dir() {
+        manifest_files(&arguments.file)?
     } else {
-        std::fs::read_to_string(&arguments.file)
-            .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", arguments.file.display()))?
+        vec![arguments.file.clone()]
     };
-    let pods = manifests(&text)
-        .map_err(|error| anyhow::anyhow!("{}: {error}", arguments.file.display()))?;
+    // Every file is read and checked before anything is applied.
+    let mut pods = Vec::new();
+    for file in &files {
+        let text = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            text
+        } else {
+            std::fs::read_to_string(file)
+                .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", file.display()))?
+        };
+        pods.extend(
+            manifests(&text).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?,
+        );
+    }
     apply_pods(session, &pods).await
+}
+
+/// The manifests of a directory, as `kubectl apply -f DIR` takes them: its `.yaml`, `.yml`
+/// and `.json` files, in name order.
+fn manifest_files(directory: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(directory)
+        .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", directory.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.is_file()
+                && path.extension().is_some_and(|extension| {
+                    ["yaml", "yml", "json"].contains(&&*extension.to_string_lossy())
+                })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!(
+            "{} holds no manifest (no .yaml, .yml or .json file)",
+            directory.display()
+        );
+    }
+    Ok(files)
 }
 
 /// The objects of a manifest: JSON, or YAML of one or more documents; each must be a Pod.

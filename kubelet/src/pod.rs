@@ -18,6 +18,63 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// Seconds between SIGTERM and SIGKILL when the pod does not say.
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 
+/// Reads a `v1/Pod` from JSON strictly, as the API server's strict field validation does:
+/// a field that `v1/Pod` does not have (a typo, or a field of a newer Kubernetes) is
+/// refused by its path rather than silently dropped.
+pub fn parse_strict(json: &str) -> Result<Pod, String> {
+    let given: serde_json::Value =
+        serde_json::from_str(json).map_err(|error| format!("the pod is not JSON: {error}"))?;
+    let pod: Pod = serde_json::from_value(given.clone())
+        .map_err(|error| format!("the pod is not a v1/Pod: {error}"))?;
+    // What survives a round trip through the typed Pod is what it knows.
+    let known = serde_json::to_value(&pod).map_err(|error| error.to_string())?;
+    let mut unknown = Vec::new();
+    unknown_fields(&given, &known, "", &mut unknown);
+    if unknown.is_empty() {
+        return Ok(pod);
+    }
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let fields: Vec<String> = unknown.iter().map(|path| format!("{path:?}")).collect();
+    Err(format!(
+        "pod {name}: unknown field{} {} (a typo, or a field this node's Kubernetes API \
+         level, 1.33, does not have); nothing was created",
+        if unknown.len() > 1 { "s" } else { "" },
+        fields.join(", ")
+    ))
+}
+
+fn unknown_fields(
+    given: &serde_json::Value,
+    known: &serde_json::Value,
+    path: &str,
+    unknown: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (given, known) {
+        (Value::Object(given), Value::Object(known)) => {
+            for (key, value) in given {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match known.get(key) {
+                    // A null says nothing, and the round trip drops it.
+                    None if value.is_null() => {}
+                    None => unknown.push(here),
+                    Some(known) => unknown_fields(value, known, &here, unknown),
+                }
+            }
+        }
+        (Value::Array(given), Value::Array(known)) => {
+            for (index, (value, known)) in given.iter().zip(known).enumerate() {
+                unknown_fields(value, known, &format!("{path}[{index}]"), unknown);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Checks `pod`, fills in the defaults (namespace, restart policy, grace period, pull
 /// policy), and gives it `uid` and `now` as its creation time. Returns why it cannot run.
 pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
@@ -309,6 +366,40 @@ mod tests {
 
     fn now() -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_their_paths_and_known_ones_pass() {
+        let good = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "labels": {"app": "web"}, "creationTimestamp": null},
+            "spec": {
+                "hostNetwork": false, "hostUsers": false, "restartPolicy": "Never",
+                "containers": [{
+                    "name": "web", "image": "busybox", "command": ["sh"], "env": [],
+                    "ports": [{"containerPort": 80}],
+                    "resources": {"limits": {"memory": "64Mi", "cpu": 1}},
+                    "securityContext": {"runAsUser": 1000, "seccompProfile": {"type": "Unconfined"}}
+                }]
+            }
+        });
+        let parsed = parse_strict(&good.to_string()).unwrap();
+        assert_eq!(parsed.metadata.name.as_deref(), Some("web"));
+        let mut typo = good.clone();
+        typo["spec"]["containers"][0]["imagee"] = "busybox".into();
+        typo["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 5.into();
+        typo["spec"]["nodeSelecter"] = serde_json::json!({});
+        let error = parse_strict(&typo.to_string()).unwrap_err();
+        assert_eq!(
+            error,
+            "pod web: unknown fields \"spec.containers[0].imagee\", \
+             \"spec.containers[0].securityContext.runAsUsr\", \"spec.nodeSelecter\" (a typo, or a \
+             field this node's Kubernetes API level, 1.33, does not have); nothing was created"
+        );
+        assert!(parse_strict("{").unwrap_err().contains("not JSON"));
+        assert!(parse_strict(r#"{"spec": {"containers": 3}}"#)
+            .unwrap_err()
+            .contains("not a v1/Pod"));
     }
 
     #[test]

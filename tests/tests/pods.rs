@@ -147,7 +147,9 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     }
 
     // A manifest applied as a user writes one, with a security context.
-    let manifest = work.path().join("pod.yaml");
+    let manifests = work.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let manifest = manifests.join("pod.yaml");
     std::fs::write(
         &manifest,
         format!(
@@ -166,9 +168,12 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     );
     assert_eq!(applied.trim(), "pod/applied created");
     let again = expect_success(
-        node.keelctl(Role::Operator, &["apply", "-f", manifest.to_str().unwrap()])
-            .unwrap(),
-        "apply -f again",
+        node.keelctl(
+            Role::Operator,
+            &["apply", "-f", manifests.to_str().unwrap()],
+        )
+        .unwrap(),
+        "apply -f DIR, again",
     );
     assert_eq!(again.trim(), "pod/applied unchanged");
     pods.wait_for("applied", "to complete", |pod| {
@@ -480,7 +485,37 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     );
     assert!(reader.contains("operator"), "{reader}");
 
-    // Refusals say what is wrong.
+    // Refusals say what is wrong, and nothing is created.
+    let typo = work.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\nspec:\n  containers:\n  \
+             - name: main\n    imagee: {IMAGE}\n    image: {IMAGE}\n"
+        ),
+    )
+    .unwrap();
+    let unknown = expect_failure(
+        node.keelctl(Role::Operator, &["apply", "-f", typo.to_str().unwrap()])
+            .unwrap(),
+        "apply with an unknown field",
+    );
+    assert!(
+        unknown.contains("pod typo: unknown field \"spec.containers[0].imagee\""),
+        "{unknown}"
+    );
+    let quantity = expect_failure(
+        node.keelctl(
+            Role::Operator,
+            &["run", "greedy", "--image", IMAGE, "--memory", "64Mx"],
+        )
+        .unwrap(),
+        "run with a bad quantity",
+    );
+    assert!(quantity.contains("resources.limits.memory"), "{quantity}");
+    for name in ["typo", "greedy"] {
+        assert!(pods.get(name).is_none(), "pod {name} was created");
+    }
     let invalid = expect_failure(
         node.keelctl(Role::Operator, &["run", "Bad_Name", "--image", IMAGE])
             .unwrap(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use k8s_openapi::api::core::v1::Pod;
 use keelson_api::pods::pods_server::Pods;
 use keelson_api::pods::{
     exec_request, ApplyRequest, ApplyResponse, DeleteRequest, EventsResponse, ExecRequest,
@@ -108,9 +107,8 @@ impl Pods for PodsService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let caller = who(&request);
-        let pod: Pod = serde_json::from_str(&request.get_ref().pod_json).map_err(|error| {
-            Status::invalid_argument(format!("the pod is not a v1/Pod: {error}"))
-        })?;
+        let pod = keelson_kubelet::pod::parse_strict(&request.get_ref().pod_json)
+            .map_err(Status::invalid_argument)?;
         let (pod, created) = self.kubelet()?.apply(pod).map_err(status_of)?;
         if created {
             info!(caller = %caller, pod = pod.metadata.name.as_deref().unwrap_or_default(), "pod applied");
