@@ -495,35 +495,20 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         ),
     )
     .unwrap();
-    let unknown = expect_failure(
-        node.keelctl(Role::Operator, &["apply", "-f", typo.to_str().unwrap()])
-            .unwrap(),
-        "apply with an unknown field",
+    pods.refused(
+        &["apply", "-f", typo.to_str().unwrap()],
+        "pod typo: unknown field \"spec.containers[0].imagee\"",
     );
-    assert!(
-        unknown.contains("pod typo: unknown field \"spec.containers[0].imagee\""),
-        "{unknown}"
+    pods.refused(
+        &["run", "greedy", "--image", IMAGE, "--memory", "64Mx"],
+        "resources.limits.memory",
     );
-    let quantity = expect_failure(
-        node.keelctl(
-            Role::Operator,
-            &["run", "greedy", "--image", IMAGE, "--memory", "64Mx"],
-        )
-        .unwrap(),
-        "run with a bad quantity",
-    );
-    assert!(quantity.contains("resources.limits.memory"), "{quantity}");
     for name in ["typo", "greedy"] {
         assert!(pods.get(name).is_none(), "pod {name} was created");
     }
-    let invalid = expect_failure(
-        node.keelctl(Role::Operator, &["run", "Bad_Name", "--image", IMAGE])
-            .unwrap(),
-        "run with an invalid name",
-    );
-    assert!(
-        invalid.contains("metadata.name \"Bad_Name\" is not a valid name"),
-        "{invalid}"
+    pods.refused(
+        &["run", "Bad_Name", "--image", IMAGE],
+        "metadata.name \"Bad_Name\" is not a valid name",
     );
     let changed = expect_failure(
         node.keelctl(
@@ -630,6 +615,15 @@ impl Pods<'_> {
         full.extend_from_slice(&arguments[1..]);
         let created = expect_success(self.node.keelctl(Role::Operator, &full).unwrap(), "run");
         assert_eq!(created.trim(), format!("pod/{} created", arguments[0]));
+    }
+
+    /// `keelctl ARGUMENTS…` as an operator fails, saying `words`.
+    fn refused(&self, arguments: &[&str], words: &str) {
+        let said = expect_failure(
+            self.node.keelctl(Role::Operator, arguments).unwrap(),
+            &format!("keelctl {arguments:?}"),
+        );
+        assert!(said.contains(words), "{words:?} not in: {said}");
     }
 
     fn get(&self, name: &str) -> Option<Value> {
