@@ -198,10 +198,18 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
                 })
                 .await
                 .map(drop),
+            "Events" => pods
+                .events(api::GetRequest {
+                    namespace,
+                    name: pod,
+                })
+                .await
+                .map(drop),
             "Delete" => pods
                 .delete(api::DeleteRequest {
                     namespace,
                     name: pod,
+                    ..Default::default()
                 })
                 .await
                 .map(drop),

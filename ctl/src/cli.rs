@@ -292,6 +292,16 @@ pub struct DeleteArgs {
     /// The namespace.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// Seconds between SIGTERM and SIGKILL, in place of the pod's own
+    /// terminationGracePeriodSeconds; 0 (with --force) kills at once.
+    #[arg(long)]
+    pub grace_period: Option<u64>,
+    /// With --grace-period 0: kill at once, without waiting for the program to stop.
+    #[arg(long)]
+    pub force: bool,
+    /// The same as --grace-period 1.
+    #[arg(long, conflicts_with = "grace_period")]
+    pub now: bool,
 }
 
 /// `reboot`.

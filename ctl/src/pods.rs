@@ -454,14 +454,27 @@ pub fn columns(pod: &Value, now: i64) -> [String; 4] {
     [format!("{ready}/{total}"), reason, restarts, age]
 }
 
-/// `keelctl delete pod NAME…`.
+/// `keelctl delete pod NAME… [--grace-period S [--force] | --now]`.
 pub async fn delete(session: &Session, arguments: &DeleteArgs) -> anyhow::Result<bool> {
+    let grace = if arguments.now {
+        Some(1)
+    } else {
+        arguments.grace_period
+    };
+    if grace == Some(0) && !arguments.force {
+        anyhow::bail!(
+            "--grace-period 0 kills the container at once, without letting it stop: add --force \
+             to mean it (or give a grace period of 1 second or more)"
+        );
+    }
     let mut all_good = true;
     for name in &arguments.names {
         let (answers, good) = on_each(session, |mut client| {
             let request = DeleteRequest {
                 namespace: arguments.namespace.clone(),
                 name: name.clone(),
+                override_grace_period: grace.is_some(),
+                grace_period_seconds: grace.unwrap_or(0),
             };
             async move {
                 client

@@ -57,7 +57,8 @@ impl Shared {
 
 struct PodHandle {
     shared: Arc<Mutex<Shared>>,
-    delete: mpsc::Sender<()>,
+    /// Asks the pod's task to stop it, with a grace period in place of the pod's own.
+    delete: mpsc::Sender<Option<u64>>,
     gone: watch::Receiver<bool>,
 }
 
@@ -187,9 +188,15 @@ impl Kubelet {
             .map(|handle| self.view(handle))
     }
 
-    /// Stops the pod's container (SIGTERM, SIGKILL after the grace period) and forgets
-    /// it. Returns the pod as it was last.
-    pub async fn delete(&self, namespace: &str, name: &str) -> Result<Pod, PodsError> {
+    /// Stops the pod's container (SIGTERM, SIGKILL after the grace period: `grace_seconds`
+    /// when given, else the pod's `terminationGracePeriodSeconds`) and forgets it. Returns
+    /// the pod as it was last.
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace_seconds: Option<u64>,
+    ) -> Result<Pod, PodsError> {
         let (delete, mut gone) = {
             let pods = self
                 .pods
@@ -200,7 +207,7 @@ impl Kubelet {
                 .ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))?;
             (handle.delete.clone(), handle.gone.clone())
         };
-        let _ = delete.send(()).await;
+        let _ = delete.send(grace_seconds).await;
         let _ = gone.wait_for(|gone| *gone).await;
         let handle = self
             .pods
@@ -469,7 +476,7 @@ impl Worker {
     async fn run(
         mut self,
         initial: Vec<Event>,
-        mut delete: mpsc::Receiver<()>,
+        mut delete: mpsc::Receiver<Option<u64>>,
         gone: watch::Sender<bool>,
     ) {
         let engine = self.kubelet.engine.clone();
@@ -515,9 +522,9 @@ impl Worker {
                     actions.extend(self.ended(status).await);
                 }
                 request = delete.recv(), if !deleting => {
-                    let _ = request;
                     deleting = true;
-                    let grace = self.with(|shared| crate::pod::grace_seconds(&shared.record.pod)).unwrap_or(30);
+                    let pods_own = self.with(|shared| crate::pod::grace_seconds(&shared.record.pod)).unwrap_or(30);
+                    let grace = request.flatten().unwrap_or(pods_own);
                     if let Ok(mut shared) = self.shared.lock() {
                         if matches!(shared.container.state, State::Running { .. }) {
                             let message = format!("Stopping container {}", shared.container_name());

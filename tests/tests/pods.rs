@@ -574,6 +574,37 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         !table.contains("hello") && !table.contains("crasher"),
         "{table}"
     );
+    // --grace-period replaces the pod's 30 s: a container that ignores SIGTERM is killed
+    // after 2 s, not 30. --grace-period 0 needs --force.
+    pods.run(&[
+        "stubborn",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo ready; while true; do busybox sleep 1; done",
+    ]);
+    pods.wait_for("stubborn", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    pods.refused(
+        &["delete", "pod", "stubborn", "--grace-period", "0"],
+        "add --force",
+    );
+    let asked = Instant::now();
+    expect_success(
+        node.keelctl(
+            Role::Operator,
+            &["delete", "pod", "stubborn", "--grace-period", "2"],
+        )
+        .unwrap(),
+        "delete --grace-period 2",
+    );
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_secs(25),
+        "the pod's own 30 s grace was waited for: {waited:?}"
+    );
+    assert!(pods.get("stubborn").is_none());
 
     // Pods are kept on STATE: after a reboot the ticker runs again (a new run: the old
     // one ended with the machine) and the finished pods report as they did.

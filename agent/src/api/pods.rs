@@ -177,9 +177,12 @@ impl Pods for PodsService {
         let caller = who(&request);
         let request = request.get_ref();
         let namespace = namespace_or_default(&request.namespace);
+        let grace = request
+            .override_grace_period
+            .then_some(request.grace_period_seconds);
         let pod = self
             .kubelet()?
-            .delete(namespace, &request.name)
+            .delete(namespace, &request.name, grace)
             .await
             .map_err(status_of)?;
         info!(caller = %caller, pod = %request.name, "pod deleted");
