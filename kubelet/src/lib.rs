@@ -14,6 +14,7 @@
 pub mod engine;
 pub mod events;
 pub mod handoff;
+pub mod lifecycle;
 pub mod logs;
 pub mod pod;
 pub mod pods;

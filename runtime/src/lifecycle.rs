@@ -208,6 +208,23 @@ impl Container {
         }
     }
 
+    /// Runs a finished container again from the start (an init container whose pod's
+    /// sandbox was recreated, as after a reboot): its finished run becomes `lastState`
+    /// and counts as a restart. Returns false, changing nothing, unless it is
+    /// terminated and no stop was asked for.
+    pub fn rerun(&mut self) -> bool {
+        let State::Terminated(run) = self.state else {
+            return false;
+        };
+        if self.stopping {
+            return false;
+        }
+        self.last = Some(run);
+        self.restart_count = self.restart_count.saturating_add(1);
+        self.state = State::Creating;
+        true
+    }
+
     /// True once a stop was asked for: it will not start again.
     pub fn is_stopping(&self) -> bool {
         self.stopping
