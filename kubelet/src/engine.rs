@@ -311,6 +311,7 @@ impl Engine {
             },
             cgroup,
             user_namespace,
+            shared: Default::default(),
         };
         spec.write(&bundle).map_err(|error| {
             failure("CreateContainerError")(format!("cannot write {}: {error}", bundle.display()))

@@ -133,6 +133,7 @@ fn time_keelson(
         network: NetworkMode::Private,
         cgroup: leaf.clone(),
         user_namespace: None,
+        shared: Default::default(),
     };
     spec.write(&bundle).map_err(|error| error.to_string())?;
     let null = || {

@@ -28,6 +28,22 @@ pub struct ContainerSpec {
     /// these node ids. None: the node's ids.
     #[serde(default)]
     pub user_namespace: Option<IdMapping>,
+    /// Its pod's namespaces, which it joins rather than making its own.
+    #[serde(default)]
+    pub shared: SharedNamespaces,
+}
+
+/// Namespaces a container joins (its pod's sandbox, [`crate::shell::sandbox`]), each the
+/// path of a pinned `nsfs` file. Those left out the container makes for itself (or, for
+/// the network, takes the node's when its mode is [`NetworkMode::Host`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedNamespaces {
+    /// The network namespace: its links, addresses and ports are the pod's.
+    pub network: Option<PathBuf>,
+    /// The IPC namespace (System V IPC and POSIX message queues).
+    pub ipc: Option<PathBuf>,
+    /// The UTS namespace: the hostname is set there once, for the pod.
+    pub uts: Option<PathBuf>,
 }
 
 /// A user namespace's mapping: container ids `0..size` are node ids
@@ -236,6 +252,7 @@ mod tests {
             network: NetworkMode::Private,
             cgroup: "/sys/fs/cgroup/keelson/pods/x/app".into(),
             user_namespace: None,
+            shared: Default::default(),
         }
     }
 

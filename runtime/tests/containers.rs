@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use keelson_runtime::shell::launch::{Launcher, CONTAINER_EXEC, CONTAINER_INIT};
+use keelson_runtime::shell::sandbox::{self, SandboxSpec};
 use keelson_runtime::spec::{
     ContainerSpec, ExecSpec, NetworkMode, Process, Rlimit, RootSpec, SeccompProfile,
 };
@@ -29,7 +30,11 @@ fn main() {
         ));
     }
     type Test = (&'static str, fn(&Host));
-    let tests: [Test; 6] = [
+    let tests: [Test; 7] = [
+        (
+            "the_containers_of_a_pod_share_its_network_ipc_and_uts_namespaces",
+            shared_sandbox,
+        ),
         (
             "a_container_in_a_user_namespace_is_root_only_over_its_own_files",
             user_namespace,
@@ -159,7 +164,7 @@ impl Host {
         std::fs::copy(&self.busybox, layer.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "ls", "id", "hostname", "grep", "sleep", "mount", "ps", "touch",
-            "stat",
+            "stat", "readlink",
         ] {
             std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
         }
@@ -207,6 +212,7 @@ impl Host {
             network: NetworkMode::Private,
             cgroup: leaf,
             user_namespace: None,
+            shared: Default::default(),
         }
     }
 
@@ -452,6 +458,61 @@ fn host_network(host: &Host) {
     assert_eq!(seen, node_links, "{output}");
     // The container's own cgroup, not the node's hierarchy.
     assert_ne!(lines.next(), Some("0"), "{output}");
+}
+
+fn shared_sandbox(host: &Host) {
+    use std::os::unix::fs::MetadataExt;
+    let directory = tempfile::tempdir().unwrap();
+    let pinned_in = directory.path().join("sandbox");
+    let sandbox = SandboxSpec {
+        hostname: "pod-1".into(),
+        own_network: true,
+        open_to_unprivileged: false,
+    };
+    let shared = sandbox::create(&pinned_in, &sandbox).unwrap();
+    assert!(sandbox::exists(&pinned_in, true));
+    let inode = |path: &Option<PathBuf>| std::fs::metadata(path.as_ref().unwrap()).unwrap().ino();
+    let expected = format!(
+        "net:[{}] ipc:[{}] uts:[{}] pod-1 lo",
+        inode(&shared.network),
+        inode(&shared.ipc),
+        inode(&shared.uts)
+    );
+    let script = "echo $(for n in net ipc uts; do readlink /proc/self/ns/$n; done) \
+                  $(hostname) $(ls /sys/class/net)";
+    // Two containers, one after the other: both in the pod's namespaces, which outlive
+    // them; the hostname is the pod's, whatever the container's spec says.
+    for container in ["first", "second"] {
+        let bundle = directory.path().join(container);
+        std::fs::create_dir_all(&bundle).unwrap();
+        let mut spec = host.spec(&bundle, &["sh", "-c", script]);
+        spec.hostname = "ignored".into();
+        spec.shared = shared.clone();
+        let (output, code) = host.run(&spec, &bundle).unwrap();
+        assert_eq!(code, 0, "{output}");
+        assert_eq!(output.trim(), expected, "container {container}");
+    }
+    assert_ne!(
+        std::fs::read_link("/proc/self/ns/net")
+            .unwrap()
+            .to_string_lossy(),
+        expected.split(' ').next().unwrap(),
+        "the pod's network namespace is not the node's"
+    );
+    sandbox::remove(&pinned_in);
+    assert!(!sandbox::exists(&pinned_in, true));
+    assert!(!pinned_in.exists());
+    // A container cannot join a sandbox that is gone, and says why.
+    let bundle = directory.path().join("late");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let mut spec = host.spec(&bundle, &["true"]);
+    spec.shared = shared;
+    let error = host.run(&spec, &bundle).unwrap_err();
+    assert!(
+        error.contains("cannot open the pod's network namespace")
+            && error.contains("its sandbox is gone"),
+        "{error}"
+    );
 }
 
 fn missing_program(host: &Host) {

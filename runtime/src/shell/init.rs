@@ -9,8 +9,8 @@
 //! 3. creates the container's user namespace when it has one ([`super::userns`]), and
 //!    unshares the PID namespace;
 //! 4. forks the container's first process (PID 1 of the new PID namespace), which
-//!    unshares the mount, UTS, IPC, cgroup and (unless the pod uses the node's) network
-//!    namespaces, builds
+//!    joins its pod's namespaces (network, IPC, UTS) and unshares the mount and cgroup
+//!    namespaces and whichever of the others the pod does not share, builds
 //!    the root ([`super::rootfs`]), sets the hostname and limits, joins the user namespace,
 //!    sets the working directory, seccomp filter and credentials, and executes the program;
 //! 5. waits until that process has executed its program or failed (a close-on-exec pipe
@@ -157,30 +157,57 @@ fn prepare(
     user_namespace: Option<&OwnedFd>,
 ) -> Result<Exec, String> {
     let _ = nix::unistd::setsid();
-    let mut namespaces = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWCGROUP;
-    if spec.network == NetworkMode::Private {
-        namespaces |= CloneFlags::CLONE_NEWNET;
+    // The pod's namespaces first, then the container's own.
+    let shared = &spec.shared;
+    let joined = [
+        (&shared.network, CloneFlags::CLONE_NEWNET, "network"),
+        (&shared.ipc, CloneFlags::CLONE_NEWIPC, "IPC"),
+        (&shared.uts, CloneFlags::CLONE_NEWUTS, "UTS"),
+    ];
+    let mut namespaces = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP;
+    for (path, flag, kind) in joined {
+        match path {
+            Some(path) => join(path, flag, kind)?,
+            None if flag == CloneFlags::CLONE_NEWNET && spec.network == NetworkMode::Host => {}
+            None => namespaces |= flag,
+        }
     }
     nix::sched::unshare(namespaces)
         .map_err(|errno| format!("cannot create the container's namespaces: {}", errno.desc()))?;
-    if spec.network == NetworkMode::Private {
+    if namespaces.contains(CloneFlags::CLONE_NEWNET) {
         super::rootfs::loopback_up()?;
         if user_namespace.is_some() {
             super::userns::open_network_to_unprivileged()?;
         }
     }
     super::rootfs::enter(spec, user_namespace)?;
-    nix::unistd::sethostname(&spec.hostname).map_err(|errno| {
+    if namespaces.contains(CloneFlags::CLONE_NEWUTS) {
+        nix::unistd::sethostname(&spec.hostname).map_err(|errno| {
+            format!(
+                "cannot set the hostname {:?}: {}",
+                spec.hostname,
+                errno.desc()
+            )
+        })?;
+    }
+    become_process(&spec.process, seccomp, user_namespace)
+}
+
+/// Joins the pod's namespace of `kind` pinned at `path`.
+fn join(path: &Path, flag: CloneFlags, kind: &str) -> Result<(), String> {
+    let namespace = std::fs::File::open(path).map_err(|error| {
         format!(
-            "cannot set the hostname {:?}: {}",
-            spec.hostname,
-            errno.desc()
+            "cannot open the pod's {kind} namespace {}: {error} (its sandbox is gone)",
+            path.display()
         )
     })?;
-    become_process(&spec.process, seccomp, user_namespace)
+    nix::sched::setns(namespace, flag).map_err(|errno| {
+        format!(
+            "cannot join the pod's {kind} namespace {}: {}",
+            path.display(),
+            errno.desc()
+        )
+    })
 }
 
 /// The steps every process in a container takes last, its first or an exec'd one: limits,
