@@ -199,6 +199,7 @@ async fn start_kubelet(
             bundles: options.state_dir.join("containers"),
             logs: PathBuf::from("/var/log/pods"),
             cgroup_root: PathBuf::from(keelson_runtime::cgroup::CGROUP_ROOT),
+            sandboxes: PathBuf::from("/run/keelson/pods"),
             container_init: std::env::current_exe()
                 .map_err(|error| format!("cannot find the agent's own binary: {error}"))?,
         };

@@ -82,7 +82,7 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Delete pods: SIGTERM, then SIGKILL after the grace period.
     Delete(DeleteArgs),
-    /// Run a command in a pod's running container; exits with the command's exit code.
+    /// Run a command in a running container of a pod; exits with the command's exit code.
     Exec(ExecArgs),
     /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
     /// the node's own parser and validation; exits 1 when a node would refuse it.
@@ -138,7 +138,7 @@ pub struct LogsArgs {
     /// Prefix a pod's lines with their times (RFC 3339).
     #[arg(long)]
     pub timestamps: bool,
-    /// The pod's container (it has one; naming it checks it).
+    /// The container (default: the pod's first app container).
     #[arg(short = 'c', long)]
     pub container: Option<String>,
     /// Only a pod's lines of this last while (5s, 2m, 1h30m).
@@ -554,6 +554,9 @@ pub struct ExecArgs {
     /// Give the command a terminal (with -i: an interactive shell).
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// The container (default: the pod's first app container).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
     /// The namespace.
     #[arg(long, default_value = "default")]
     pub namespace: String,

@@ -64,12 +64,39 @@ pub fn describe_pod(pod: &Value, events: &Value, now: i64) -> String {
     if pod["spec"]["hostUsers"] == false {
         field("Host Users", "false (a user namespace of its own)".into());
     }
-    text.push_str("Containers:\n");
-    let statuses = status["containerStatuses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
+    let sections = [
+        ("Init Containers", "initContainers", "initContainerStatuses"),
+        ("Containers", "containers", "containerStatuses"),
+    ];
+    for (title, specs, statuses) in sections {
+        if let Some(specs) = pod["spec"][specs]
+            .as_array()
+            .filter(|specs| !specs.is_empty())
+        {
+            let _ = writeln!(text, "{title}:");
+            text.push_str(&containers_section(specs, &status[statuses]));
+        }
+    }
+    text.push_str("Conditions:\n  Type              Status\n");
+    for condition in status["conditions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            text,
+            "  {:<18}{}",
+            text_of(&condition["type"]),
+            text_of(&condition["status"])
+        );
+    }
+    text.push_str(&events_section(events, now));
+    text
+}
+
+/// The containers of one section (init or app) with their statuses, as kubectl lays
+/// them out.
+fn containers_section(specs: &[Value], statuses: &Value) -> String {
+    let mut text = String::new();
+    let text_of = |value: &Value| value.as_str().unwrap_or("<none>").to_owned();
+    let statuses = statuses.as_array().cloned().unwrap_or_default();
+    for container in specs {
         let name = text_of(&container["name"]);
         let state = statuses
             .iter()
@@ -131,16 +158,6 @@ pub fn describe_pod(pod: &Value, events: &Value, now: i64) -> String {
             }
         }
     }
-    text.push_str("Conditions:\n  Type              Status\n");
-    for condition in status["conditions"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            text,
-            "  {:<18}{}",
-            text_of(&condition["type"]),
-            text_of(&condition["status"])
-        );
-    }
-    text.push_str(&events_section(events, now));
     text
 }
 

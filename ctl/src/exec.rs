@@ -38,6 +38,7 @@ pub async fn exec(session: &Session, arguments: &ExecArgs) -> anyhow::Result<i32
                 .unwrap_or(&arguments.pod)
                 .to_owned(),
             command: arguments.command.clone(),
+            container: arguments.container.clone().unwrap_or_default(),
             tty: arguments.tty,
             stdin: arguments.stdin,
             size: if arguments.tty { window_size() } else { None },

@@ -393,16 +393,24 @@ fn seconds_since(text: &str, now: i64) -> Option<u64> {
 
 /// READY, STATUS, RESTARTS and AGE, by kubectl's rules.
 pub fn columns(pod: &Value, now: i64) -> [String; 4] {
-    let statuses = pod["status"]["containerStatuses"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let total = pod["spec"]["containers"]
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or(0);
+    let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
+    let statuses = list(&pod["status"]["containerStatuses"]);
+    let init_specs = list(&pod["spec"]["initContainers"]);
+    let init_statuses = list(&pod["status"]["initContainerStatuses"]);
+    let sidecar = |name: &Value| {
+        init_specs
+            .iter()
+            .any(|spec| spec["name"] == *name && spec["restartPolicy"] == "Always")
+    };
+    // Sidecars count among the pod's containers, as kubectl counts them.
+    let sidecars: Vec<&Value> = init_statuses
+        .iter()
+        .filter(|status| sidecar(&status["name"]))
+        .collect();
+    let total = list(&pod["spec"]["containers"]).len() + sidecars.len();
     let ready = statuses
         .iter()
+        .chain(sidecars.iter().copied())
         .filter(|status| status["ready"].as_bool() == Some(true))
         .count();
     let mut reason = pod["status"]["reason"]
@@ -412,8 +420,8 @@ pub fn columns(pod: &Value, now: i64) -> [String; 4] {
         .to_owned();
     let mut restarts = 0;
     let mut last_restart: Option<u64> = None;
-    for status in &statuses {
-        restarts += status["restartCount"].as_u64().unwrap_or(0);
+    let mut count_restarts = |status: &Value, restarts: &mut u64| {
+        *restarts += status["restartCount"].as_u64().unwrap_or(0);
         if let Some(finished) = status["lastState"]["terminated"]["finishedAt"].as_str() {
             let ago = seconds_since(finished, now);
             last_restart = match (last_restart, ago) {
@@ -421,6 +429,41 @@ pub fn columns(pod: &Value, now: i64) -> [String; 4] {
                 (known, ago) => known.or(ago),
             };
         }
+    };
+    // While the pod initializes, its status is the first init container not yet done.
+    let mut initializing = false;
+    for (index, status) in init_statuses.iter().enumerate() {
+        count_restarts(status, &mut restarts);
+        let state = &status["state"];
+        let terminated = &state["terminated"];
+        if terminated["exitCode"] == 0 && terminated.is_object() {
+            continue;
+        }
+        if sidecar(&status["name"]) && status["started"] == true {
+            continue;
+        }
+        initializing = true;
+        let waiting = state["waiting"]["reason"].as_str().unwrap_or("");
+        reason = if terminated.is_object() {
+            match terminated["reason"].as_str() {
+                Some(why) => format!("Init:{why}"),
+                None => format!("Init:ExitCode:{}", terminated["exitCode"]),
+            }
+        } else if !waiting.is_empty() && waiting != "PodInitializing" {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{index}/{}", init_specs.len())
+        };
+        break;
+    }
+    if !initializing {
+        restarts = 0;
+        for status in sidecars.iter().copied() {
+            count_restarts(status, &mut restarts);
+        }
+    }
+    for status in statuses.iter().filter(|_| !initializing) {
+        count_restarts(status, &mut restarts);
         let state = &status["state"];
         if let Some(waiting) = state["waiting"]["reason"].as_str() {
             reason = waiting.to_owned();
@@ -590,6 +633,58 @@ mod tests {
             }]}
         });
         assert_eq!(columns(&oom, now), ["0/1", "OOMKilled", "0", "60s"]);
+    }
+
+    #[test]
+    fn init_containers_show_as_kubectl_shows_them() {
+        let now = time::OffsetDateTime::parse(
+            "2026-12-02T07:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp();
+        let pod = |init_statuses: Value, statuses: Value| {
+            json!({
+                "metadata": {"name": "web", "creationTimestamp": "2026-12-02T06:59:00Z"},
+                "spec": {"initContainers": [{"name": "setup"}, {"name": "proxy", "restartPolicy": "Always"}],
+                         "containers": [{"name": "web"}]},
+                "status": {"phase": "Pending", "initContainerStatuses": init_statuses,
+                           "containerStatuses": statuses}
+            })
+        };
+        let waiting = |reason: &str| json!({"waiting": {"reason": reason}});
+        let app_waiting = json!([{"name": "web", "ready": false, "restartCount": 0,
+                                  "state": waiting("PodInitializing")}]);
+        let first_runs = pod(
+            json!([{"name": "setup", "restartCount": 0, "state": {"running": {}}},
+                   {"name": "proxy", "restartCount": 0, "state": waiting("PodInitializing")}]),
+            app_waiting.clone(),
+        );
+        assert_eq!(columns(&first_runs, now), ["0/2", "Init:0/2", "0", "60s"]);
+        let failing = pod(
+            json!([{"name": "setup", "restartCount": 2, "state": waiting("CrashLoopBackOff"),
+                    "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2026-12-02T06:59:30Z"}}},
+                   {"name": "proxy", "restartCount": 0, "state": waiting("PodInitializing")}]),
+            app_waiting.clone(),
+        );
+        assert_eq!(
+            columns(&failing, now),
+            ["0/2", "Init:CrashLoopBackOff", "2 (30s ago)", "60s"]
+        );
+        let failed = pod(
+            json!([{"name": "setup", "restartCount": 0, "state": {"terminated": {"exitCode": 3, "reason": "Error"}}},
+                   {"name": "proxy", "restartCount": 0, "state": waiting("PodInitializing")}]),
+            app_waiting,
+        );
+        assert_eq!(columns(&failed, now)[1], "Init:Error");
+        let running = pod(
+            json!([{"name": "setup", "restartCount": 1, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                   {"name": "proxy", "restartCount": 1, "ready": true, "started": true, "state": {"running": {}}}]),
+            json!([{"name": "web", "ready": true, "restartCount": 0, "state": {"running": {}}}]),
+        );
+        // The sidecar counts among the containers and its restarts count; the completed
+        // init container's do not.
+        assert_eq!(columns(&running, now), ["2/2", "Running", "1", "60s"]);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! 4. the bundle (the spec and the overlay's upper and work directories) and a hold on
 //!    the image's layers;
 //! 5. the log pipes, handed to PID 1 to keep, and their copiers;
-//! 6. container-init, on a blocking thread.
+//! 6. container-init, on a blocking thread, which joins the pod's sandbox (its shared
+//!    network, IPC and UTS namespaces, made by [`Engine::sandbox`] before the pod's first
+//!    container).
 //!
 //! A run ends when its process does: the engine learns the exit from a pidfd and PID 1's
 //! exit record, the OOM kill from the cgroup's `memory.events`, then removes the bundle,
@@ -26,8 +28,10 @@ use keelson_runtime::cgroup::CgroupTree;
 use keelson_runtime::process::{self, ImageProcess, User};
 use keelson_runtime::resources::CgroupValues;
 use keelson_runtime::shell::launch::Launcher;
+use keelson_runtime::shell::sandbox::{self, SandboxSpec};
 use keelson_runtime::spec::{
-    ContainerSpec, ExecSpec, IdMapping, NetworkMode, Process, RootSpec, DEFAULT_RLIMITS,
+    ContainerSpec, ExecSpec, IdMapping, NetworkMode, Process, RootSpec, SharedNamespaces,
+    DEFAULT_RLIMITS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -99,6 +103,7 @@ pub struct Engine {
     launcher: Launcher,
     bundles: PathBuf,
     logs: PathBuf,
+    sandboxes: PathBuf,
     cgroups: CgroupTree,
     inherited: InheritedPipes,
     log_limits: LogLimits,
@@ -113,6 +118,8 @@ pub struct EnginePaths {
     pub logs: PathBuf,
     /// The cgroup2 root (`/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
+    /// Pod sandboxes, their namespaces pinned (`/run/keelson/pods`): gone with a reboot.
+    pub sandboxes: PathBuf,
     /// The binary that runs container-init (the agent's own).
     pub container_init: PathBuf,
 }
@@ -131,6 +138,7 @@ impl Engine {
             launcher: Launcher::new(paths.container_init),
             bundles: paths.bundles,
             logs: paths.logs,
+            sandboxes: paths.sandboxes,
             cgroups: CgroupTree::new(paths.cgroup_root),
             inherited,
             log_limits: LogLimits::default(),
@@ -154,33 +162,68 @@ impl Engine {
         )
     }
 
-    /// The log file of run `run` of the pod's container.
-    pub fn run_log(&self, pod: &Pod, run: u32) -> PathBuf {
-        let container = crate::pod::container(pod)
-            .map(|container| container.name.clone())
-            .unwrap_or_default();
-        logs::run_log(&self.pod_log_dir(pod), &container, run)
+    /// The log file of run `run` of the pod's container `container`.
+    pub fn run_log(&self, pod: &Pod, container: &str, run: u32) -> PathBuf {
+        logs::run_log(&self.pod_log_dir(pod), container, run)
     }
 
-    fn cgroup_of(pod: &Pod) -> PathBuf {
-        let container = crate::pod::container(pod)
-            .map(|container| container.name.as_str())
-            .unwrap_or_default();
+    fn cgroup_of(pod: &Pod, container: &str) -> PathBuf {
         CgroupTree::container_path(pod.metadata.uid.as_deref().unwrap_or_default(), container)
     }
 
-    /// Starts run number `run` of the pod's container, in a user namespace of those node
-    /// ids when it has one.
+    fn sandbox_dir(&self, pod: &Pod) -> PathBuf {
+        self.sandboxes
+            .join(pod.metadata.uid.as_deref().unwrap_or_default())
+    }
+
+    fn has_own_network(pod: &Pod) -> bool {
+        !pod.spec
+            .as_ref()
+            .and_then(|spec| spec.host_network)
+            .unwrap_or(false)
+    }
+
+    /// True when the pod's sandbox is there (a reboot removes it).
+    pub fn sandbox_exists(&self, pod: &Pod) -> bool {
+        sandbox::exists(&self.sandbox_dir(pod), Self::has_own_network(pod))
+    }
+
+    /// The pod's sandbox: the namespaces its containers share, made when missing.
+    pub fn sandbox(
+        &self,
+        pod: &Pod,
+        user_namespace: Option<IdMapping>,
+    ) -> Result<SharedNamespaces, StartFailure> {
+        let directory = self.sandbox_dir(pod);
+        let own_network = Self::has_own_network(pod);
+        if sandbox::exists(&directory, own_network) {
+            return Ok(sandbox::namespaces(&directory, own_network));
+        }
+        let spec = SandboxSpec {
+            hostname: pod.metadata.name.clone().unwrap_or_default(),
+            own_network,
+            open_to_unprivileged: user_namespace.is_some(),
+        };
+        sandbox::create(&directory, &spec).map_err(|error| {
+            failure("CreateContainerError")(format!("cannot make the pod's sandbox: {error}"))
+        })
+    }
+
+    /// Starts run number `run` of the pod's container `name` in the pod's `shared`
+    /// namespaces, in a user namespace of those node ids when it has one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
         pod: &Pod,
+        name: &str,
         run: u32,
         now: u64,
         user_namespace: Option<IdMapping>,
+        shared: SharedNamespaces,
         notes: &mut Vec<Note>,
     ) -> Result<Started, StartFailure> {
-        let container = crate::pod::container(pod).ok_or_else(|| {
-            failure("CreateContainerConfigError")("the pod has no container".into())
+        let container = crate::pod::container_named(pod, name).ok_or_else(|| {
+            failure("CreateContainerConfigError")(format!("the pod has no container {name}"))
         })?;
         let image_name = container.image.clone().unwrap_or_default();
         let policy = container
@@ -257,7 +300,7 @@ impl Engine {
         // 3. The cgroup.
         let resources =
             crate::pod::resources_of(container).map_err(failure("CreateContainerConfigError"))?;
-        let cgroup_relative = Self::cgroup_of(pod);
+        let cgroup_relative = Self::cgroup_of(pod, name);
         let cgroup = self
             .cgroups
             .create(&cgroup_relative, &CgroupValues::of(&resources))
@@ -311,7 +354,7 @@ impl Engine {
             },
             cgroup,
             user_namespace,
-            shared: Default::default(),
+            shared,
         };
         spec.write(&bundle).map_err(|error| {
             failure("CreateContainerError")(format!("cannot write {}: {error}", bundle.display()))
@@ -321,7 +364,7 @@ impl Engine {
             .await
             .map_err(failure("CreateContainerError"))?;
         // 5. The log pipes.
-        let log_path = self.run_log(pod, run);
+        let log_path = self.run_log(pod, name, run);
         // The kubelet keeps the current run and the one before (`logs --previous`).
         if let Some(container_dir) = log_path.parent() {
             logs::prune_runs(container_dir, run.saturating_sub(1));
@@ -342,7 +385,7 @@ impl Engine {
         let launched = match launched {
             Ok(launched) => launched,
             Err(failure) => {
-                self.clean_up(&run_id, pod).await;
+                self.clean_up(&run_id, pod, name).await;
                 return Err(failure);
             }
         };
@@ -373,8 +416,9 @@ impl Engine {
         })
     }
 
-    /// Finds a run again after the agent restarted, and follows its logs again.
-    pub fn find(&self, pod: &Pod, run: u32, record: &RunningRecord) -> Found {
+    /// Finds a run of container `name` again after the agent restarted, and follows its
+    /// logs again.
+    pub fn find(&self, pod: &Pod, name: &str, run: u32, record: &RunningRecord) -> Found {
         let found = if start_time_of(record.pid) == Some(record.start_time) {
             Found::Running
         } else {
@@ -383,7 +427,7 @@ impl Engine {
                 None => Found::Lost,
             }
         };
-        let log = LogWriter::open(&self.run_log(pod, run), self.log_limits);
+        let log = LogWriter::open(&self.run_log(pod, name, run), self.log_limits);
         for stream in ["stdout", "stderr"] {
             let name = handoff::pipe_name(&record.run_id, stream);
             match (self.inherited.claim(&name), &log) {
@@ -466,24 +510,24 @@ impl Engine {
         }
     }
 
-    /// True when the kernel killed something in the pod's container cgroup for its memory
-    /// limit during this run.
-    pub fn oom_killed(&self, pod: &Pod) -> bool {
+    /// True when the kernel killed something in the cgroup of the pod's container `name`
+    /// for its memory limit during this run.
+    pub fn oom_killed(&self, pod: &Pod, name: &str) -> bool {
         self.cgroups
-            .memory_events(&Self::cgroup_of(pod))
+            .memory_events(&Self::cgroup_of(pod, name))
             .is_ok_and(|events| events.oom_kill > 0)
     }
 
     /// Removes what a run left: its bundle, its cgroup (recreated by the next run, so that
     /// counters start again) and its hold on the image's layers.
-    pub async fn clean_up(&self, run_id: &str, pod: &Pod) {
+    pub async fn clean_up(&self, run_id: &str, pod: &Pod, name: &str) {
         let bundle = self.bundles.join(run_id);
         if let Err(error) = std::fs::remove_dir_all(&bundle) {
             if error.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("cannot remove {}: {error}", bundle.display());
             }
         }
-        let cgroup = Self::cgroup_of(pod);
+        let cgroup = Self::cgroup_of(pod, name);
         // The kernel empties a cgroup shortly after its last process exits.
         for _ in 0..50 {
             if self.cgroups.remove(&cgroup).is_ok() {
@@ -494,11 +538,12 @@ impl Engine {
         self.access.release(run_id).await;
     }
 
-    /// Removes the pod's own cgroup and its logs (the pod is deleted).
+    /// Removes the pod's own cgroup, its sandbox and its logs (the pod is deleted).
     pub fn forget(&self, pod: &Pod) {
-        if let Some(pod_cgroup) = Self::cgroup_of(pod).parent() {
+        if let Some(pod_cgroup) = Self::cgroup_of(pod, "-").parent() {
             let _ = self.cgroups.remove(pod_cgroup);
         }
+        sandbox::remove(&self.sandbox_dir(pod));
         let _ = std::fs::remove_dir_all(self.pod_log_dir(pod));
     }
 }

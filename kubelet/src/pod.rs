@@ -1,13 +1,14 @@
 //! Admission: which `v1/Pod`s this node runs, with Kubernetes' defaults filled in, and what
 //! the runtime's pure cores need from one. Pure.
 //!
-//! This node runs pods of one container (init containers, several containers, volumes and
-//! probes come with the full kubelet). A pod that asks for more is refused, naming the
-//! field, rather than run in part.
+//! A pod that asks for what this node cannot do yet (volumes, probes, ...) is refused,
+//! naming the field, rather than run in part.
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keelson_runtime::lifecycle::RestartPolicy;
+
+use crate::lifecycle::Role;
 use keelson_runtime::process::ContainerRequest;
 use keelson_runtime::resources::{self, Resources};
 use keelson_runtime::spec::SeccompProfile;
@@ -91,12 +92,6 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
     };
     let unsupported = [
         (
-            "spec.initContainers",
-            spec.init_containers
-                .as_ref()
-                .is_some_and(|list| !list.is_empty()),
-        ),
-        (
             "spec.volumes",
             spec.volumes.as_ref().is_some_and(|list| !list.is_empty()),
         ),
@@ -109,9 +104,7 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
     ];
     for (field, present) in unsupported {
         if present {
-            return Err(format!(
-                "pod {name}: {field} is not supported yet; this node runs pods of one container"
-            ));
+            return Err(format!("pod {name}: {field} is not supported yet"));
         }
     }
     if spec.host_users == Some(false) && spec.host_network == Some(true) {
@@ -120,10 +113,9 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
              a pod's own user namespace needs its own network namespace"
         ));
     }
-    if spec.containers.len() != 1 {
+    if spec.containers.is_empty() {
         return Err(format!(
-            "pod {name} has {} containers in spec.containers; this node runs pods of exactly one container for now",
-            spec.containers.len()
+            "pod {name}: spec.containers must have at least one container"
         ));
     }
     let policy = spec
@@ -140,66 +132,30 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
             "pod {name}: spec.terminationGracePeriodSeconds must not be negative"
         ));
     }
-    for container in &mut spec.containers {
-        check_name("spec.containers[0].name", &container.name)?;
-        if container
-            .image
-            .as_deref()
-            .unwrap_or_default()
-            .trim()
-            .is_empty()
-        {
-            return Err(format!("pod {name}: spec.containers[0].image is required"));
-        }
-        let latest = container.image.as_deref().is_some_and(|image| {
-            let last = image.rsplit('/').next().unwrap_or(image);
-            !last.contains(':') && !image.contains('@') || last.ends_with(":latest")
-        });
-        container
-            .image_pull_policy
-            .get_or_insert_with(|| if latest { "Always" } else { "IfNotPresent" }.to_owned());
-        if container
-            .volume_mounts
-            .as_ref()
-            .is_some_and(|mounts| !mounts.is_empty())
-        {
-            return Err(format!("pod {name}: volumeMounts are not supported yet"));
-        }
-        resources_of(container).map_err(|error| format!("pod {name}: {error}"))?;
-        let profiles = [
-            container
-                .security_context
-                .as_ref()
-                .and_then(|context| context.seccomp_profile.as_ref()),
-            spec.security_context
-                .as_ref()
-                .and_then(|context| context.seccomp_profile.as_ref()),
-        ];
-        for profile in profiles.into_iter().flatten() {
-            if !matches!(profile.type_.as_str(), "RuntimeDefault" | "Unconfined") {
-                return Err(format!(
-                    "pod {name}: seccompProfile.type {:?} is not supported: use RuntimeDefault or Unconfined",
-                    profile.type_
-                ));
-            }
-        }
-        if container
-            .security_context
-            .as_ref()
-            .and_then(|context| context.privileged)
-            == Some(true)
-        {
+    let pod_profile = spec
+        .security_context
+        .as_ref()
+        .and_then(|context| context.seccomp_profile.clone());
+    let mut seen = std::collections::BTreeMap::new();
+    let init = spec.init_containers.iter_mut().flatten();
+    let init = init
+        .enumerate()
+        .map(|(index, container)| (format!("spec.initContainers[{index}]"), container));
+    let app = spec
+        .containers
+        .iter_mut()
+        .enumerate()
+        .map(|(index, container)| (format!("spec.containers[{index}]"), container));
+    for (field, container) in init.chain(app) {
+        let is_init = field.starts_with("spec.initContainers");
+        admit_container(container, &field, is_init, pod_profile.as_ref())
+            .map_err(|error| format!("pod {name}: {error}"))?;
+        if let Some(first) = seen.insert(container.name.clone(), field.clone()) {
             return Err(format!(
-                "pod {name}: privileged containers are not supported yet"
+                "pod {name}: {field}.name: Duplicate value {:?} (also {first}.name); \
+                 every container of a pod, init containers included, needs a name of its own",
+                container.name
             ));
-        }
-        if let Some(env) = &container.env {
-            if let Some(variable) = env.iter().find(|variable| variable.value_from.is_some()) {
-                return Err(format!(
-                    "pod {name}: env {} uses valueFrom, which is not supported yet",
-                    variable.name
-                ));
-            }
         }
     }
     pod.metadata.uid = Some(uid.to_owned());
@@ -208,8 +164,122 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
     Ok(pod)
 }
 
-/// The one container of an admitted pod.
-pub fn container(pod: &Pod) -> Option<&Container> {
+/// Checks one container at `field` (`spec.containers[1]`), filling in its pull policy.
+fn admit_container(
+    container: &mut Container,
+    field: &str,
+    is_init: bool,
+    pod_profile: Option<&k8s_openapi::api::core::v1::SeccompProfile>,
+) -> Result<(), String> {
+    check_name(&format!("{field}.name"), &container.name)?;
+    if container
+        .image
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        return Err(format!("{field}.image is required"));
+    }
+    let latest = container.image.as_deref().is_some_and(|image| {
+        let last = image.rsplit('/').next().unwrap_or(image);
+        !last.contains(':') && !image.contains('@') || last.ends_with(":latest")
+    });
+    container
+        .image_pull_policy
+        .get_or_insert_with(|| if latest { "Always" } else { "IfNotPresent" }.to_owned());
+    if let Some(policy) = &container.image_pull_policy {
+        if !matches!(policy.as_str(), "Always" | "IfNotPresent" | "Never") {
+            return Err(format!(
+                "{field}.imagePullPolicy {policy:?} is not Always, IfNotPresent or Never"
+            ));
+        }
+    }
+    match (is_init, container.restart_policy.as_deref()) {
+        (_, None) | (true, Some("Always")) => {}
+        (true, Some(other)) => {
+            return Err(format!(
+                "{field}.restartPolicy {other:?}: an init container takes only \"Always\" (a sidecar)"
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(format!(
+                "{field}.restartPolicy: only init containers take one (the pod's spec.restartPolicy applies)"
+            ))
+        }
+    }
+    if container
+        .volume_mounts
+        .as_ref()
+        .is_some_and(|mounts| !mounts.is_empty())
+    {
+        return Err(format!("{field}.volumeMounts is not supported yet"));
+    }
+    resources_of(container).map_err(|error| format!("{field}.{error}"))?;
+    let profiles = [
+        container
+            .security_context
+            .as_ref()
+            .and_then(|context| context.seccomp_profile.as_ref()),
+        pod_profile,
+    ];
+    for profile in profiles.into_iter().flatten() {
+        if !matches!(profile.type_.as_str(), "RuntimeDefault" | "Unconfined") {
+            return Err(format!(
+                "{field}: seccompProfile.type {:?} is not supported: use RuntimeDefault or Unconfined",
+                profile.type_
+            ));
+        }
+    }
+    if container
+        .security_context
+        .as_ref()
+        .and_then(|context| context.privileged)
+        == Some(true)
+    {
+        return Err(format!(
+            "{field}.securityContext.privileged: privileged containers are not supported yet"
+        ));
+    }
+    if let Some(env) = &container.env {
+        if let Some(variable) = env.iter().find(|variable| variable.value_from.is_some()) {
+            return Err(format!(
+                "{field}.env {}: valueFrom is not supported yet",
+                variable.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pod's containers as its lifecycle takes them: init containers (sidecars among
+/// them) in order, then app containers.
+pub fn members(pod: &Pod) -> Vec<(&Container, Role)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let init = spec.init_containers.iter().flatten().map(|container| {
+        let sidecar = container.restart_policy.as_deref() == Some("Always");
+        (container, if sidecar { Role::Sidecar } else { Role::Init })
+    });
+    let app = spec
+        .containers
+        .iter()
+        .map(|container| (container, Role::App));
+    init.chain(app).collect()
+}
+
+/// The container named `name`, init containers included.
+pub fn container_named<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    members(pod)
+        .into_iter()
+        .map(|(container, _)| container)
+        .find(|container| container.name == name)
+}
+
+/// The container that `logs` and `exec` mean when none is named: the first app container
+/// (as kubectl defaults to it).
+pub fn default_container(pod: &Pod) -> Option<&Container> {
     pod.spec.as_ref().and_then(|spec| spec.containers.first())
 }
 
@@ -449,7 +519,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": []}}),
-                "has 0 containers",
+                "spec.containers must have at least one container",
             ),
             (
                 serde_json::json!({"metadata": {"name": "web"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "x"}]}}),
@@ -467,6 +537,23 @@ mod tests {
                 serde_json::json!({"metadata": {"name": "web"}, "spec": {"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "a", "image": "x"}]}}),
                 "spec.volumes is not supported yet",
             ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {
+                    "initContainers": [{"name": "web", "image": "x"}],
+                    "containers": [{"name": "a", "image": "x"}, {"name": "web", "image": "y"}]}}),
+                "pod web: spec.containers[1].name: Duplicate value \"web\" (also spec.initContainers[0].name)",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {
+                    "initContainers": [{"name": "i", "image": "x", "restartPolicy": "OnFailure"}],
+                    "containers": [{"name": "a", "image": "x"}]}}),
+                "spec.initContainers[0].restartPolicy \"OnFailure\": an init container takes only",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {
+                    "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "x", "resources": {"requests": {"cpu": "lots"}}}]}}),
+                "pod web: spec.containers[1].resources.requests.cpu",
+            ),
         ];
         for (json, expected) in cases {
             let error = admit(pod(json), "u", now()).unwrap_err();
@@ -478,6 +565,53 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_sidecars_and_app_containers_keep_their_order_and_roles() {
+        let admitted = admit(
+            pod(serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {
+                    "initContainers": [
+                        {"name": "setup", "image": "busybox:1"},
+                        {"name": "proxy", "image": "busybox:1", "restartPolicy": "Always"}
+                    ],
+                    "containers": [{"name": "web", "image": "busybox:1"}, {"name": "log", "image": "busybox"}]
+                }
+            })),
+            "u",
+            now(),
+        )
+        .unwrap();
+        let members: Vec<(&str, Role)> = members(&admitted)
+            .into_iter()
+            .map(|(container, role)| (container.name.as_str(), role))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("setup", Role::Init),
+                ("proxy", Role::Sidecar),
+                ("web", Role::App),
+                ("log", Role::App)
+            ]
+        );
+        assert_eq!(default_container(&admitted).unwrap().name, "web");
+        assert_eq!(
+            container_named(&admitted, "log")
+                .unwrap()
+                .image_pull_policy
+                .as_deref(),
+            Some("Always")
+        );
+        assert_eq!(
+            container_named(&admitted, "setup")
+                .unwrap()
+                .image_pull_policy
+                .as_deref(),
+            Some("IfNotPresent")
+        );
+    }
+
+    #[test]
     fn security_contexts_choose_no_new_privs_and_the_seccomp_profile() {
         let admitted = pod(serde_json::json!({
             "metadata": {"name": "web"},
@@ -486,7 +620,7 @@ mod tests {
                 "containers": [{"name": "a", "image": "x",
                                 "securityContext": {"allowPrivilegeEscalation": false}}]}
         }));
-        let container = container(&admitted).unwrap();
+        let container = default_container(&admitted).unwrap();
         assert!(no_new_privileges(container));
         assert_eq!(
             seccomp_profile(&admitted, container),
@@ -499,7 +633,7 @@ mod tests {
                 "containers": [{"name": "a", "image": "x",
                                 "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}]}
         }));
-        let container = crate::pod::container(&strict).unwrap();
+        let container = default_container(&strict).unwrap();
         assert!(!no_new_privileges(container));
         assert_eq!(
             seccomp_profile(&strict, container),
@@ -520,7 +654,7 @@ mod tests {
             "metadata": {"name": "web"},
             "spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}]}
         }));
-        let resources = resources_of(container(&admitted).unwrap()).unwrap();
+        let resources = resources_of(default_container(&admitted).unwrap()).unwrap();
         assert_eq!(resources.cpu_limit_millis, Some(500));
         assert_eq!(resources.cpu_request_millis, Some(500));
         assert_eq!(resources.memory_limit_bytes, Some(64 << 20));

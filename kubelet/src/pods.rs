@@ -1,19 +1,21 @@
-//! The pod supervisor: one task per pod drives its container's lifecycle
-//! (`keelson_runtime::lifecycle`) with the engine, keeps what must survive on STATE, and
-//! answers the API with `v1/Pod`s carrying the kubelet's status.
+//! The pod supervisor: one task per pod drives the pod's lifecycle ([`crate::lifecycle`],
+//! over each container's `keelson_runtime::lifecycle`) with the engine, keeps what must
+//! survive on STATE, and answers the API with `v1/Pod`s carrying the kubelet's status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Pod;
-use keelson_runtime::lifecycle::{Action, Container, Event, State};
+use keelson_contract::exits::ExitStatus;
+use keelson_runtime::lifecycle::{Container, Event, State};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, Found};
 use crate::events::{EventLog, EventType};
+use crate::lifecycle::{Member, PodAction, PodEvent, PodLifecycle};
 use crate::status::{self, ContainerFacts};
-use crate::store::{PodRecord, PodStore, SavedRun};
+use crate::store::{PodRecord, PodStore, SavedContainer, SavedRun};
 
 /// Why a request about pods failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +44,49 @@ impl std::fmt::Display for PodsError {
 /// What a pod's task shares with the API.
 struct Shared {
     record: PodRecord,
-    container: Container,
-    facts: ContainerFacts,
+    pod: PodLifecycle,
+    /// Each container's facts, in the order of the lifecycle's members.
+    facts: Vec<ContainerFacts>,
     events: EventLog,
 }
 
 impl Shared {
-    fn container_name(&self) -> String {
-        crate::pod::container(&self.record.pod)
-            .map(|container| container.name.clone())
+    fn member(&self, index: usize) -> Option<&Member> {
+        self.pod.members().get(index)
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.member(index)
+            .map(|member| member.name.clone())
             .unwrap_or_default()
+    }
+
+    fn saved(&self, index: usize) -> SavedContainer {
+        self.record.saved(&self.name(index))
+    }
+
+    fn saved_mut(&mut self, index: usize) -> &mut SavedContainer {
+        let name = self.name(index);
+        self.record.containers.entry(name).or_default()
+    }
+
+    /// The container `asked` for (None: the default one), by index.
+    fn index_of(&self, asked: Option<&str>, pod_name: &str) -> Result<usize, PodsError> {
+        let default = crate::pod::default_container(&self.record.pod)
+            .map(|container| container.name.as_str())
+            .unwrap_or_default();
+        let wanted = asked.unwrap_or(default);
+        let members = self.pod.members();
+        members
+            .iter()
+            .position(|member| member.name == wanted)
+            .ok_or_else(|| {
+                let names: Vec<&str> = members.iter().map(|member| member.name.as_str()).collect();
+                PodsError::NotFound(format!(
+                    "container {wanted} is not valid for pod {pod_name}: its containers are {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -155,11 +190,7 @@ impl Kubelet {
             }
             _ => None,
         };
-        let record = PodRecord {
-            pod: admitted,
-            container: Default::default(),
-            user_namespace,
-        };
+        let record = PodRecord::new(admitted, user_namespace);
         self.store.save(&record).map_err(PodsError::Storage)?;
         tracing::info!(pod = %format!("{}/{}", key.0, key.1), "pod admitted");
         self.resume(record);
@@ -256,8 +287,9 @@ impl Kubelet {
         })
     }
 
-    /// The log file of the pod's current (or previous) run of `container` (None: the
-    /// pod's only one), and whether that run may still write to it.
+    /// The log file of the pod's current (or previous) run of `container` (None: its
+    /// first app container, as kubectl defaults), and whether that run may still write
+    /// to it.
     pub fn log_file(
         &self,
         namespace: &str,
@@ -266,42 +298,39 @@ impl Kubelet {
         previous: bool,
     ) -> Result<(std::path::PathBuf, bool), PodsError> {
         self.with_pod(namespace, name, |shared| {
-            let own = crate::pod::container(&shared.record.pod)
-                .map(|container| container.name.as_str())
-                .unwrap_or_default();
-            if let Some(asked) = container.filter(|asked| *asked != own) {
-                return Err(PodsError::NotFound(format!(
-                    "container {asked} is not valid for pod {name}: its container is {own}"
-                )));
-            }
-            self.log_file_of(shared, name, previous)
+            let index = shared.index_of(container, name)?;
+            self.log_file_of(shared, index, name, previous)
         })?
     }
 
     fn log_file_of(
         &self,
         shared: &Shared,
+        index: usize,
         name: &str,
         previous: bool,
     ) -> Result<(std::path::PathBuf, bool), PodsError> {
-        let runs = shared.record.container.runs;
-        let running = shared.record.container.running.is_some();
+        let container = shared.name(index);
+        let saved = shared.saved(index);
+        let runs = saved.runs;
         if runs == 0 {
             return Err(PodsError::NotFound(format!(
-                "container {} in pod {name} has not started yet",
-                crate::pod::container(&shared.record.pod)
-                    .map(|container| container.name.as_str())
-                    .unwrap_or_default()
+                "container {container} in pod {name} has not started yet"
             )));
         }
+        let Some(member) = shared.member(index) else {
+            return Err(PodsError::NotFound(format!(
+                "pod {name} has no container {container}"
+            )));
+        };
         if previous {
             // As the kubelet does: the previous run is the one `lastState` reports, the
             // run before the current one, or, between runs (backing off), the last one.
             let between_runs = matches!(
-                shared.container.state,
+                member.container.state,
                 State::BackOff { .. } | State::Creating
             );
-            let previous = if shared.container.last.is_none() {
+            let previous = if member.container.last.is_none() {
                 None
             } else if between_runs {
                 runs.checked_sub(1)
@@ -310,31 +339,39 @@ impl Kubelet {
             };
             let Some(previous) = previous else {
                 return Err(PodsError::NotFound(format!(
-                    "previous terminated container {} in pod {name} not found",
-                    crate::pod::container(&shared.record.pod)
-                        .map(|container| container.name.as_str())
-                        .unwrap_or_default()
+                    "previous terminated container {container} in pod {name} not found"
                 )));
             };
-            return Ok((self.engine.run_log(&shared.record.pod, previous), false));
+            return Ok((
+                self.engine
+                    .run_log(&shared.record.pod, &container, previous),
+                false,
+            ));
         }
-        Ok((self.engine.run_log(&shared.record.pod, runs - 1), running))
+        Ok((
+            self.engine
+                .run_log(&shared.record.pod, &container, runs - 1),
+            saved.running.is_some(),
+        ))
     }
 
-    /// What `exec` needs to run `command` in the pod's running container.
+    /// What `exec` needs to run `command` in the pod's running container `container`
+    /// (None: its first app container).
     pub fn exec_spec(
         &self,
         namespace: &str,
         name: &str,
+        container: Option<&str>,
         command: Vec<String>,
         terminal: bool,
     ) -> Result<keelson_runtime::spec::ExecSpec, PodsError> {
-        let running = self.with_pod(namespace, name, |shared| {
-            shared.record.container.running.clone()
-        })?;
+        let (running, container) = self.with_pod(namespace, name, |shared| {
+            let index = shared.index_of(container, name)?;
+            Ok::<_, PodsError>((shared.saved(index).running, shared.name(index)))
+        })??;
         let running = running.ok_or_else(|| {
             PodsError::Invalid(format!(
-                "cannot exec into pod {name}: its container is not running (keelctl get pod {name})"
+                "cannot exec into container {container} of pod {name}: it is not running (keelctl get pod {name})"
             ))
         })?;
         if command.is_empty() {
@@ -360,7 +397,7 @@ impl Kubelet {
         let mut pod = shared.record.pod.clone();
         pod.status = Some(status::pod_status(
             &pod,
-            &shared.container,
+            &shared.pod,
             &shared.facts,
             host_ip.as_deref(),
         ));
@@ -384,61 +421,80 @@ impl Kubelet {
             .collect()
     }
 
-    /// Starts the task of a kept or new pod.
+    /// Starts the task of a kept or new pod: each container met running is watched
+    /// again, one that ended while the agent was away is told so, and a sandbox that a
+    /// reboot took is made again.
     fn resume(self: &Arc<Self>, record: PodRecord) {
         let key = crate::key(&record.pod);
         let policy = crate::pod::restart_policy(&record.pod);
-        let saved = record.container.clone();
-        let last = saved.last.map(Into::into);
+        let mut members = Vec::new();
+        let mut facts = Vec::new();
         let mut pending = Vec::new();
-        let state = match (&saved.running, saved.finished) {
-            (Some(running), _) => {
-                let run = saved.runs.saturating_sub(1);
-                match self.engine.find(&record.pod, run, running) {
-                    Found::Running => State::Running {
+        let mut ended_away = Vec::new();
+        let mut ever_started = false;
+        for (index, (spec, role)) in crate::pod::members(&record.pod).into_iter().enumerate() {
+            let saved = record.saved(&spec.name);
+            ever_started |= saved.first_started_at.is_some();
+            let state = match (&saved.running, saved.finished) {
+                (Some(running), _) => {
+                    let run = saved.runs.saturating_sub(1);
+                    let found = self.engine.find(&record.pod, &spec.name, run, running);
+                    let exit = match found {
+                        Found::Running => None,
+                        Found::Exited(status) => Some((
+                            status.code(),
+                            self.engine.oom_killed(&record.pod, &spec.name),
+                        )),
+                        Found::Lost => Some((137, false)),
+                    };
+                    if let Some(ended) = exit {
+                        // Met as running, then told how it ended (or that it is gone).
+                        ended_away.push((index, ended));
+                    }
+                    State::Running {
                         pid: running.pid,
                         started_at: running.started_at,
-                    },
-                    found => {
-                        // Met as running, then told how it ended (or that it is gone).
-                        let (exit_code, oom_killed) = match found {
-                            Found::Exited(status) => {
-                                (status.code(), self.engine.oom_killed(&record.pod))
-                            }
-                            _ => (137, false),
-                        };
-                        pending.push(Event::Exited {
-                            exit_code,
-                            oom_killed,
-                            at: now(),
-                        });
-                        State::Running {
-                            pid: running.pid,
-                            started_at: running.started_at,
-                        }
                     }
                 }
-            }
-            (None, Some(finished)) => State::Terminated(finished.into()),
-            (None, None) => State::Creating,
-        };
-        let container = Container::resume(policy, state, last, saved.restart_count);
-        let facts = ContainerFacts {
-            image: crate::pod::container(&record.pod)
-                .and_then(|container| container.image.clone())
-                .unwrap_or_default(),
-            image_id: saved.image_id.clone(),
-            container_id: saved
-                .running
-                .as_ref()
-                .map(|running| format!("keelson://{}", running.run_id)),
-            waiting: None,
-            ever_started: saved.first_started_at.is_some(),
-            pod_started_at: saved.first_started_at,
-        };
+                (None, Some(finished)) => State::Terminated(finished.into()),
+                (None, None) => State::Creating,
+            };
+            let container = Container::resume(
+                role.container_policy(policy),
+                state,
+                saved.last.map(Into::into),
+                saved.restart_count,
+            );
+            members.push(Member::resume(
+                spec.name.clone(),
+                role,
+                container,
+                saved.first_started_at.is_some(),
+            ));
+            facts.push(ContainerFacts {
+                image: spec.image.clone().unwrap_or_default(),
+                image_id: saved.image_id.clone(),
+                // The last run's id (`<pod uid>.<container>.<run>`).
+                container_id: saved.runs.checked_sub(1).map(|run| {
+                    format!(
+                        "keelson://{}.{}.{run}",
+                        record.pod.metadata.uid.as_deref().unwrap_or_default(),
+                        spec.name
+                    )
+                }),
+                waiting: None,
+                ever_started: saved.first_started_at.is_some(),
+                first_started_at: saved.first_started_at,
+            });
+        }
+        if ever_started && !self.engine.sandbox_exists(&record.pod) {
+            pending.push(PodEvent::SandboxRecreated { at: now() });
+        }
+        let grace = crate::pod::grace_seconds(&record.pod);
+        let (pod, starts) = PodLifecycle::resume(members, grace, now());
         let shared = Arc::new(Mutex::new(Shared {
             record,
-            container,
+            pod,
             facts,
             events: EventLog::default(),
         }));
@@ -457,10 +513,10 @@ impl Kubelet {
         let worker = Worker {
             kubelet: self.clone(),
             shared,
-            exits: None,
+            exits: tokio::task::JoinSet::new(),
             wake: None,
         };
-        tokio::spawn(worker.run(pending, delete_receiver, gone_sender));
+        tokio::spawn(worker.run(starts, ended_away, pending, delete_receiver, gone_sender));
     }
 }
 
@@ -468,80 +524,83 @@ impl Kubelet {
 struct Worker {
     kubelet: Arc<Kubelet>,
     shared: Arc<Mutex<Shared>>,
-    exits: Option<tokio::task::JoinHandle<Option<keelson_contract::exits::ExitStatus>>>,
+    /// One waiter per running container: its index and how its process ended.
+    exits: tokio::task::JoinSet<(usize, Option<ExitStatus>)>,
     wake: Option<u64>,
 }
 
 impl Worker {
     async fn run(
         mut self,
-        initial: Vec<Event>,
+        starts: Vec<PodAction>,
+        ended_away: Vec<(usize, (i32, bool))>,
+        initial: Vec<PodEvent>,
         mut delete: mpsc::Receiver<Option<u64>>,
         gone: watch::Sender<bool>,
     ) {
-        let engine = self.kubelet.engine.clone();
-        // A container met running is watched again; one in Creating starts.
-        let mut actions = Vec::new();
-        if let Some((State::Running { .. }, Some(running))) = self.with(|shared| {
-            (
-                shared.container.state,
-                shared.record.container.running.clone(),
-            )
-        }) {
-            if initial.is_empty() {
-                let engine = engine.clone();
-                self.exits = Some(tokio::spawn(async move { engine.wait(&running).await }));
+        // Containers met running are watched again, unless already known to have ended.
+        let met_running: Vec<(usize, crate::store::RunningRecord)> = self
+            .with(|shared| {
+                (0..shared.pod.members().len())
+                    .filter_map(|index| shared.saved(index).running.map(|running| (index, running)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (index, running) in met_running {
+            if !ended_away.iter().any(|(ended, _)| *ended == index) {
+                self.watch(index, running);
             }
         }
-        if matches!(
-            self.with(|shared| shared.container.state),
-            Some(State::Creating)
-        ) {
-            actions.push(Action::Start);
+        let mut actions: VecDeque<PodAction> = starts.into();
+        for (index, (exit_code, oom_killed)) in ended_away {
+            actions.extend(self.ended(index, exit_code, Some(oom_killed)).await);
         }
         for event in initial {
             actions.extend(self.step(event).await);
         }
         let mut deleting = false;
         loop {
-            while let Some(action) = actions.pop() {
+            while let Some(action) = actions.pop_front() {
                 actions.extend(self.perform(action).await);
             }
             let finished = self.with(|shared| {
-                matches!(shared.container.state, State::Terminated(_))
-                    && shared.record.container.running.is_none()
+                shared.pod.all_terminated()
+                    && shared
+                        .record
+                        .containers
+                        .values()
+                        .all(|saved| saved.running.is_none())
             });
             if deleting && finished == Some(true) {
                 break;
             }
             let wake = self.wake;
             tokio::select! {
-                exit = async { self.exits.as_mut().expect("guarded").await }, if self.exits.is_some() => {
-                    self.exits = None;
-                    let status = exit.ok().flatten();
-                    actions.extend(self.ended(status).await);
+                Some(joined) = self.exits.join_next(), if !self.exits.is_empty() => {
+                    match joined {
+                        Ok((index, status)) => {
+                            // No record of how it ended: 255, as for an unknown exit.
+                            let exit_code = status.map(|status| status.code()).unwrap_or(255);
+                            actions.extend(self.ended(index, exit_code, None).await)
+                        }
+                        Err(error) => tracing::warn!("a container's waiter failed: {error}"),
+                    }
                 }
                 request = delete.recv(), if !deleting => {
                     deleting = true;
                     let pods_own = self.with(|shared| crate::pod::grace_seconds(&shared.record.pod)).unwrap_or(30);
                     let grace = request.flatten().unwrap_or(pods_own);
-                    if let Ok(mut shared) = self.shared.lock() {
-                        if matches!(shared.container.state, State::Running { .. }) {
-                            let message = format!("Stopping container {}", shared.container_name());
-                            shared.events.record(EventType::Normal, "Killing", message, now());
-                        }
-                    }
-                    actions.extend(self.step(Event::StopRequested { at: now(), grace_seconds: grace }).await);
+                    actions.extend(self.step(PodEvent::StopRequested { at: now(), grace_seconds: grace }).await);
                 }
                 _ = sleep_until(wake), if wake.is_some() => {
                     self.wake = None;
-                    actions.extend(self.step(Event::Tick { at: now() }).await);
+                    actions.extend(self.step(PodEvent::Tick { at: now() }).await);
                 }
             }
         }
         let pod = self.with(|shared| shared.record.pod.clone());
         if let Some(pod) = pod {
-            engine.forget(&pod);
+            self.kubelet.engine.forget(&pod);
             let (namespace, name) = crate::key(&pod);
             if let Err(error) = self.kubelet.store.remove(&namespace, &name) {
                 tracing::warn!("{error}");
@@ -555,36 +614,57 @@ impl Worker {
         self.shared.lock().ok().map(|shared| read(&shared))
     }
 
-    /// Steps the lifecycle, keeps the result on STATE, returns the actions.
-    async fn step(&mut self, event: Event) -> Vec<Action> {
+    /// Waits for container `index`'s run to end.
+    fn watch(&mut self, index: usize, running: crate::store::RunningRecord) {
+        let engine = self.kubelet.engine.clone();
+        self.exits
+            .spawn(async move { (index, engine.wait(&running).await) });
+    }
+
+    /// Steps the pod's lifecycle, keeps the result on STATE, returns the actions.
+    async fn step(&mut self, event: PodEvent) -> Vec<PodAction> {
         let Ok(mut shared) = self.shared.lock() else {
             return Vec::new();
         };
-        let actions = match shared.container.step(event) {
+        let backing_off = |shared: &Shared| -> Vec<bool> {
+            shared
+                .pod
+                .members()
+                .iter()
+                .map(|member| matches!(member.container.state, State::BackOff { .. }))
+                .collect()
+        };
+        let before = backing_off(&shared);
+        let actions = match shared.pod.step(event) {
             Ok(actions) => actions,
             Err(refused) => {
                 tracing::warn!("{refused}");
                 Vec::new()
             }
         };
-        let container = shared.container.clone();
-        let saved = &mut shared.record.container;
-        saved.restart_count = container.restart_count;
-        saved.last = container.last.map(SavedRun::from);
-        saved.finished = match container.state {
-            State::Terminated(run) => Some(run.into()),
-            _ => None,
-        };
-        if matches!(shared.container.state, State::BackOff { .. }) {
-            if let Some((reason, _)) = shared.facts.waiting.as_mut() {
-                if reason == "ErrImagePull" {
-                    *reason = "ImagePullBackOff".into();
+        let after = backing_off(&shared);
+        for index in 0..shared.pod.members().len() {
+            let Some(member) = shared.member(index).cloned() else {
+                continue;
+            };
+            let saved = shared.saved_mut(index);
+            saved.restart_count = member.container.restart_count;
+            saved.last = member.container.last.map(SavedRun::from);
+            saved.finished = match member.container.state {
+                State::Terminated(run) => Some(run.into()),
+                _ => None,
+            };
+            if after[index] && !before[index] {
+                if let Some((reason, _)) = shared.facts[index].waiting.as_mut() {
+                    if reason == "ErrImagePull" {
+                        *reason = "ImagePullBackOff".into();
+                    }
                 }
+                let message = backoff_message(&shared, index);
+                shared
+                    .events
+                    .record(EventType::Warning, "BackOff", message, now());
             }
-            let message = backoff_message(&shared);
-            shared
-                .events
-                .record(EventType::Warning, "BackOff", message, now());
         }
         if let Err(error) = self.kubelet.store.save(&shared.record) {
             tracing::warn!("{error}");
@@ -592,131 +672,154 @@ impl Worker {
         actions
     }
 
-    async fn perform(&mut self, action: Action) -> Vec<Action> {
+    async fn perform(&mut self, action: PodAction) -> Vec<PodAction> {
         let engine = self.kubelet.engine.clone();
         match action {
-            Action::Start => {
-                let Some((pod, run, user_namespace)) = self.with(|shared| {
-                    (
-                        shared.record.pod.clone(),
-                        shared.record.container.runs,
-                        shared.record.user_namespace,
-                    )
-                }) else {
-                    return Vec::new();
-                };
-                let at = now();
-                let mut notes = Vec::new();
-                let outcome = engine
-                    .start(&pod, run, at, user_namespace, &mut notes)
-                    .await;
-                if let Ok(mut shared) = self.shared.lock() {
-                    for (kind, reason, message) in notes {
-                        shared.events.record(kind, reason, message, at);
-                    }
-                    if let Err(failure) = &outcome {
-                        let message = format!("Error: {}", failure.reason);
-                        shared
-                            .events
-                            .record(EventType::Warning, "Failed", message, at);
-                    }
-                }
-                match outcome {
-                    Ok(started) => {
-                        if let Ok(mut shared) = self.shared.lock() {
-                            shared.facts.waiting = None;
-                            shared.facts.ever_started = true;
-                            shared.facts.image_id = Some(started.image_id.clone());
-                            shared.facts.container_id =
-                                Some(format!("keelson://{}", started.record.run_id));
-                            let saved = &mut shared.record.container;
-                            saved.runs = run + 1;
-                            saved.running = Some(started.record.clone());
-                            saved.image_id = Some(started.image_id);
-                            saved.first_started_at.get_or_insert(at);
-                            shared.facts.pod_started_at = saved.first_started_at;
-                        }
-                        let record = started.record.clone();
-                        let waiter = engine.clone();
-                        self.exits = Some(tokio::spawn(async move { waiter.wait(&record).await }));
-                        self.step(Event::Started {
-                            pid: started.record.pid,
-                            at,
-                        })
-                        .await
-                    }
-                    Err(failure) => {
-                        tracing::warn!(reason = failure.reason, "{}", failure.message);
-                        if let Ok(mut shared) = self.shared.lock() {
-                            shared.facts.waiting =
-                                Some((failure.reason.to_owned(), failure.message));
-                        }
-                        self.step(Event::CreateFailed { at }).await
-                    }
-                }
-            }
-            Action::Terminate(_) | Action::Kill(_) => {
-                let signal = if matches!(action, Action::Kill(_)) {
-                    Signal::SIGKILL
-                } else {
+            PodAction::Start(index) => self.start(index).await,
+            PodAction::Terminate(index, _) | PodAction::Kill(index, _) => {
+                let terminate = matches!(action, PodAction::Terminate(..));
+                let signal = if terminate {
                     Signal::SIGTERM
+                } else {
+                    Signal::SIGKILL
                 };
-                if let Some(Some(running)) =
-                    self.with(|shared| shared.record.container.running.clone())
-                {
+                let running = self.with(|shared| shared.saved(index).running).flatten();
+                if let Some(running) = running {
+                    if terminate {
+                        if let Ok(mut shared) = self.shared.lock() {
+                            let message = format!("Stopping container {}", shared.name(index));
+                            shared
+                                .events
+                                .record(EventType::Normal, "Killing", message, now());
+                        }
+                    }
                     engine.signal(&running, signal);
                 }
                 Vec::new()
             }
-            Action::WakeAt(at) => {
+            PodAction::WakeAt(at) => {
                 self.wake = Some(self.wake.map_or(at, |wake| wake.min(at)));
                 Vec::new()
             }
         }
     }
 
-    /// The run's process ended with `status` (None: no record of how).
-    async fn ended(&mut self, status: Option<keelson_contract::exits::ExitStatus>) -> Vec<Action> {
+    /// Starts a run of container `index`: the pod's sandbox first, then the container.
+    async fn start(&mut self, index: usize) -> Vec<PodAction> {
         let engine = self.kubelet.engine.clone();
-        let Some((pod, running)) = self.with(|shared| {
+        let Some((pod, name, run, user_namespace)) = self.with(|shared| {
             (
                 shared.record.pod.clone(),
-                shared.record.container.running.clone(),
+                shared.name(index),
+                shared.saved(index).runs,
+                shared.record.user_namespace,
             )
         }) else {
             return Vec::new();
         };
-        let oom_killed = engine.oom_killed(&pod);
+        let at = now();
+        let mut notes = Vec::new();
+        let outcome = match engine.sandbox(&pod, user_namespace) {
+            Ok(shared) => {
+                engine
+                    .start(&pod, &name, run, at, user_namespace, shared, &mut notes)
+                    .await
+            }
+            Err(failure) => Err(failure),
+        };
+        if let Ok(mut shared) = self.shared.lock() {
+            for (kind, reason, message) in notes {
+                shared.events.record(kind, reason, message, at);
+            }
+            if let Err(failure) = &outcome {
+                let message = format!("Error: {}", failure.reason);
+                shared
+                    .events
+                    .record(EventType::Warning, "Failed", message, at);
+            }
+        }
+        match outcome {
+            Ok(started) => {
+                if let Ok(mut shared) = self.shared.lock() {
+                    let facts = &mut shared.facts[index];
+                    facts.waiting = None;
+                    facts.ever_started = true;
+                    facts.image_id = Some(started.image_id.clone());
+                    facts.container_id = Some(format!("keelson://{}", started.record.run_id));
+                    facts.first_started_at.get_or_insert(at);
+                    let saved = shared.saved_mut(index);
+                    saved.runs = run + 1;
+                    saved.running = Some(started.record.clone());
+                    saved.image_id = Some(started.image_id);
+                    saved.first_started_at.get_or_insert(at);
+                }
+                self.watch(index, started.record.clone());
+                let event = Event::Started {
+                    pid: started.record.pid,
+                    at,
+                };
+                self.step(PodEvent::Container { index, event }).await
+            }
+            Err(failure) => {
+                tracing::warn!(container = %name, reason = failure.reason, "{}", failure.message);
+                if let Ok(mut shared) = self.shared.lock() {
+                    shared.facts[index].waiting =
+                        Some((failure.reason.to_owned(), failure.message));
+                }
+                let event = Event::CreateFailed { at };
+                self.step(PodEvent::Container { index, event }).await
+            }
+        }
+    }
+
+    /// Container `index`'s run ended with `exit_code`, killed for its memory or not (None:
+    /// its cgroup tells); what it left is removed.
+    async fn ended(
+        &mut self,
+        index: usize,
+        exit_code: i32,
+        oom_killed: Option<bool>,
+    ) -> Vec<PodAction> {
+        let engine = self.kubelet.engine.clone();
+        let Some((pod, name, running)) = self.with(|shared| {
+            (
+                shared.record.pod.clone(),
+                shared.name(index),
+                shared.saved(index).running,
+            )
+        }) else {
+            return Vec::new();
+        };
+        let oom_killed = oom_killed.unwrap_or_else(|| engine.oom_killed(&pod, &name));
         if let Some(running) = &running {
-            engine.clean_up(&running.run_id, &pod).await;
+            engine.clean_up(&running.run_id, &pod, &name).await;
         }
         if let Ok(mut shared) = self.shared.lock() {
-            shared.record.container.running = None;
+            shared.saved_mut(index).running = None;
         }
-        let exit_code = status.map(|status| status.code()).unwrap_or(255);
-        self.step(Event::Exited {
+        let event = Event::Exited {
             exit_code,
             oom_killed,
             at: now(),
-        })
-        .await
+        };
+        self.step(PodEvent::Container { index, event }).await
     }
 }
 
 /// The kubelet's words for a container held back by its backoff.
-fn backoff_message(shared: &Shared) -> String {
-    let pulling = shared
-        .facts
+fn backoff_message(shared: &Shared, index: usize) -> String {
+    let facts = &shared.facts[index];
+    let pulling = facts
         .waiting
         .as_ref()
         .is_some_and(|(reason, _)| reason == "ImagePullBackOff");
     if pulling {
-        return format!("Back-off pulling image {:?}", shared.facts.image);
+        return format!("Back-off pulling image {:?}", facts.image);
     }
     let pod = &shared.record.pod.metadata;
     format!(
         "Back-off restarting failed container {} in pod {}_{}({})",
-        shared.container_name(),
+        shared.name(index),
         pod.name.as_deref().unwrap_or_default(),
         pod.namespace.as_deref().unwrap_or_default(),
         pod.uid.as_deref().unwrap_or_default()

@@ -1,4 +1,4 @@
-//! A pod's `status`, as the kubelet reports it, from its container's lifecycle. Pure: the
+//! A pod's `status`, as the kubelet reports it, from its lifecycle and its containers'. Pure: the
 //! times are seconds since the epoch that the caller passes in.
 
 use k8s_openapi::api::core::v1::{
@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keelson_runtime::lifecycle::{Container, State, Terminated, TerminationReason};
+
+use crate::lifecycle::{Member, PodLifecycle, Role};
 
 /// What the shell knows of a pod's container besides its lifecycle.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,8 +25,8 @@ pub struct ContainerFacts {
     pub waiting: Option<(String, String)>,
     /// The process has started at least once.
     pub ever_started: bool,
-    /// When the pod's first run started (the pod's `startTime`).
-    pub pod_started_at: Option<u64>,
+    /// When its first run started (the earliest of the pod's is its `startTime`).
+    pub first_started_at: Option<u64>,
 }
 
 /// `seconds` since the epoch as a Kubernetes time.
@@ -35,36 +37,128 @@ pub fn time(seconds: u64) -> Time {
     )
 }
 
-/// The pod's phase.
-pub fn phase(container: &Container, facts: &ContainerFacts) -> &'static str {
-    match container.state {
-        State::Running { .. } | State::Stopping { .. } => "Running",
-        State::Creating | State::BackOff { .. } if !facts.ever_started => "Pending",
-        State::Creating | State::BackOff { .. } => "Running",
-        State::Terminated(run) if run.exit_code == 0 => "Succeeded",
-        State::Terminated(_) => "Failed",
+/// The pod's phase, by the kubelet's rules: Failed when an init container failed for
+/// good; Pending until it is initialized and while an app container has never started;
+/// Running while one runs or restarts; then Succeeded or Failed by how they ended.
+pub fn phase(pod: &PodLifecycle, facts: &[ContainerFacts]) -> &'static str {
+    if pod.init_failed() {
+        return "Failed";
+    }
+    if !pod.initialized() {
+        return "Pending";
+    }
+    let (mut running, mut waiting, mut failed) = (0, 0, 0);
+    let apps = pod
+        .members()
+        .iter()
+        .zip(facts)
+        .filter(|(member, _)| member.role == Role::App);
+    for (member, facts) in apps {
+        match member.container.state {
+            State::Running { .. } | State::Stopping { .. } => running += 1,
+            State::Creating | State::BackOff { .. } if !facts.ever_started => waiting += 1,
+            State::Creating | State::BackOff { .. } => running += 1,
+            State::Terminated(run) if run.exit_code == 0 => {}
+            State::Terminated(_) => failed += 1,
+        }
+    }
+    if waiting > 0 {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if failed > 0 {
+        "Failed"
+    } else {
+        "Succeeded"
     }
 }
 
-/// The pod's status. `host_ip` is the node's address (also the pod's with `hostNetwork`).
+/// The pod's status: `facts` are its containers' in the order of `pod`'s members;
+/// `host_ip` is the node's address (also the pod's with `hostNetwork`).
 pub fn pod_status(
-    pod: &Pod,
-    container: &Container,
-    facts: &ContainerFacts,
+    spec_pod: &Pod,
+    pod: &PodLifecycle,
+    facts: &[ContainerFacts],
     host_ip: Option<&str>,
 ) -> PodStatus {
-    let spec_container = crate::pod::container(pod);
-    let name = spec_container
-        .map(|container| container.name.clone())
-        .unwrap_or_default();
+    let mut init_statuses = Vec::new();
+    let mut statuses = Vec::new();
+    for (member, facts) in pod.members().iter().zip(facts) {
+        let status = container_status(spec_pod, member, facts);
+        if member.role.is_init() {
+            init_statuses.push(status);
+        } else {
+            statuses.push(status);
+        }
+    }
+    let ready = statuses
+        .iter()
+        .chain(&init_statuses)
+        .zip(pod.members())
+        .all(|(status, member)| status.ready || member.role == Role::Init);
+    let created = spec_pod.metadata.creation_timestamp.clone();
+    let condition = |kind: &str, true_: bool| PodCondition {
+        type_: kind.to_owned(),
+        status: if true_ { "True" } else { "False" }.to_owned(),
+        last_transition_time: created.clone(),
+        ..PodCondition::default()
+    };
+    let host_network = spec_pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.host_network)
+        .unwrap_or(false);
+    let pod_ip = host_ip.filter(|_| host_network).map(str::to_owned);
+    PodStatus {
+        phase: Some(phase(pod, facts).to_owned()),
+        conditions: Some(vec![
+            condition("PodScheduled", true),
+            condition("Initialized", pod.initialized()),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+        ]),
+        host_ip: host_ip.map(str::to_owned),
+        pod_ips: pod_ip.clone().map(|ip| vec![PodIP { ip }]),
+        pod_ip,
+        start_time: facts
+            .iter()
+            .filter_map(|facts| facts.first_started_at)
+            .min()
+            .map(time),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        container_statuses: Some(statuses),
+        qos_class: Some(qos_class(spec_pod).to_owned()),
+        ..PodStatus::default()
+    }
+}
+
+fn container_status(pod: &Pod, member: &Member, facts: &ContainerFacts) -> ContainerStatus {
+    let container = &member.container;
     let running = matches!(container.state, State::Running { .. });
-    let state = container_state(pod, &name, container, facts);
-    let status = ContainerStatus {
-        name,
+    let completed = matches!(container.state,
+        State::Terminated(run) if run.reason == TerminationReason::Completed);
+    let state = if member.held && container.state == State::Creating {
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("PodInitializing".to_owned()),
+                message: None,
+            }),
+            ..ContainerState::default()
+        }
+    } else {
+        container_state(pod, &member.name, container, facts)
+    };
+    ContainerStatus {
+        name: member.name.clone(),
         image: facts.image.clone(),
         image_id: facts.image_id.clone().unwrap_or_default(),
         container_id: facts.container_id.clone(),
-        ready: running,
+        // An init container is ready once it completed, as the kubelet reports it.
+        ready: if member.role == Role::Init {
+            completed
+        } else {
+            running
+        },
         started: Some(running),
         restart_count: container.restart_count as i32,
         state: Some(state),
@@ -78,35 +172,6 @@ pub fn pod_status(
                 .unwrap_or_default(),
         ),
         ..ContainerStatus::default()
-    };
-    let created = pod.metadata.creation_timestamp.clone();
-    let condition = |kind: &str, true_: bool| PodCondition {
-        type_: kind.to_owned(),
-        status: if true_ { "True" } else { "False" }.to_owned(),
-        last_transition_time: created.clone(),
-        ..PodCondition::default()
-    };
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.host_network)
-        .unwrap_or(false);
-    let pod_ip = host_ip.filter(|_| host_network).map(str::to_owned);
-    PodStatus {
-        phase: Some(phase(container, facts).to_owned()),
-        conditions: Some(vec![
-            condition("PodScheduled", true),
-            condition("Initialized", true),
-            condition("ContainersReady", running),
-            condition("Ready", running),
-        ]),
-        host_ip: host_ip.map(str::to_owned),
-        pod_ips: pod_ip.clone().map(|ip| vec![PodIP { ip }]),
-        pod_ip,
-        start_time: facts.pod_started_at.map(time),
-        container_statuses: Some(vec![status]),
-        qos_class: Some(qos_class(pod).to_owned()),
-        ..PodStatus::default()
     }
 }
 
@@ -170,22 +235,36 @@ fn terminated(run: &Terminated, facts: &ContainerFacts) -> ContainerStateTermina
     }
 }
 
-/// Guaranteed (limits = requests for CPU and memory), Burstable (some), BestEffort (none).
+/// Guaranteed (every container's CPU and memory limits set, requests equal to them),
+/// BestEffort (no container requests or limits anything), Burstable (the rest).
 pub fn qos_class(pod: &Pod) -> &'static str {
-    let Some(container) = crate::pod::container(pod) else {
-        return "BestEffort";
-    };
-    let resources = container.resources.clone().unwrap_or_default();
-    let limits = resources.limits.unwrap_or_default();
-    let requests = resources.requests.unwrap_or_default();
-    if limits.is_empty() && requests.is_empty() {
+    let members = crate::pod::members(pod);
+    let resources: Vec<_> = members
+        .iter()
+        .map(|(container, _)| container.resources.clone().unwrap_or_default())
+        .collect();
+    let asks_nothing = resources.iter().all(|resources| {
+        resources
+            .limits
+            .as_ref()
+            .is_none_or(|limits| limits.is_empty())
+            && resources
+                .requests
+                .as_ref()
+                .is_none_or(|requests| requests.is_empty())
+    });
+    if asks_nothing {
         return "BestEffort";
     }
-    let guaranteed = ["cpu", "memory"].iter().all(|key| {
-        limits.contains_key(*key)
-            && requests
-                .get(*key)
-                .is_none_or(|request| Some(request) == limits.get(*key))
+    let guaranteed = resources.iter().all(|resources| {
+        let limits = resources.limits.clone().unwrap_or_default();
+        let requests = resources.requests.clone().unwrap_or_default();
+        ["cpu", "memory"].iter().all(|key| {
+            limits.contains_key(*key)
+                && requests
+                    .get(*key)
+                    .is_none_or(|request| Some(request) == limits.get(*key))
+        })
     });
     if guaranteed {
         "Guaranteed"
@@ -198,6 +277,7 @@ pub fn qos_class(pod: &Pod) -> &'static str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::lifecycle::PodEvent;
     use keelson_runtime::lifecycle::{Event, RestartPolicy};
 
     fn pod() -> Pod {
@@ -209,26 +289,44 @@ mod tests {
         .unwrap()
     }
 
+    fn lone(policy: RestartPolicy) -> PodLifecycle {
+        PodLifecycle::new(vec![("web".into(), Role::App)], policy, 30, 0).0
+    }
+
+    fn event(index: usize, event: Event) -> PodEvent {
+        PodEvent::Container { index, event }
+    }
+
+    fn exited(index: usize, exit_code: i32, oom_killed: bool, at: u64) -> PodEvent {
+        event(
+            index,
+            Event::Exited {
+                exit_code,
+                oom_killed,
+                at,
+            },
+        )
+    }
+
     #[test]
     fn a_crashing_container_shows_its_last_exit_and_crash_loop_backoff() {
-        let mut container = Container::new(RestartPolicy::Always);
-        container.step(Event::Started { pid: 7, at: 100 }).unwrap();
-        let facts = ContainerFacts {
+        let mut lifecycle = lone(RestartPolicy::Always);
+        lifecycle
+            .step(event(0, Event::Started { pid: 7, at: 100 }))
+            .unwrap();
+        let facts = [ContainerFacts {
             ever_started: true,
+            first_started_at: Some(100),
             ..ContainerFacts::default()
-        };
-        let running = pod_status(&pod(), &container, &facts, None);
+        }];
+        let running = pod_status(&pod(), &lifecycle, &facts, None);
         assert_eq!(running.phase.as_deref(), Some("Running"));
         assert!(running.container_statuses.as_ref().unwrap()[0].ready);
+        assert_eq!(running.start_time, Some(time(100)));
+        assert_eq!(running.init_container_statuses, None);
 
-        container
-            .step(Event::Exited {
-                exit_code: 3,
-                oom_killed: false,
-                at: 105,
-            })
-            .unwrap();
-        let status = pod_status(&pod(), &container, &facts, None);
+        lifecycle.step(exited(0, 3, false, 105)).unwrap();
+        let status = pod_status(&pod(), &lifecycle, &facts, None);
         assert_eq!(status.phase.as_deref(), Some("Running"));
         let container_status = &status.container_statuses.unwrap()[0];
         let waiting = container_status
@@ -258,23 +356,76 @@ mod tests {
 
     #[test]
     fn a_pod_that_never_started_is_pending_and_a_finished_one_succeeded_or_failed() {
-        let mut container = Container::new(RestartPolicy::Never);
-        let facts = ContainerFacts::default();
-        assert_eq!(phase(&container, &facts), "Pending");
-        container.step(Event::Started { pid: 7, at: 1 }).unwrap();
-        container
-            .step(Event::Exited {
-                exit_code: 137,
-                oom_killed: true,
-                at: 2,
-            })
+        let mut lifecycle = lone(RestartPolicy::Never);
+        let facts = [ContainerFacts::default()];
+        assert_eq!(phase(&lifecycle, &facts), "Pending");
+        lifecycle
+            .step(event(0, Event::Started { pid: 7, at: 1 }))
             .unwrap();
-        assert_eq!(phase(&container, &facts), "Failed");
-        let status = pod_status(&pod(), &container, &facts, None);
+        lifecycle.step(exited(0, 137, true, 2)).unwrap();
+        assert_eq!(phase(&lifecycle, &facts), "Failed");
+        let status = pod_status(&pod(), &lifecycle, &facts, None);
         let state = status.container_statuses.unwrap()[0].state.clone().unwrap();
         assert_eq!(
             state.terminated.unwrap().reason.as_deref(),
             Some("OOMKilled")
+        );
+    }
+
+    #[test]
+    fn init_containers_report_apart_and_hold_the_pod_pending() {
+        let spec: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"restartPolicy": "Never",
+                     "initContainers": [{"name": "setup", "image": "busybox"},
+                                        {"name": "proxy", "image": "busybox", "restartPolicy": "Always",
+                                         "resources": {"requests": {"memory": "8Mi"}}}],
+                     "containers": [{"name": "web", "image": "busybox"}]}
+        }))
+        .unwrap();
+        let roles = vec![
+            ("setup".into(), Role::Init),
+            ("proxy".into(), Role::Sidecar),
+            ("web".into(), Role::App),
+        ];
+        let (mut lifecycle, _) = PodLifecycle::new(roles, RestartPolicy::Never, 30, 0);
+        let facts = vec![ContainerFacts::default(); 3];
+        lifecycle
+            .step(event(0, Event::Started { pid: 7, at: 1 }))
+            .unwrap();
+        let status = pod_status(&spec, &lifecycle, &facts, None);
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        let init = status.init_container_statuses.as_ref().unwrap();
+        assert_eq!(init.len(), 2);
+        assert!(init[0].state.as_ref().unwrap().running.is_some());
+        let waiting = |status: &ContainerStatus| {
+            status
+                .state
+                .clone()
+                .unwrap()
+                .waiting
+                .unwrap()
+                .reason
+                .unwrap()
+        };
+        assert_eq!(waiting(&init[1]), "PodInitializing");
+        assert_eq!(
+            waiting(&status.container_statuses.as_ref().unwrap()[0]),
+            "PodInitializing"
+        );
+        let conditions = status.conditions.unwrap();
+        assert_eq!(conditions[1].type_, "Initialized");
+        assert_eq!(conditions[1].status, "False");
+        assert_eq!(status.qos_class.as_deref(), Some("Burstable"));
+        // It fails under Never: so does the pod, and nothing after it starts.
+        lifecycle.step(exited(0, 2, false, 2)).unwrap();
+        assert_eq!(phase(&lifecycle, &facts), "Failed");
+        let status = pod_status(&spec, &lifecycle, &facts, None);
+        let setup = &status.init_container_statuses.unwrap()[0];
+        assert!(!setup.ready);
+        assert_eq!(
+            setup.state.clone().unwrap().terminated.unwrap().exit_code,
+            2
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Pods on STATE: one JSON file per pod (`<namespace>_<name>.json` under
 //! `/var/lib/keelson/pods`), written durably, holding the admitted `v1/Pod` and what the
-//! kubelet must remember of its container across agent restarts and reboots.
+//! kubelet must remember of each of its containers across agent restarts and reboots.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -14,12 +15,42 @@ use serde::{Deserialize, Serialize};
 pub struct PodRecord {
     /// The admitted pod (no status: that is computed).
     pub pod: Pod,
-    /// Its container's memory.
+    /// What is remembered of each container, by name.
     #[serde(default)]
-    pub container: SavedContainer,
+    pub containers: BTreeMap<String, SavedContainer>,
+    /// A pod kept by a release whose pods had one container: its memory, moved into
+    /// `containers` when read.
+    #[serde(default, skip_serializing)]
+    container: Option<SavedContainer>,
     /// The node ids of its user namespace (`hostUsers: false`), given when admitted.
     #[serde(default)]
     pub user_namespace: Option<IdMapping>,
+}
+
+impl PodRecord {
+    /// A newly admitted pod.
+    pub fn new(pod: Pod, user_namespace: Option<IdMapping>) -> PodRecord {
+        PodRecord {
+            pod,
+            containers: BTreeMap::new(),
+            container: None,
+            user_namespace,
+        }
+    }
+
+    /// What is remembered of container `name` (nothing yet: the default).
+    pub fn saved(&self, name: &str) -> SavedContainer {
+        self.containers.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Moves a one-container record of an earlier release to its container's name.
+    fn upgrade(&mut self) {
+        if let Some(saved) = self.container.take() {
+            if let Some(first) = crate::pod::default_container(&self.pod) {
+                self.containers.entry(first.name.clone()).or_insert(saved);
+            }
+        }
+    }
 }
 
 /// What is remembered of a pod's container.
@@ -171,9 +202,13 @@ impl PodStore {
         for path in paths {
             match std::fs::read(&path)
                 .map_err(|error| error.to_string())
-                .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
-            {
-                Ok(record) => records.push(record),
+                .and_then(|bytes| {
+                    serde_json::from_slice::<PodRecord>(&bytes).map_err(|error| error.to_string())
+                }) {
+                Ok(mut record) => {
+                    PodRecord::upgrade(&mut record);
+                    records.push(record)
+                }
                 Err(error) => problems.push(format!("{}: {error}", path.display())),
             }
         }
@@ -195,23 +230,38 @@ mod tests {
             "spec": {"containers": [{"name": "web", "image": "busybox"}]}
         }))
         .unwrap();
-        let mut record = PodRecord {
-            pod,
-            container: SavedContainer::default(),
-            user_namespace: Some(crate::userns::mapping(2)),
+        let mut record = PodRecord::new(pod.clone(), Some(crate::userns::mapping(2)));
+        let saved = SavedContainer {
+            restart_count: 2,
+            running: Some(RunningRecord {
+                run_id: "u.web.2".into(),
+                pid: 42,
+                start_time: 9,
+                started_at: 1000,
+            }),
+            ..SavedContainer::default()
         };
-        record.container.restart_count = 2;
-        record.container.running = Some(RunningRecord {
-            run_id: "u.web.2".into(),
-            pid: 42,
-            start_time: 9,
-            started_at: 1000,
-        });
+        record.containers.insert("web".into(), saved.clone());
         store.save(&record).unwrap();
         std::fs::write(directory.path().join("default_broken.json"), "{").unwrap();
+        // A pod kept by the release before, whose record had one container.
+        let earlier = serde_json::json!({
+            "pod": {"metadata": {"name": "old", "namespace": "default"},
+                    "spec": {"containers": [{"name": "app", "image": "busybox"}]}},
+            "container": {"restart_count": 4, "last": null, "finished": null, "running": null,
+                          "runs": 5, "first_started_at": 7, "image_id": null}
+        });
+        std::fs::write(
+            directory.path().join("default_old.json"),
+            earlier.to_string(),
+        )
+        .unwrap();
         let (records, problems) = store.load_all();
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].container, record.container);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].saved("app").restart_count, 4);
+        assert_eq!(records[0].saved("app").runs, 5);
+        assert_eq!(records[1].saved("web"), saved);
+        store.remove("default", "old").unwrap();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("default_broken.json"));
         store.remove("default", "web").unwrap();

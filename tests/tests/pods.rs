@@ -242,6 +242,152 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "delete pod isolated",
     );
 
+    // A pod of several containers: an init container runs to completion first, a sidecar
+    // (an init container with restartPolicy: Always) starts next and keeps running, then
+    // both app containers, all in the pod's network, IPC and UTS namespaces.
+    let stack = pods.apply(
+        "stack.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stack\nspec:\n  initContainers:\n  \
+             - name: setup\n    image: {IMAGE}\n    command: [sh, -c, 'echo setup ran; busybox sleep 2']\n  \
+             - name: proxy\n    image: {IMAGE}\n    restartPolicy: Always\n    command: [sh, -c, \
+             'busybox mkdir -p /www && echo from the sidecar > /www/index.html && \
+             exec busybox httpd -f -p 127.0.0.1:8080 -h /www']\n  containers:\n  \
+             - name: web\n    image: {IMAGE}\n    command: [busybox, sleep, '3600']\n  \
+             - name: shell\n    image: {IMAGE}\n    command: [busybox, sleep, '3600']\n"
+        ),
+    );
+    assert_eq!(stack, "pod/stack created");
+    let running = pods.wait_for("stack", "to run its containers", |pod| {
+        let ready = |status: &Value| status["ready"] == true;
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(ready))
+    });
+    let setup = &running["status"]["initContainerStatuses"][0];
+    assert_eq!(
+        setup["state"]["terminated"]["reason"], "Completed",
+        "{running:#}"
+    );
+    let finished = setup["state"]["terminated"]["finishedAt"].as_str().unwrap();
+    for app in 0..2 {
+        let started = running["status"]["containerStatuses"][app]["state"]["running"]["startedAt"]
+            .as_str()
+            .unwrap();
+        assert!(
+            finished <= started,
+            "an app container started before setup ended: {running:#}"
+        );
+    }
+    let proxy = &running["status"]["initContainerStatuses"][1];
+    assert!(
+        proxy["state"]["running"].is_object() && proxy["ready"] == true,
+        "{running:#}"
+    );
+    let conditions: Vec<(String, String)> = running["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|condition| {
+            (
+                condition["type"].as_str().unwrap().to_owned(),
+                condition["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        conditions.contains(&("Initialized".into(), "True".into())),
+        "{conditions:?}"
+    );
+    assert!(
+        conditions.contains(&("Ready".into(), "True".into())),
+        "{conditions:?}"
+    );
+    let row = pods.row("stack");
+    assert_eq!(row[1..3], ["3/3", "Running"], "{row:?}");
+    assert_eq!(pods.logs(&["stack", "-c", "setup"]), "setup ran\n");
+    // The sidecar's server on the pod's loopback answers the app container.
+    let (code, page) = pods.exec(
+        &[
+            "stack",
+            "-c",
+            "shell",
+            "--",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ],
+        None,
+    );
+    assert_eq!((code, page.as_str()), (Some(0), "from the sidecar\n"));
+    // One network, IPC and UTS namespace for the pod; a mount namespace per container.
+    let namespaces = |container: &str| {
+        let script = "for n in net ipc uts mnt; do busybox readlink /proc/self/ns/$n; done; busybox hostname";
+        let (code, seen) = pods.exec(&["stack", "-c", container, "--", "sh", "-c", script], None);
+        assert_eq!(code, Some(0), "{seen}");
+        seen.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let (web, shell, sidecar) = (namespaces("web"), namespaces("shell"), namespaces("proxy"));
+    assert_eq!(web[..3], shell[..3]);
+    assert_eq!(web[..3], sidecar[..3]);
+    assert_eq!(web[4], "stack");
+    assert_ne!(web[3], shell[3], "two containers share a root");
+    pods.refused(
+        &["exec", "stack", "-c", "nope", "--", "true"],
+        "container nope is not valid for pod stack: its containers are setup, proxy, web, shell",
+    );
+    let described = expect_success(
+        node.keelctl(Role::Reader, &["describe", "pod", "stack"])
+            .unwrap(),
+        "describe pod stack",
+    );
+    assert!(
+        described.contains("Init Containers:\n  setup:\n"),
+        "{described}"
+    );
+    // An init container that fails under restartPolicy: Never fails the pod, and the app
+    // container never starts.
+    pods.apply(
+        "initfail.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: initfail\nspec:\n  restartPolicy: Never\n  \
+             initContainers:\n  - name: check\n    image: {IMAGE}\n    command: [sh, -c, 'exit 3']\n  \
+             containers:\n  - name: app\n    image: {IMAGE}\n"
+        ),
+    );
+    let failed = pods.wait_for("initfail", "to fail", |pod| {
+        pod["status"]["phase"] == "Failed"
+    });
+    assert_eq!(
+        failed["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{failed:#}"
+    );
+    assert_eq!(
+        failed["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing",
+        "{failed:#}"
+    );
+    assert_eq!(pods.row("initfail")[2], "Init:Error");
+    pods.refused(
+        &["logs", "initfail", "-c", "app"],
+        "container app in pod initfail has not started yet",
+    );
+    // Two containers of one name: refused by the field, nothing created.
+    let duplicate = work.path().join("duplicate.yaml");
+    std::fs::write(
+        &duplicate,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: twins\nspec:\n  containers:\n  \
+             - name: a\n    image: {IMAGE}\n  - name: a\n    image: {IMAGE}\n"
+        ),
+    )
+    .unwrap();
+    pods.refused(
+        &["apply", "-f", duplicate.to_str().unwrap()],
+        "spec.containers[1].name: Duplicate value \"a\"",
+    );
+    assert!(pods.get("twins").is_none());
+
     // Following a log returns what the run writes, until it ends.
     pods.run(&[
         "follow",
@@ -397,6 +543,7 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         pod["status"]["containerStatuses"][0]["ready"] == true
     });
     let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+    let stack_before = pods.get("stack").unwrap()["status"].clone();
     expect_success(
         node.keelctl(Role::Operator, &["services", "restart", "keelsond"])
             .unwrap(),
@@ -414,6 +561,14 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         after["status"]["containerStatuses"][0]["state"]["running"]["startedAt"],
         started
     );
+    // The pod of several containers is met again as it was: same runs, same counts.
+    let stack_after = pods.get("stack").unwrap()["status"].clone();
+    for statuses in ["initContainerStatuses", "containerStatuses"] {
+        assert_eq!(
+            stack_after[statuses], stack_before[statuses],
+            "{stack_after:#}"
+        );
+    }
     std::thread::sleep(Duration::from_secs(2));
     let ticks: Vec<u64> = pods
         .logs(&["ticker"])
@@ -475,7 +630,7 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "exec in a finished pod",
     );
     assert!(
-        stopped.contains("cannot exec into pod hello: its container is not running"),
+        stopped.contains("cannot exec into container hello of pod hello: it is not running"),
         "{stopped}"
     );
     let reader = expect_failure(
@@ -619,6 +774,27 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         back["status"]["containerStatuses"][0]["restartCount"], 1,
         "{back:#}"
     );
+    // The pod's sandbox went with the machine: its init container ran again before its
+    // app containers, as the kubelet does when it makes a pod's sandbox again.
+    let stack = pods.wait_for("stack", "to run again after the reboot", |pod| {
+        let ready = |status: &Value| status["ready"] == true;
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(ready))
+    });
+    let setup = &stack["status"]["initContainerStatuses"][0];
+    assert_eq!(setup["restartCount"], 1, "{stack:#}");
+    assert_eq!(
+        setup["state"]["terminated"]["reason"], "Completed",
+        "{stack:#}"
+    );
+    let finished = setup["state"]["terminated"]["finishedAt"].as_str().unwrap();
+    let web = &stack["status"]["containerStatuses"][0];
+    assert_eq!(web["restartCount"], 1, "{stack:#}");
+    assert!(
+        finished <= web["state"]["running"]["startedAt"].as_str().unwrap(),
+        "{stack:#}"
+    );
     let hog = pods.get("hog").unwrap();
     assert_eq!(
         hog["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
@@ -655,6 +831,34 @@ impl Pods<'_> {
             &format!("keelctl {arguments:?}"),
         );
         assert!(said.contains(words), "{words:?} not in: {said}");
+    }
+
+    /// Writes `manifest` to a file named `file` and applies it; what apply printed.
+    fn apply(&self, file: &str, manifest: &str) -> String {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(file);
+        std::fs::write(&path, manifest).unwrap();
+        let printed = expect_success(
+            self.node
+                .keelctl(Role::Operator, &["apply", "-f", path.to_str().unwrap()])
+                .unwrap(),
+            &format!("apply -f {file}"),
+        );
+        printed.trim().to_owned()
+    }
+
+    /// The pod's row of `get pods`, split into its columns.
+    fn row(&self, name: &str) -> Vec<String> {
+        let table = self.table();
+        table
+            .lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .find(|columns| columns.first().map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{table}"))
     }
 
     fn get(&self, name: &str) -> Option<Value> {

@@ -35,7 +35,13 @@ pub async fn start(
         start.namespace.as_str()
     };
     let spec = kubelet
-        .exec_spec(namespace, &start.name, start.command.clone(), start.tty)
+        .exec_spec(
+            namespace,
+            &start.name,
+            (!start.container.is_empty()).then_some(start.container.as_str()),
+            start.command.clone(),
+            start.tty,
+        )
         .map_err(super::pods::status_of)?;
     let directory = std::path::Path::new("/run/keelson/exec");
     std::fs::create_dir_all(directory).map_err(|error| Status::internal(error.to_string()))?;

@@ -48,7 +48,7 @@ pub fn exists(directory: &Path, own_network: bool) -> bool {
 
 fn is_pinned_namespace(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    nix::sys::statfs::statfs(path).is_ok_and(|stat| stat.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|stat| stat.filesystem_type().0 == NSFS_MAGIC)
 }
 
 /// Makes the sandbox in `directory` (what a reboot left there is replaced). Returns the
