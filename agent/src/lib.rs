@@ -200,6 +200,7 @@ async fn start_kubelet(
             logs: PathBuf::from("/var/log/pods"),
             cgroup_root: PathBuf::from(keelson_runtime::cgroup::CGROUP_ROOT),
             sandboxes: PathBuf::from("/run/keelson/pods"),
+            volumes: options.state_dir.join("volumes"),
             container_init: std::env::current_exe()
                 .map_err(|error| format!("cannot find the agent's own binary: {error}"))?,
         };

@@ -1,13 +1,14 @@
 //! The kubelet's shell over the runtime: from a pod's container to a running process and
 //! back. Starting a run is this list of phases ([`Engine::start`]):
 //! 1. the image, pulled when the pull policy says so ([`ImageAccess`]);
-//! 2. the process (command, args, env, working directory) from the image's config and the
-//!    pod, and the user, looked up in the image's `/etc/passwd` when it is a name;
-//! 3. the cgroup, with the pod's limits;
-//! 4. the bundle (the spec and the overlay's upper and work directories) and a hold on
+//! 2. the process (command, args, env with the downward API's values, working directory)
+//!    from the image's config and the pod, and the user, looked up in the image's `/etc/passwd` when it is a name;
+//! 3. the pod's volumes, made or checked on the node ([`crate::volumes`]);
+//! 4. the cgroup, with the pod's limits;
+//! 5. the bundle (the spec and the overlay's upper and work directories) and a hold on
 //!    the image's layers;
-//! 5. the log pipes, handed to PID 1 to keep, and their copiers;
-//! 6. container-init, on a blocking thread, which joins the pod's sandbox (its shared
+//! 6. the log pipes, handed to PID 1 to keep, and their copiers;
+//! 7. container-init, on a blocking thread, which joins the pod's sandbox (its shared
 //!    network, IPC and UTS namespaces, made by [`Engine::sandbox`] before the pod's first
 //!    container).
 //!
@@ -35,10 +36,12 @@ use keelson_runtime::spec::{
 };
 use tokio::io::unix::AsyncFd;
 
+use crate::downward::NodeFacts;
 use crate::events::EventType;
 use crate::handoff::{self, InheritedPipes};
 use crate::logs::{self, LogLimits, LogWriter};
 use crate::store::RunningRecord;
+use crate::volumes;
 
 /// How the engine gets images and keeps their layers (the agent serialises this with the
 /// rest of the store's changes).
@@ -104,6 +107,7 @@ pub struct Engine {
     bundles: PathBuf,
     logs: PathBuf,
     sandboxes: PathBuf,
+    volumes: PathBuf,
     cgroups: CgroupTree,
     inherited: InheritedPipes,
     log_limits: LogLimits,
@@ -120,6 +124,8 @@ pub struct EnginePaths {
     pub cgroup_root: PathBuf,
     /// Pod sandboxes, their namespaces pinned (`/run/keelson/pods`): gone with a reboot.
     pub sandboxes: PathBuf,
+    /// Pod volumes (`/var/lib/keelson/volumes`, on STATE).
+    pub volumes: PathBuf,
     /// The binary that runs container-init (the agent's own).
     pub container_init: PathBuf,
 }
@@ -139,6 +145,7 @@ impl Engine {
             bundles: paths.bundles,
             logs: paths.logs,
             sandboxes: paths.sandboxes,
+            volumes: paths.volumes,
             cgroups: CgroupTree::new(paths.cgroup_root),
             inherited,
             log_limits: LogLimits::default(),
@@ -210,7 +217,8 @@ impl Engine {
     }
 
     /// Starts run number `run` of the pod's container `name` in the pod's `shared`
-    /// namespaces, in a user namespace of those node ids when it has one.
+    /// namespaces, in a user namespace of those node ids when it has one; `node` is what
+    /// the downward API gives.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
@@ -220,6 +228,7 @@ impl Engine {
         now: u64,
         user_namespace: Option<IdMapping>,
         shared: SharedNamespaces,
+        node: &NodeFacts,
         notes: &mut Vec<Note>,
     ) -> Result<Started, StartFailure> {
         let container = crate::pod::container_named(pod, name).ok_or_else(|| {
@@ -277,9 +286,11 @@ impl Engine {
             .images
             .config(&image)
             .map_err(|error| failure("CreateContainerConfigError")(error.to_string()))?;
+        let env = crate::downward::env(pod, container, node)
+            .map_err(failure("CreateContainerConfigError"))?;
         let process = process::resolve(
             &ImageProcess::from_config(&config),
-            &crate::pod::request(container),
+            &crate::pod::request(container, env),
         )
         .map_err(|error| failure("CreateContainerConfigError")(error.to_string()))?;
         let identity =
@@ -297,7 +308,13 @@ impl Engine {
                 )));
             }
         }
-        // 3. The cgroup.
+        // 3. The volumes, made or checked on the node, and where the container mounts them.
+        let pod_volumes = volumes::pod_dir(&self.volumes, pod);
+        volumes::prepare(pod, &pod_volumes, user_namespace, node)
+            .map_err(failure("CreateContainerConfigError"))?;
+        let mounts = volumes::mounts_of(pod, container, &pod_volumes)
+            .map_err(failure("CreateContainerConfigError"))?;
+        // 4. The cgroup.
         let resources =
             crate::pod::resources_of(container).map_err(failure("CreateContainerConfigError"))?;
         let cgroup_relative = Self::cgroup_of(pod, name);
@@ -305,7 +322,7 @@ impl Engine {
             .cgroups
             .create(&cgroup_relative, &CgroupValues::of(&resources))
             .map_err(|error| failure("CreateContainerError")(error.to_string()))?;
-        // 4. The bundle and the hold.
+        // 5. The bundle and the hold.
         let bundle = self.bundles.join(&run_id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle).map_err(|error| {
@@ -355,6 +372,7 @@ impl Engine {
             cgroup,
             user_namespace,
             shared,
+            mounts,
         };
         spec.write(&bundle).map_err(|error| {
             failure("CreateContainerError")(format!("cannot write {}: {error}", bundle.display()))
@@ -363,7 +381,7 @@ impl Engine {
             .hold(&run_id, &image)
             .await
             .map_err(failure("CreateContainerError"))?;
-        // 5. The log pipes.
+        // 6. The log pipes.
         let log_path = self.run_log(pod, name, run);
         // The kubelet keeps the current run and the one before (`logs --previous`).
         if let Some(container_dir) = log_path.parent() {
@@ -374,7 +392,7 @@ impl Engine {
         })?;
         let (stdout_read, stdout_write) = pipe().map_err(failure("CreateContainerError"))?;
         let (stderr_read, stderr_write) = pipe().map_err(failure("CreateContainerError"))?;
-        // 6. Container-init.
+        // 7. Container-init.
         let launcher = self.launcher.clone();
         let launched = tokio::task::spawn_blocking(move || {
             launcher.launch(&bundle, stdout_write, stderr_write)
@@ -538,8 +556,10 @@ impl Engine {
         self.access.release(run_id).await;
     }
 
-    /// Removes the pod's own cgroup, its sandbox and its logs (the pod is deleted).
+    /// Removes the pod's own cgroup, its sandbox, its volumes and its logs (the pod is
+    /// deleted).
     pub fn forget(&self, pod: &Pod) {
+        volumes::remove(&volumes::pod_dir(&self.volumes, pod));
         if let Some(pod_cgroup) = Self::cgroup_of(pod, "-").parent() {
             let _ = self.cgroups.remove(pod_cgroup);
         }

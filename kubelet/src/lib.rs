@@ -11,6 +11,7 @@
 //! Today a pod has one container; the full kubelet (several containers, init containers,
 //! probes, volumes, pod networking) extends these pieces.
 
+pub mod downward;
 pub mod engine;
 pub mod events;
 pub mod handoff;
@@ -21,6 +22,7 @@ pub mod pods;
 pub mod status;
 pub mod store;
 pub mod userns;
+pub mod volumes;
 
 use k8s_openapi::api::core::v1::Pod;
 

@@ -90,18 +90,12 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
     let Some(spec) = pod.spec.as_mut() else {
         return Err(format!("pod {name} has no spec"));
     };
-    let unsupported = [
-        (
-            "spec.volumes",
-            spec.volumes.as_ref().is_some_and(|list| !list.is_empty()),
-        ),
-        (
-            "spec.ephemeralContainers",
-            spec.ephemeral_containers
-                .as_ref()
-                .is_some_and(|list| !list.is_empty()),
-        ),
-    ];
+    let unsupported = [(
+        "spec.ephemeralContainers",
+        spec.ephemeral_containers
+            .as_ref()
+            .is_some_and(|list| !list.is_empty()),
+    )];
     for (field, present) in unsupported {
         if present {
             return Err(format!("pod {name}: {field} is not supported yet"));
@@ -158,6 +152,11 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
             ));
         }
     }
+    crate::volumes::check(&pod).map_err(|error| format!("pod {name}: {error}"))?;
+    for (field, container) in fields(&pod) {
+        crate::downward::check_env(&pod, container)
+            .map_err(|error| format!("pod {name}: {field}.{error}"))?;
+    }
     pod.metadata.uid = Some(uid.to_owned());
     pod.metadata.creation_timestamp = Some(now);
     pod.status = None;
@@ -208,13 +207,6 @@ fn admit_container(
             ))
         }
     }
-    if container
-        .volume_mounts
-        .as_ref()
-        .is_some_and(|mounts| !mounts.is_empty())
-    {
-        return Err(format!("{field}.volumeMounts is not supported yet"));
-    }
     resources_of(container).map_err(|error| format!("{field}.{error}"))?;
     let profiles = [
         container
@@ -241,14 +233,6 @@ fn admit_container(
             "{field}.securityContext.privileged: privileged containers are not supported yet"
         ));
     }
-    if let Some(env) = &container.env {
-        if let Some(variable) = env.iter().find(|variable| variable.value_from.is_some()) {
-            return Err(format!(
-                "{field}.env {}: valueFrom is not supported yet",
-                variable.name
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -266,6 +250,18 @@ pub fn members(pod: &Pod) -> Vec<(&Container, Role)> {
         .containers
         .iter()
         .map(|container| (container, Role::App));
+    init.chain(app).collect()
+}
+
+/// Every container with its field path (`spec.initContainers[0]`, `spec.containers[1]`).
+pub fn fields(pod: &Pod) -> Vec<(String, &Container)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let init = spec.init_containers.iter().flatten().enumerate();
+    let init = init.map(|(index, container)| (format!("spec.initContainers[{index}]"), container));
+    let app = spec.containers.iter().enumerate();
+    let app = app.map(|(index, container)| (format!("spec.containers[{index}]"), container));
     init.chain(app).collect()
 }
 
@@ -376,8 +372,9 @@ pub fn seccomp_profile(pod: &Pod, container: &Container) -> SeccompProfile {
     }
 }
 
-/// What the pod asks of the container's process.
-pub fn request(container: &Container) -> ContainerRequest {
+/// What the pod asks of the container's process, with its environment resolved
+/// ([`crate::downward::env`]).
+pub fn request(container: &Container, env: Vec<(String, String)>) -> ContainerRequest {
     let security = container.security_context.as_ref();
     let run_as = security.and_then(|context| context.run_as_user).map(|uid| {
         (
@@ -390,17 +387,7 @@ pub fn request(container: &Container) -> ContainerRequest {
     ContainerRequest {
         command: container.command.clone(),
         args: container.args.clone(),
-        env: container
-            .env
-            .iter()
-            .flatten()
-            .map(|variable| {
-                (
-                    variable.name.clone(),
-                    variable.value.clone().unwrap_or_default(),
-                )
-            })
-            .collect(),
+        env,
         working_dir: container.working_dir.clone(),
         run_as,
     }
@@ -534,8 +521,8 @@ mod tests {
                 "resources.limits.memory",
             ),
             (
-                serde_json::json!({"metadata": {"name": "web"}, "spec": {"volumes": [{"name": "v", "emptyDir": {}}], "containers": [{"name": "a", "image": "x"}]}}),
-                "spec.volumes is not supported yet",
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"volumes": [{"name": "v", "secret": {}}], "containers": [{"name": "a", "image": "x"}]}}),
+                "pod web: spec.volumes[0] (v): secret volumes are not supported yet",
             ),
             (
                 serde_json::json!({"metadata": {"name": "web"}, "spec": {

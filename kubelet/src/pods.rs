@@ -404,6 +404,33 @@ impl Kubelet {
         pod
     }
 
+    /// What the downward API tells `pod` of the node.
+    fn node_facts(&self, pod: &Pod) -> crate::downward::NodeFacts {
+        let host_ip = self.host_ip.lock().ok().and_then(|host_ip| host_ip.clone());
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.host_network)
+            .unwrap_or(false);
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|meminfo| {
+                let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .unwrap_or(0);
+        let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u64);
+        crate::downward::NodeFacts {
+            name: nix::unistd::gethostname()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            pod_ip: host_ip.clone().filter(|_| host_network),
+            host_ip,
+            cpu_millis: cpus * 1000,
+            memory_bytes: memory_kib * 1024,
+        }
+    }
+
     /// The blocks of node ids the pods' user namespaces hold.
     fn user_blocks_held(&self) -> Vec<u32> {
         let Ok(pods) = self.pods.lock() else {
@@ -719,10 +746,20 @@ impl Worker {
         };
         let at = now();
         let mut notes = Vec::new();
+        let node = self.kubelet.node_facts(&pod);
         let outcome = match engine.sandbox(&pod, user_namespace) {
             Ok(shared) => {
                 engine
-                    .start(&pod, &name, run, at, user_namespace, shared, &mut notes)
+                    .start(
+                        &pod,
+                        &name,
+                        run,
+                        at,
+                        user_namespace,
+                        shared,
+                        &node,
+                        &mut notes,
+                    )
                     .await
             }
             Err(failure) => Err(failure),

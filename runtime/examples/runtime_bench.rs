@@ -134,6 +134,7 @@ fn time_keelson(
         cgroup: leaf.clone(),
         user_namespace: None,
         shared: Default::default(),
+        mounts: Vec::new(),
     };
     spec.write(&bundle).map_err(|error| error.to_string())?;
     let null = || {

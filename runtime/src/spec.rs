@@ -31,6 +31,38 @@ pub struct ContainerSpec {
     /// Its pod's namespaces, which it joins rather than making its own.
     #[serde(default)]
     pub shared: SharedNamespaces,
+    /// Its pod's volumes, bound into its root in this order.
+    #[serde(default)]
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A volume bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume on the node: a directory, or a file (a `hostPath` file).
+    pub source: PathBuf,
+    /// A path inside the volume to bind instead of all of it (`subPath`), resolved inside
+    /// the volume and made as a directory when missing.
+    #[serde(default)]
+    pub sub_path: Option<String>,
+    /// Where in the container (`mountPath`, absolute), resolved inside its root and made
+    /// when missing.
+    pub destination: String,
+    /// Read-only.
+    pub read_only: bool,
+    /// Whose files it holds.
+    pub kind: VolumeKind,
+}
+
+/// Whose files a volume holds, which decides how it is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeKind {
+    /// The pod's own (emptyDir, downward API): no set-user-id programs, no devices; made
+    /// by the kubelet owned by the pod's root.
+    Pod,
+    /// The node's (`hostPath`): bound as it is, seen through the container's user
+    /// namespace when it has one.
+    Node,
 }
 
 /// Namespaces a container joins (its pod's sandbox, [`crate::shell::sandbox`]), each the
@@ -253,6 +285,7 @@ mod tests {
             cgroup: "/sys/fs/cgroup/keelson/pods/x/app".into(),
             user_namespace: None,
             shared: Default::default(),
+            mounts: Vec::new(),
         }
     }
 

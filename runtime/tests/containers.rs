@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use keelson_runtime::shell::launch::{Launcher, CONTAINER_EXEC, CONTAINER_INIT};
 use keelson_runtime::shell::sandbox::{self, SandboxSpec};
 use keelson_runtime::spec::{
-    ContainerSpec, ExecSpec, NetworkMode, Process, Rlimit, RootSpec, SeccompProfile,
+    ContainerSpec, ExecSpec, NetworkMode, Process, Rlimit, RootSpec, SeccompProfile, VolumeKind,
+    VolumeMount,
 };
 
 fn main() {
@@ -30,7 +31,11 @@ fn main() {
         ));
     }
     type Test = (&'static str, fn(&Host));
-    let tests: [Test; 7] = [
+    let tests: [Test; 8] = [
+        (
+            "volumes_are_bound_where_asked_and_no_symlink_leads_out_of_the_root",
+            volumes,
+        ),
         (
             "the_containers_of_a_pod_share_its_network_ipc_and_uts_namespaces",
             shared_sandbox,
@@ -213,6 +218,7 @@ impl Host {
             cgroup: leaf,
             user_namespace: None,
             shared: Default::default(),
+            mounts: Vec::new(),
         }
     }
 
@@ -458,6 +464,80 @@ fn host_network(host: &Host) {
     assert_eq!(seen, node_links, "{output}");
     // The container's own cgroup, not the node's hierarchy.
     assert_ne!(lines.next(), Some("0"), "{output}");
+}
+
+fn volumes(host: &Host) {
+    let directory = tempfile::tempdir().unwrap();
+    let node = directory.path().join("node");
+    let scratch = directory.path().join("scratch");
+    std::fs::create_dir_all(node.join("config")).unwrap();
+    std::fs::write(node.join("config/app.conf"), "from the node\n").unwrap();
+    std::fs::write(node.join("greeting"), "hello file\n").unwrap();
+    std::fs::create_dir_all(&scratch).unwrap();
+    // A volume that holds a symlink out of it, as a container of the pod could make.
+    std::os::unix::fs::symlink("/", scratch.join("link")).unwrap();
+    let bundle = directory.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let script = "cat /config/app.conf; (echo x > /config/new) 2>/dev/null || echo read-only; \
+                  echo written > /scratch/out; echo deep > /sub/file; cat /etc/greeting; \
+                  echo in-volume > /linked/file; echo via-image > /escape/marker; \
+                  cat /escape/marker";
+    let mut spec = host.spec(&bundle, &["sh", "-c", script]);
+    // The image holds a symlink to the node's /etc: a mount path through it stays inside.
+    std::os::unix::fs::symlink("/etc", spec.root.layers[0].join("escape")).unwrap();
+    let volume =
+        |source: &Path, sub_path: Option<&str>, destination: &str, read_only| VolumeMount {
+            source: source.to_owned(),
+            sub_path: sub_path.map(str::to_owned),
+            destination: destination.into(),
+            read_only,
+            kind: VolumeKind::Pod,
+        };
+    spec.mounts = vec![
+        volume(&node.join("config"), None, "/config", true),
+        volume(&scratch, None, "/scratch", false),
+        volume(&scratch, Some("made/deeper"), "/sub", false),
+        volume(&node.join("greeting"), None, "/etc/greeting", true),
+        volume(&scratch, Some("link/inside"), "/linked", false),
+        volume(&scratch, Some("marker-dir"), "/escape/kept", false),
+    ];
+    let (output, code) = host.run(&spec, &bundle).unwrap();
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(
+        output, "from the node\nread-only\nhello file\nvia-image\n",
+        "what the container saw"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("out")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("made/deeper/file")).unwrap(),
+        "deep\n"
+    );
+    // The subPath through the volume's symlink to / stayed in the volume.
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("inside/file")).unwrap(),
+        "in-volume\n"
+    );
+    assert!(!Path::new("/inside").exists());
+    // The mount path through the image's symlink to /etc stayed in the container's root.
+    assert!(!Path::new("/etc/kept").exists() && !Path::new("/etc/marker").exists());
+    assert!(
+        spec.root.upper.join("etc/kept").is_dir(),
+        "made in the container's root"
+    );
+    assert!(!node.join("config/new").exists());
+    // A mount path with '..' is refused, saying which.
+    let bundle = directory.path().join("dots");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let mut spec = host.spec(&bundle, &["true"]);
+    spec.mounts = vec![volume(&scratch, None, "/a/../../b", false)];
+    let error = host.run(&spec, &bundle).unwrap_err();
+    assert!(
+        error.contains("mountPath \"/a/../../b\" must not contain '..'"),
+        "{error}"
+    );
 }
 
 fn shared_sandbox(host: &Host) {

@@ -247,15 +247,7 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     // both app containers, all in the pod's network, IPC and UTS namespaces.
     let stack = pods.apply(
         "stack.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stack\nspec:\n  initContainers:\n  \
-             - name: setup\n    image: {IMAGE}\n    command: [sh, -c, 'echo setup ran; busybox sleep 2']\n  \
-             - name: proxy\n    image: {IMAGE}\n    restartPolicy: Always\n    command: [sh, -c, \
-             'busybox mkdir -p /www && echo from the sidecar > /www/index.html && \
-             exec busybox httpd -f -p 127.0.0.1:8080 -h /www']\n  containers:\n  \
-             - name: web\n    image: {IMAGE}\n    command: [busybox, sleep, '3600']\n  \
-             - name: shell\n    image: {IMAGE}\n    command: [busybox, sleep, '3600']\n"
-        ),
+        &include_str!("../manifests/stack.yaml").replace("IMAGE", IMAGE),
     );
     assert_eq!(stack, "pod/stack created");
     let running = pods.wait_for("stack", "to run its containers", |pod| {
@@ -306,21 +298,53 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let row = pods.row("stack");
     assert_eq!(row[1..3], ["3/3", "Running"], "{row:?}");
     assert_eq!(pods.logs(&["stack", "-c", "setup"]), "setup ran\n");
-    // The sidecar's server on the pod's loopback answers the app container.
-    let (code, page) = pods.exec(
-        &[
-            "stack",
-            "-c",
-            "shell",
-            "--",
-            "busybox",
-            "wget",
-            "-qO-",
-            "http://127.0.0.1:8080/",
+    // The sidecar serves, on the pod's loopback, the page the init container wrote into
+    // their emptyDir.
+    let sidecar_page = |path: &str| {
+        let url = format!("http://127.0.0.1:8080/{path}");
+        let (code, page) = pods.exec(
+            &[
+                "stack", "-c", "shell", "--", "busybox", "wget", "-qO-", &url,
+            ],
+            None,
+        );
+        assert_eq!(code, Some(0), "wget {url}: {page}");
+        page
+    };
+    assert_eq!(sidecar_page(""), "from the init container\n");
+    // The downward API as variables and files, a memory-backed emptyDir of its size
+    // limit, a subPath made in its volume, and a hostPath on the node.
+    let script = "echo $POD_NAME $MEMORY_MI; cat /etc/podinfo/labels; \
+                  (echo x > /etc/podinfo/x) 2>/dev/null || echo podinfo is read-only; \
+                  busybox grep -E ' /cache ' /proc/mounts | busybox cut -d' ' -f3,4; \
+                  echo written by web > /shared/hello; busybox ls -d /site; \
+                  echo page > /site/sub.html";
+    let (code, seen) = pods.exec(&["stack", "-c", "web", "--", "sh", "-c", script], None);
+    assert_eq!(code, Some(0), "{seen}");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "stack 32",
+            "app=\"stack\"",
+            "tier=\"demo\"",
+            "podinfo is read-only",
         ],
-        None,
+        "{seen}"
     );
-    assert_eq!((code, page.as_str()), (Some(0), "from the sidecar\n"));
+    assert!(
+        lines[4].starts_with("tmpfs rw,nosuid,nodev") && lines[4].contains("size=1024k"),
+        "{seen}"
+    );
+    assert_eq!(lines[5], "/site", "{seen}");
+    let on_node = expect_success(
+        node.keelctl(Role::Reader, &["read", "/var/demo/hello"])
+            .unwrap(),
+        "read the hostPath's file on the node",
+    );
+    assert_eq!(on_node, "written by web\n");
+    // The subPath is a directory of the emptyDir, which the sidecar serves from.
+    assert_eq!(sidecar_page("pages/sub.html"), "page\n");
     // One network, IPC and UTS namespace for the pod; a mount namespace per container.
     let namespaces = |container: &str| {
         let script = "for n in net ipc uts mnt; do busybox readlink /proc/self/ns/$n; done; busybox hostname";

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod exec;
 pub mod init;
 pub mod launch;
+pub mod mounts;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -4,13 +4,14 @@
 //! filesystems are out of reach.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::mounts::{self, BindOptions, Leaf};
 use crate::security::{DEVICES, DEV_LINKS, MASKED_PATHS, READONLY_PATHS};
-use crate::spec::{ContainerSpec, IdMapping, NetworkMode};
+use crate::spec::{ContainerSpec, IdMapping, NetworkMode, VolumeKind, VolumeMount};
 
 /// Builds the root at the spec's mount point and moves into it. The steps, in order.
 /// With a user namespace, the image's layers are idmapped into it.
@@ -24,10 +25,54 @@ pub fn enter(spec: &ContainerSpec, user_namespace: Option<&OwnedFd>) -> Result<(
     mount_overlay(spec, idmapped)?;
     mount_kernel_filesystems(root, &spec.network, spec.user_namespace)?;
     populate_dev(root, spec.user_namespace.map(|mapping| mapping.host_id))?;
+    mount_volumes(root, &spec.mounts, user_namespace)?;
     pivot_into(root)?;
     mask_paths()?;
     if spec.root.read_only {
         remount_read_only("/")?;
+    }
+    Ok(())
+}
+
+/// Binds the pod's volumes into the root, each at its place resolved inside the root (a
+/// symlink of the image cannot send it onto the node).
+fn mount_volumes(
+    root: &Path,
+    volumes: &[VolumeMount],
+    user_namespace: Option<&OwnedFd>,
+) -> Result<(), String> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    let root_fd = mounts::open_path(root)?;
+    for volume in volumes {
+        let failed = |error: String| {
+            format!(
+                "cannot mount volume {} at {}: {error}",
+                volume.source.display(),
+                volume.destination
+            )
+        };
+        let mut source = mounts::open_path(&volume.source).map_err(failed)?;
+        if let Some(sub_path) = &volume.sub_path {
+            source = mounts::make_in_root(source.as_fd(), sub_path, Leaf::Directory, "subPath")
+                .map_err(failed)?;
+        }
+        let leaf = if mounts::is_directory(source.as_fd()) {
+            Leaf::Directory
+        } else {
+            Leaf::File
+        };
+        let target = mounts::make_in_root(root_fd.as_fd(), &volume.destination, leaf, "mountPath")
+            .map_err(failed)?;
+        let options = BindOptions {
+            read_only: volume.read_only,
+            no_suid_no_dev: volume.kind == VolumeKind::Pod,
+            idmap: user_namespace
+                .filter(|_| volume.kind == VolumeKind::Node)
+                .map(AsFd::as_fd),
+        };
+        mounts::bind(source.as_fd(), target.as_fd(), options).map_err(failed)?;
     }
     Ok(())
 }

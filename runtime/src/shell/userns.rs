@@ -14,32 +14,15 @@
 //! ([`idmapped_bind`], Linux 5.12 and later; overlayfs takes them from 5.19), so the
 //! container sees its files owned by its own root without a copy or a `chown`.
 
-use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 
+use super::mounts::{bind, open_path, BindOptions};
 use crate::spec::IdMapping;
-
-/// `open_tree(2)`'s flag for a detached copy of the tree, as a bind mount makes.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-/// `mount_setattr(2)`'s attribute for an idmapped mount.
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-/// `move_mount(2)`: the source is the descriptor itself.
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-/// `struct mount_attr` of `mount_setattr(2)`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 /// Creates a user namespace with `mapping` for users and groups; returns a descriptor
 /// that keeps it alive. A helper process unshares it and waits while this process (the
@@ -99,71 +82,21 @@ fn write_maps(pid: i32, mapping: &IdMapping) -> Result<OwnedFd, String> {
 /// Binds `source` at `target` with its ids shifted as `namespace` maps them: a file the
 /// node's root owns appears owned by the node id of the container's root.
 pub fn idmapped_bind(source: &Path, target: &Path, namespace: &OwnedFd) -> Result<(), String> {
-    let failed = |what: &str, error: std::io::Error| {
+    std::fs::create_dir_all(target)
+        .map_err(|error| format!("cannot create {}: {error}", target.display()))?;
+    let (source_fd, target_fd) = (open_path(source)?, open_path(target)?);
+    let options = BindOptions {
+        idmap: Some(namespace.as_fd()),
+        ..BindOptions::default()
+    };
+    bind(source_fd.as_fd(), target_fd.as_fd(), options).map_err(|error| {
         format!(
-            "cannot bind {} into the container's user namespace ({what}): {error}; idmapped \
+            "cannot bind {} into the container's user namespace ({error}); idmapped \
              mounts need Linux 5.12 or later and a filesystem that supports them (ext4, \
              xfs, btrfs; tmpfs from 6.3)",
             source.display()
         )
-    };
-    let c_path = |path: &Path| {
-        CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| format!("{} holds a NUL byte", path.display()))
-    };
-    let source_c = c_path(source)?;
-    std::fs::create_dir_all(target)
-        .map_err(|error| format!("cannot create {}: {error}", target.display()))?;
-    let target_c = c_path(target)?;
-    // SAFETY: open_tree with a valid path; returns a new descriptor or -1.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source_c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if tree < 0 {
-        return Err(failed("open_tree", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor, ours alone.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
-    let attributes = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: namespace.as_raw_fd() as u64,
-    };
-    // SAFETY: mount_setattr on our detached tree, with a struct of the size passed.
-    let set = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attributes as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if set != 0 {
-        return Err(failed("mount_setattr", std::io::Error::last_os_error()));
-    }
-    // SAFETY: move_mount of our detached tree onto a path that exists.
-    let moved = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if moved != 0 {
-        return Err(failed("move_mount", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    })
 }
 
 /// Opens what an unprivileged root needs of a network namespace that the node's user
