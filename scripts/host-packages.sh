@@ -14,6 +14,7 @@ keelson_packages=(
   docker-registry apache2-utils          # a real registry the pull tests start on 127.0.0.1
                                          # (htpasswd writes its basic-auth users)
   crun runc                              # the runtime benchmark's baselines (bench image only)
+  nftables                               # nft reads back the NAT table the agent writes by netlink
 )
 
 ensure_host_packages() {

@@ -5,7 +5,9 @@
 //! * [`dhcp`]: the DHCPv4 client as a pure state machine (RFC 2131 selecting, requesting,
 //!   bound, renewing, rebinding, expiry), with message building and reply parsing;
 //! * [`dhcp_socket`]: the client's socket and timer loop;
-//! * [`ipam`]: pod addresses from the node's pod CIDR, a pure allocator.
+//! * [`ipam`]: pod addresses from the node's pod CIDR, a pure allocator;
+//! * [`nat`]: the pods' masquerade and hostPort DNATs, a pure plan, which [`nft`] puts in
+//!   force over nf_tables netlink.
 //!
 //! Everything goes through netlink; nothing shells out to `ip`. The pod network (bridge,
 //! veth pairs, VXLAN, nftables) lands here next, beside these.
@@ -15,4 +17,6 @@
 pub mod dhcp;
 pub mod dhcp_socket;
 pub mod ipam;
+pub mod nat;
+pub mod nft;
 pub mod node;
