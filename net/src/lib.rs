@@ -9,8 +9,10 @@
 //! * [`nat`]: the pods' masquerade and hostPort DNATs, a pure plan, which [`nft`] puts in
 //!   force over nf_tables netlink.
 //!
-//! Everything goes through netlink; nothing shells out to `ip`. The pod network (bridge,
-//! veth pairs, VXLAN, nftables) lands here next, beside these.
+//! * [`podnet`]: the pods' bridge and veth pairs.
+//!
+//! Everything goes through netlink; nothing shells out to `ip` or `nft`. VXLAN between
+//! nodes comes with the cluster.
 //!
 //! Known limits: IPv4 DHCP only (IPv6 addresses and routes may be static).
 
@@ -20,3 +22,4 @@ pub mod ipam;
 pub mod nat;
 pub mod nft;
 pub mod node;
+pub mod podnet;
