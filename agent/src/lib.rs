@@ -182,7 +182,10 @@ async fn start_kubelet(
     inherited_pipes: keelson_kubelet::handoff::InheritedPipes,
 ) {
     use keelson_kubelet::engine::{Engine, EnginePaths};
-    let log_limits = log_limits(context.in_force.lock().await.as_ref());
+    let (log_limits, pod_cidr) = {
+        let config = context.in_force.lock().await;
+        (log_limits(config.as_ref()), pod_cidr(config.as_ref()))
+    };
     let started = (|| {
         if !options.manage_machine {
             return Err("the agent does not manage this machine".to_owned());
@@ -212,7 +215,8 @@ async fn start_kubelet(
         }
         let engine = Arc::new(
             Engine::new(handle.store.clone(), access, paths, inherited_pipes)
-                .with_log_limits(log_limits),
+                .with_log_limits(log_limits)
+                .with_pod_cidr(pod_cidr),
         );
         let store = keelson_kubelet::store::PodStore::open(&options.state_dir.join("pods"))?;
         Ok(keelson_kubelet::pods::Kubelet::start(engine, store))
@@ -225,6 +229,21 @@ async fn start_kubelet(
         Err(reason) => warn!("pods: {reason}"),
     }
     let _ = context.pods.set(started);
+}
+
+/// The node's pod CIDR: the config's `kubelet.podCIDR` (checked when the config was
+/// loaded), else the default.
+fn pod_cidr(config: Option<&keelson_config::model::MachineConfig>) -> keelson_net::ipam::PodCidr {
+    let settings = config
+        .and_then(|config| config.kubelet.clone())
+        .unwrap_or_default();
+    keelson_net::ipam::PodCidr::parse(settings.pod_cidr()).unwrap_or_else(|error| {
+        warn!(
+            "kubelet.podCIDR: {error}; pods take the default {}",
+            keelson_config::model::DEFAULT_POD_CIDR
+        );
+        keelson_net::ipam::PodCidr::default()
+    })
 }
 
 /// The container log limits of the config's `kubelet` section (checked when the config was

@@ -83,9 +83,21 @@ pub struct KubeletSettings {
     /// default; at least 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_log_max_files: Option<u32>,
+    /// The node's pod addresses, an IPv4 CIDR of /16 to /30 (`10.244.0.0/24`, the
+    /// default): the first address is the pods' gateway on the node's bridge `keelson0`.
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
 }
 
+/// The node's pod CIDR when the config names none.
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+
 impl KubeletSettings {
+    /// The pod CIDR in force: the config's, or [`DEFAULT_POD_CIDR`].
+    pub fn pod_cidr(&self) -> &str {
+        self.pod_cidr.as_deref().unwrap_or(DEFAULT_POD_CIDR)
+    }
+
     /// `container_log_max_size` in bytes: a number with an optional binary (`Ki`, `Mi`,
     /// `Gi`) or decimal (`k`, `M`, `G`) suffix.
     pub fn log_max_size_bytes(&self) -> Result<Option<u64>, String> {

@@ -388,10 +388,16 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
     let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nkubelet:\n";
     let accepted = load(
         "test",
-        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n").as_bytes(),
+        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n  podCIDR: 10.88.0.0/16\n")
+            .as_bytes(),
     )
     .unwrap();
     let kubelet = accepted.config.kubelet.clone().unwrap();
+    assert_eq!(kubelet.pod_cidr(), "10.88.0.0/16");
+    assert_eq!(
+        keelson_config::model::KubeletSettings::default().pod_cidr(),
+        "10.244.0.0/24"
+    );
     assert_eq!(kubelet.log_max_size_bytes(), Ok(Some(65536)));
     assert_eq!(kubelet.container_log_max_files, Some(3));
     for (section, field, words) in [
@@ -414,6 +420,21 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
             "  containerLogMaxFiles: 1\n",
             "kubelet.containerLogMaxFiles",
             "below 2",
+        ),
+        (
+            "  podCIDR: 10.244.0.1/24\n",
+            "kubelet.podCIDR",
+            "did you mean 10.244.0.0/24?",
+        ),
+        (
+            "  podCIDR: 10.0.0.0/8\n",
+            "kubelet.podCIDR",
+            "/8 is outside /16 to /30",
+        ),
+        (
+            "  podCIDR: fd00::/64\n",
+            "kubelet.podCIDR",
+            "does not start with an IPv4 address",
         ),
     ] {
         assert_refused_at(&format!("{base}{section}"), field, words);

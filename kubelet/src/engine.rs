@@ -16,6 +16,7 @@
 //! exit record, the OOM kill from the cgroup's `memory.events`, then removes the bundle,
 //! the cgroup and the hold.
 
+use std::net::Ipv4Addr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use keelson_contract::exits::{self, ExitStatus, EXITS_DIR};
 use keelson_images::{ImageRecord, ImageStore};
+use keelson_net::ipam::PodCidr;
+use keelson_net::podnet;
 use keelson_runtime::cgroup::CgroupTree;
 use keelson_runtime::process::{self, ImageProcess, User};
 use keelson_runtime::resources::CgroupValues;
@@ -32,7 +35,7 @@ use keelson_runtime::shell::launch::Launcher;
 use keelson_runtime::shell::sandbox::{self, SandboxSpec};
 use keelson_runtime::spec::{
     ContainerSpec, ExecSpec, IdMapping, NetworkMode, Process, RootSpec, SharedNamespaces,
-    DEFAULT_RLIMITS,
+    VolumeKind, VolumeMount, DEFAULT_RLIMITS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -108,6 +111,8 @@ pub struct Engine {
     logs: PathBuf,
     sandboxes: PathBuf,
     volumes: PathBuf,
+    pod_cidr: PodCidr,
+    mtu: tokio::sync::Mutex<Option<u32>>,
     cgroups: CgroupTree,
     inherited: InheritedPipes,
     log_limits: LogLimits,
@@ -146,6 +151,8 @@ impl Engine {
             logs: paths.logs,
             sandboxes: paths.sandboxes,
             volumes: paths.volumes,
+            pod_cidr: PodCidr::default(),
+            mtu: tokio::sync::Mutex::new(None),
             cgroups: CgroupTree::new(paths.cgroup_root),
             inherited,
             log_limits: LogLimits::default(),
@@ -195,25 +202,111 @@ impl Engine {
         sandbox::exists(&self.sandbox_dir(pod), Self::has_own_network(pod))
     }
 
-    /// The pod's sandbox: the namespaces its containers share, made when missing.
-    pub fn sandbox(
+    /// The pod's sandbox: the namespaces its containers share, made when missing; its
+    /// network namespace connected to the pods' bridge with `address`; and the files
+    /// (`resolv.conf`, `hosts`, `hostname`) its containers get in `/etc`.
+    pub async fn sandbox(
         &self,
         pod: &Pod,
         user_namespace: Option<IdMapping>,
+        address: Option<Ipv4Addr>,
     ) -> Result<SharedNamespaces, StartFailure> {
+        let error = failure("CreateContainerError");
         let directory = self.sandbox_dir(pod);
         let own_network = Self::has_own_network(pod);
-        if sandbox::exists(&directory, own_network) {
-            return Ok(sandbox::namespaces(&directory, own_network));
-        }
-        let spec = SandboxSpec {
-            hostname: pod.metadata.name.clone().unwrap_or_default(),
-            own_network,
-            open_to_unprivileged: user_namespace.is_some(),
+        let shared = if sandbox::exists(&directory, own_network) {
+            sandbox::namespaces(&directory, own_network)
+        } else {
+            let spec = SandboxSpec {
+                hostname: pod.metadata.name.clone().unwrap_or_default(),
+                own_network,
+                open_to_unprivileged: user_namespace.is_some(),
+            };
+            sandbox::create(&directory, &spec)
+                .map_err(|reason| error(format!("cannot make the pod's sandbox: {reason}")))?
         };
-        sandbox::create(&directory, &spec).map_err(|error| {
-            failure("CreateContainerError")(format!("cannot make the pod's sandbox: {error}"))
-        })
+        self.write_pod_files(pod, &directory, address)
+            .map_err(&error)?;
+        if let (Some(namespace), true) = (&shared.network, own_network) {
+            let address = address.ok_or_else(|| {
+                error("the pod has no address of the pod CIDR (its record lost it)".into())
+            })?;
+            let mtu = self.bridge().await.map_err(&error)?;
+            let node_end = podnet::node_end_name(pod.metadata.uid.as_deref().unwrap_or_default());
+            podnet::attach(namespace, &node_end, address, &self.pod_cidr, mtu)
+                .await
+                .map_err(|reason| {
+                    error(format!("cannot connect the pod to keelson0: {reason:#}"))
+                })?;
+        }
+        Ok(shared)
+    }
+
+    /// The pods' bridge, made once per agent; the MTU pods get.
+    async fn bridge(&self) -> Result<u32, String> {
+        let mut mtu = self.mtu.lock().await;
+        if let Some(mtu) = *mtu {
+            return Ok(mtu);
+        }
+        let made = podnet::ensure_bridge(&self.pod_cidr)
+            .await
+            .map_err(|reason| format!("cannot make the pods' bridge keelson0: {reason:#}"))?;
+        *mtu = Some(made);
+        Ok(made)
+    }
+
+    /// The pod's `/etc` files, written once into its sandbox (containers bind them, so a
+    /// file is not replaced under them).
+    fn write_pod_files(
+        &self,
+        pod: &Pod,
+        directory: &Path,
+        address: Option<Ipv4Addr>,
+    ) -> Result<(), String> {
+        let node_resolver = std::fs::read_to_string(keelson_net::node::RESOLV_CONF)
+            .or_else(|_| std::fs::read_to_string("/etc/resolv.conf"))
+            .unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let mut files = vec![("resolv.conf", crate::dns::resolv_conf(pod, &node_resolver))];
+        if let Some(address) = address.filter(|_| Self::has_own_network(pod)) {
+            files.push(("hosts", crate::dns::hosts(pod, &address.to_string())));
+            files.push(("hostname", format!("{name}\n")));
+        }
+        for (file, text) in files {
+            let path = directory.join(file);
+            if !path.exists() {
+                std::fs::write(&path, text)
+                    .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the pod's `/etc` files are bound in each container.
+    fn pod_file_mounts(&self, pod: &Pod) -> Vec<VolumeMount> {
+        let directory = self.sandbox_dir(pod);
+        ["resolv.conf", "hosts", "hostname"]
+            .into_iter()
+            .filter(|file| directory.join(file).exists())
+            .map(|file| VolumeMount {
+                source: directory.join(file),
+                sub_path: None,
+                destination: format!("/etc/{file}"),
+                read_only: false,
+                kind: VolumeKind::Pod,
+            })
+            .collect()
+    }
+
+    /// The node's pod CIDR.
+    pub fn pod_cidr(&self) -> PodCidr {
+        self.pod_cidr
+    }
+
+    /// Gives pods addresses of `cidr` rather than of the default one.
+    pub fn with_pod_cidr(mut self, cidr: PodCidr) -> Engine {
+        self.pod_cidr = cidr;
+        self
     }
 
     /// Starts run number `run` of the pod's container `name` in the pod's `shared`
@@ -312,8 +405,11 @@ impl Engine {
         let pod_volumes = volumes::pod_dir(&self.volumes, pod);
         volumes::prepare(pod, &pod_volumes, user_namespace, node)
             .map_err(failure("CreateContainerConfigError"))?;
-        let mounts = volumes::mounts_of(pod, container, &pod_volumes)
-            .map_err(failure("CreateContainerConfigError"))?;
+        let mut mounts = self.pod_file_mounts(pod);
+        mounts.extend(
+            volumes::mounts_of(pod, container, &pod_volumes)
+                .map_err(failure("CreateContainerConfigError"))?,
+        );
         // 4. The cgroup.
         let resources =
             crate::pod::resources_of(container).map_err(failure("CreateContainerConfigError"))?;
@@ -556,9 +652,13 @@ impl Engine {
         self.access.release(run_id).await;
     }
 
-    /// Removes the pod's own cgroup, its sandbox, its volumes and its logs (the pod is
-    /// deleted).
-    pub fn forget(&self, pod: &Pod) {
+    /// Removes the pod's own cgroup, its veth pair, its sandbox, its volumes and its logs
+    /// (the pod is deleted).
+    pub async fn forget(&self, pod: &Pod) {
+        let node_end = podnet::node_end_name(pod.metadata.uid.as_deref().unwrap_or_default());
+        if let Err(error) = podnet::detach(&node_end).await {
+            tracing::warn!("{error:#}");
+        }
         volumes::remove(&volumes::pod_dir(&self.volumes, pod));
         if let Some(pod_cgroup) = Self::cgroup_of(pod, "-").parent() {
             let _ = self.cgroups.remove(pod_cgroup);

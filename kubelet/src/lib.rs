@@ -11,12 +11,14 @@
 //! Today a pod has one container; the full kubelet (several containers, init containers,
 //! probes, volumes, pod networking) extends these pieces.
 
+pub mod dns;
 pub mod downward;
 pub mod engine;
 pub mod events;
 pub mod handoff;
 pub mod lifecycle;
 pub mod logs;
+pub mod network;
 pub mod pod;
 pub mod pods;
 pub mod status;

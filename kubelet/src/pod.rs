@@ -153,6 +153,8 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
         }
     }
     crate::volumes::check(&pod).map_err(|error| format!("pod {name}: {error}"))?;
+    crate::dns::check(&pod).map_err(|error| format!("pod {name}: {error}"))?;
+    crate::network::check_ports(&pod).map_err(|error| format!("pod {name}: {error}"))?;
     for (field, container) in fields(&pod) {
         crate::downward::check_env(&pod, container)
             .map_err(|error| format!("pod {name}: {field}.{error}"))?;

@@ -16,6 +16,7 @@ use crate::events::{EventLog, EventType};
 use crate::lifecycle::{Member, PodAction, PodEvent, PodLifecycle};
 use crate::status::{self, ContainerFacts};
 use crate::store::{PodRecord, PodStore, SavedContainer, SavedRun};
+use keelson_net::ipam::{Ipam, PodCidr};
 
 /// Why a request about pods failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +104,11 @@ pub struct Kubelet {
     store: PodStore,
     pods: Mutex<BTreeMap<(String, String), PodHandle>>,
     host_ip: Mutex<Option<String>>,
-    /// Held through an apply, so that two pods are never given the same name or ids.
+    /// Held through an apply, so that two pods are never given the same name, ids,
+    /// address or hostPort.
     admitting: Mutex<()>,
+    /// The pods' addresses, by pod uid.
+    addresses: Mutex<Ipam<String>>,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -122,25 +126,90 @@ fn now() -> u64 {
 }
 
 impl Kubelet {
-    /// Starts the supervisor: every kept pod comes back, its running container found
-    /// again or restarted as its policy says.
+    /// Starts the supervisor: every kept pod comes back with its address, its running
+    /// containers found again or restarted as its policy says.
     pub fn start(engine: Arc<Engine>, store: PodStore) -> Arc<Kubelet> {
+        let (mut records, problems) = store.load_all();
+        for problem in problems {
+            tracing::warn!("a kept pod cannot be read: {problem}");
+        }
+        let addresses = Self::restore_addresses(engine.pod_cidr(), &mut records, &store);
         let kubelet = Arc::new(Kubelet {
             engine,
             store,
             pods: Mutex::new(BTreeMap::new()),
             host_ip: Mutex::new(None),
             admitting: Mutex::new(()),
+            addresses: Mutex::new(addresses),
         });
-        let (records, problems) = kubelet.store.load_all();
-        for problem in problems {
-            tracing::warn!("a kept pod cannot be read: {problem}");
-        }
         for record in records {
             kubelet.resume(record);
         }
         kubelet.engine.release_unclaimed_pipes();
+        kubelet.refresh_nat();
         kubelet
+    }
+
+    /// The address allocator, rebuilt from the kept pods; a pod whose kept address cannot
+    /// stand (the CIDR changed) or that has none gets a new one, kept at once.
+    fn restore_addresses(
+        cidr: PodCidr,
+        records: &mut [PodRecord],
+        store: &PodStore,
+    ) -> Ipam<String> {
+        let uid = |record: &PodRecord| record.pod.metadata.uid.clone().unwrap_or_default();
+        let kept = records
+            .iter()
+            .filter_map(|record| Some((uid(record), record.pod_ip?)));
+        let (mut ipam, refused) = Ipam::restore(cidr, kept);
+        for (owner, error) in refused {
+            tracing::warn!(pod = %owner, "its kept address is refused ({error}); it gets a new one");
+        }
+        for record in records.iter_mut() {
+            if !crate::network::has_own_network(&record.pod) {
+                continue;
+            }
+            let owner = uid(record);
+            let address = match ipam.address_of(&owner) {
+                Some(address) => Some(address),
+                None => ipam
+                    .allocate(&owner)
+                    .inspect_err(|error| tracing::warn!(pod = %owner, "no address: {error}"))
+                    .ok(),
+            };
+            if address != record.pod_ip {
+                record.pod_ip = address;
+                if let Err(error) = store.save(record) {
+                    tracing::warn!("{error}");
+                }
+            }
+        }
+        ipam
+    }
+
+    /// Puts the pods' NAT in force: masquerade, and every pod's hostPorts.
+    fn refresh_nat(&self) {
+        let ports = self
+            .pods
+            .lock()
+            .map(|pods| {
+                pods.values()
+                    .filter_map(|handle| {
+                        let shared = handle.shared.lock().ok()?;
+                        let address = shared.record.pod_ip?;
+                        Some(crate::network::port_mappings(&shared.record.pod, address))
+                    })
+                    .flatten()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let plan = keelson_net::nat::NatPlan {
+            pod_cidr: self.engine.pod_cidr(),
+            ports,
+        };
+        if let Err(error) = keelson_net::nft::apply(&plan) {
+            tracing::warn!("the pods' NAT is not in force: {error}");
+        }
     }
 
     /// Sets the node's address (the pods' `hostIP`).
@@ -190,10 +259,34 @@ impl Kubelet {
             }
             _ => None,
         };
-        let record = PodRecord::new(admitted, user_namespace);
-        self.store.save(&record).map_err(PodsError::Storage)?;
-        tracing::info!(pod = %format!("{}/{}", key.0, key.1), "pod admitted");
+        let others: Vec<Pod> = self.list(None);
+        if let Some(conflict) = crate::network::port_conflict(&admitted, &others) {
+            return Err(PodsError::Invalid(format!(
+                "pod {}/{}: {conflict}",
+                key.0, key.1
+            )));
+        }
+        let mut record = PodRecord::new(admitted, user_namespace);
+        if crate::network::has_own_network(&record.pod) {
+            let mut addresses = self
+                .addresses
+                .lock()
+                .map_err(|_| PodsError::Storage("the address allocator is poisoned".into()))?;
+            let address = addresses.allocate(&uid).map_err(|error| {
+                PodsError::Invalid(format!(
+                    "pod {}/{}: {error}; delete a pod first, or give the node a wider kubelet.podCIDR",
+                    key.0, key.1
+                ))
+            })?;
+            record.pod_ip = Some(address);
+        }
+        if let Err(error) = self.store.save(&record) {
+            self.release_address(&uid);
+            return Err(PodsError::Storage(error));
+        }
+        tracing::info!(pod = %format!("{}/{}", key.0, key.1), address = ?record.pod_ip, "pod admitted");
         self.resume(record);
+        self.refresh_nat();
         self.get(&key.0, &key.1)
             .map(|pod| (pod, true))
             .ok_or_else(|| PodsError::NotFound("the pod vanished as it started".into()))
@@ -246,6 +339,8 @@ impl Kubelet {
             .ok()
             .and_then(|mut pods| pods.remove(&(namespace.to_owned(), name.to_owned())));
         let last = handle.map(|handle| self.view(&handle));
+        // Its hostPorts go with it.
+        self.refresh_nat();
         last.ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))
     }
 
@@ -395,23 +490,29 @@ impl Kubelet {
             return Pod::default();
         };
         let mut pod = shared.record.pod.clone();
+        let pod_ip = match shared.record.pod_ip {
+            Some(address) => Some(address.to_string()),
+            None if !crate::network::has_own_network(&pod) => host_ip.clone(),
+            None => None,
+        };
         pod.status = Some(status::pod_status(
             &pod,
             &shared.pod,
             &shared.facts,
             host_ip.as_deref(),
+            pod_ip.as_deref(),
         ));
         pod
     }
 
     /// What the downward API tells `pod` of the node.
-    fn node_facts(&self, pod: &Pod) -> crate::downward::NodeFacts {
+    fn node_facts(
+        &self,
+        pod: &Pod,
+        pod_ip: Option<std::net::Ipv4Addr>,
+    ) -> crate::downward::NodeFacts {
         let host_ip = self.host_ip.lock().ok().and_then(|host_ip| host_ip.clone());
-        let host_network = pod
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.host_network)
-            .unwrap_or(false);
+        let host_network = !crate::network::has_own_network(pod);
         let memory_kib = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|meminfo| {
@@ -424,10 +525,18 @@ impl Kubelet {
             name: nix::unistd::gethostname()
                 .map(|name| name.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            pod_ip: host_ip.clone().filter(|_| host_network),
+            pod_ip: pod_ip
+                .map(|address| address.to_string())
+                .or_else(|| host_ip.clone().filter(|_| host_network)),
             host_ip,
             cpu_millis: cpus * 1000,
             memory_bytes: memory_kib * 1024,
+        }
+    }
+
+    fn release_address(&self, uid: &str) {
+        if let Ok(mut addresses) = self.addresses.lock() {
+            addresses.release(&uid.to_owned());
         }
     }
 
@@ -627,7 +736,9 @@ impl Worker {
         }
         let pod = self.with(|shared| shared.record.pod.clone());
         if let Some(pod) = pod {
-            self.kubelet.engine.forget(&pod);
+            self.kubelet.engine.forget(&pod).await;
+            self.kubelet
+                .release_address(pod.metadata.uid.as_deref().unwrap_or_default());
             let (namespace, name) = crate::key(&pod);
             if let Err(error) = self.kubelet.store.remove(&namespace, &name) {
                 tracing::warn!("{error}");
@@ -734,20 +845,21 @@ impl Worker {
     /// Starts a run of container `index`: the pod's sandbox first, then the container.
     async fn start(&mut self, index: usize) -> Vec<PodAction> {
         let engine = self.kubelet.engine.clone();
-        let Some((pod, name, run, user_namespace)) = self.with(|shared| {
+        let Some((pod, name, run, user_namespace, pod_ip)) = self.with(|shared| {
             (
                 shared.record.pod.clone(),
                 shared.name(index),
                 shared.saved(index).runs,
                 shared.record.user_namespace,
+                shared.record.pod_ip,
             )
         }) else {
             return Vec::new();
         };
         let at = now();
         let mut notes = Vec::new();
-        let node = self.kubelet.node_facts(&pod);
-        let outcome = match engine.sandbox(&pod, user_namespace) {
+        let node = self.kubelet.node_facts(&pod, pod_ip);
+        let outcome = match engine.sandbox(&pod, user_namespace, pod_ip).await {
             Ok(shared) => {
                 engine
                     .start(

@@ -74,12 +74,13 @@ pub fn phase(pod: &PodLifecycle, facts: &[ContainerFacts]) -> &'static str {
 }
 
 /// The pod's status: `facts` are its containers' in the order of `pod`'s members;
-/// `host_ip` is the node's address (also the pod's with `hostNetwork`).
+/// `host_ip` is the node's address, `pod_ip` the pod's (the node's with `hostNetwork`).
 pub fn pod_status(
     spec_pod: &Pod,
     pod: &PodLifecycle,
     facts: &[ContainerFacts],
     host_ip: Option<&str>,
+    pod_ip: Option<&str>,
 ) -> PodStatus {
     let mut init_statuses = Vec::new();
     let mut statuses = Vec::new();
@@ -103,12 +104,7 @@ pub fn pod_status(
         last_transition_time: created.clone(),
         ..PodCondition::default()
     };
-    let host_network = spec_pod
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.host_network)
-        .unwrap_or(false);
-    let pod_ip = host_ip.filter(|_| host_network).map(str::to_owned);
+    let pod_ip = pod_ip.map(str::to_owned);
     PodStatus {
         phase: Some(phase(pod, facts).to_owned()),
         conditions: Some(vec![
@@ -319,14 +315,14 @@ mod tests {
             first_started_at: Some(100),
             ..ContainerFacts::default()
         }];
-        let running = pod_status(&pod(), &lifecycle, &facts, None);
+        let running = pod_status(&pod(), &lifecycle, &facts, None, None);
         assert_eq!(running.phase.as_deref(), Some("Running"));
         assert!(running.container_statuses.as_ref().unwrap()[0].ready);
         assert_eq!(running.start_time, Some(time(100)));
         assert_eq!(running.init_container_statuses, None);
 
         lifecycle.step(exited(0, 3, false, 105)).unwrap();
-        let status = pod_status(&pod(), &lifecycle, &facts, None);
+        let status = pod_status(&pod(), &lifecycle, &facts, None, None);
         assert_eq!(status.phase.as_deref(), Some("Running"));
         let container_status = &status.container_statuses.unwrap()[0];
         let waiting = container_status
@@ -364,7 +360,7 @@ mod tests {
             .unwrap();
         lifecycle.step(exited(0, 137, true, 2)).unwrap();
         assert_eq!(phase(&lifecycle, &facts), "Failed");
-        let status = pod_status(&pod(), &lifecycle, &facts, None);
+        let status = pod_status(&pod(), &lifecycle, &facts, None, None);
         let state = status.container_statuses.unwrap()[0].state.clone().unwrap();
         assert_eq!(
             state.terminated.unwrap().reason.as_deref(),
@@ -393,7 +389,7 @@ mod tests {
         lifecycle
             .step(event(0, Event::Started { pid: 7, at: 1 }))
             .unwrap();
-        let status = pod_status(&spec, &lifecycle, &facts, None);
+        let status = pod_status(&spec, &lifecycle, &facts, None, None);
         assert_eq!(status.phase.as_deref(), Some("Pending"));
         let init = status.init_container_statuses.as_ref().unwrap();
         assert_eq!(init.len(), 2);
@@ -420,7 +416,7 @@ mod tests {
         // It fails under Never: so does the pod, and nothing after it starts.
         lifecycle.step(exited(0, 2, false, 2)).unwrap();
         assert_eq!(phase(&lifecycle, &facts), "Failed");
-        let status = pod_status(&spec, &lifecycle, &facts, None);
+        let status = pod_status(&spec, &lifecycle, &facts, None, None);
         let setup = &status.init_container_statuses.unwrap()[0];
         assert!(!setup.ready);
         assert_eq!(

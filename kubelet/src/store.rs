@@ -25,6 +25,10 @@ pub struct PodRecord {
     /// The node ids of its user namespace (`hostUsers: false`), given when admitted.
     #[serde(default)]
     pub user_namespace: Option<IdMapping>,
+    /// Its address of the node's pod CIDR (pods with a network of their own), given when
+    /// admitted and kept for its life.
+    #[serde(default)]
+    pub pod_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl PodRecord {
@@ -35,6 +39,7 @@ impl PodRecord {
             containers: BTreeMap::new(),
             container: None,
             user_namespace,
+            pod_ip: None,
         }
     }
 

@@ -30,6 +30,16 @@ pub const WIDEST_PREFIX: u8 = 16;
 /// The narrowest: a /30 holds the network, the bridge, one pod and the broadcast.
 pub const NARROWEST_PREFIX: u8 = 30;
 
+impl Default for PodCidr {
+    /// The config's default (`keelson_config::model::DEFAULT_POD_CIDR`), 10.244.0.0/24.
+    fn default() -> PodCidr {
+        PodCidr {
+            network: u32::from(Ipv4Addr::new(10, 244, 0, 0)),
+            prefix: 24,
+        }
+    }
+}
+
 impl PodCidr {
     /// Reads `a.b.c.d/n`, refusing host bits and prefixes outside /16../30.
     pub fn parse(text: &str) -> Result<PodCidr, IpamError> {
@@ -315,6 +325,14 @@ mod tests {
         assert!(node.is_pod_address(Ipv4Addr::new(10, 244, 3, 254)));
         assert!(!node.is_pod_address(Ipv4Addr::new(10, 244, 4, 2)));
         assert_eq!(node.to_string(), "10.244.3.0/24");
+    }
+
+    #[test]
+    fn the_default_is_the_configs_default() {
+        assert_eq!(
+            PodCidr::default(),
+            cidr(keelson_config::model::DEFAULT_POD_CIDR)
+        );
     }
 
     #[test]

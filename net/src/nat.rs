@@ -39,7 +39,15 @@ impl Protocol {
         }
     }
 
-    /// Kubernetes' name for it.
+    /// Kubernetes' name for it (`TCP`, `UDP`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+
+    /// The protocol Kubernetes names so.
     pub fn parse(name: &str) -> Option<Protocol> {
         match name {
             "TCP" => Some(Protocol::Tcp),

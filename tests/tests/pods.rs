@@ -10,10 +10,15 @@ use std::time::{Duration, Instant};
 
 use keelson_api::roles::Role;
 use keelson_testkit::oci::{self, ArchiveKind};
+use keelson_tests::http::{HttpServer, Reply};
 use keelson_tests::{expect_failure, expect_success, TestCluster, TestNode};
 use serde_json::Value;
 
 const IMAGE: &str = "example/busybox:1";
+/// The node's pod CIDR (the config's `kubelet.podCIDR`).
+const POD_CIDR: &str = "10.88.0.0/24";
+/// The guest port of the host's service.
+const OUTSIDE_PORT: u16 = 8500;
 
 #[test]
 fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
@@ -31,9 +36,23 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         config.kubelet = Some(keelson_config::model::KubeletSettings {
             container_log_max_size: Some("16Ki".into()),
             container_log_max_files: Some(2),
+            pod_cidr: Some(POD_CIDR.into()),
         });
+        // A resolver the pods should inherit (nothing answers there: names are not
+        // looked up).
+        config.network.nameservers = vec!["10.0.2.3".into()];
+        config.network.search_domains = vec!["example.test".into()];
     });
-    let (mut node, _) = TestNode::boot_with(|options| options.config = Some(config)).unwrap();
+    // A service on the host, which pods reach through the node's masquerade; and the
+    // node's port 8080 (a pod's hostPort) forwarded to the host.
+    let outside = HttpServer::start(|_| Reply::Bytes(200, b"from the host\n".to_vec()));
+    let host_port = keelson_qemu::free_port().unwrap();
+    let (mut node, _) = TestNode::boot_with(|options| {
+        options.config = Some(config);
+        options.host_services = vec![(OUTSIDE_PORT, outside.port)];
+        options.forwards = vec![(host_port, 8080)];
+    })
+    .unwrap();
     let pods = Pods { node: &node };
     expect_success(
         node.keelctl(
@@ -66,7 +85,8 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     lines.sort();
     assert_eq!(lines, ["hello from a container", "oops"]);
 
-    // What a container sees: its own hostname, network, PID namespace and cgroup limits.
+    // What a container sees: its own hostname, network (loopback and the pod's eth0), PID
+    // namespace and cgroup limits.
     pods.run(&[
         "inside", "--restart", "Never", "--memory", "64Mi", "--cpu", "500m", "--env", "GREETING=hi", "--",
         "sh", "-c",
@@ -80,7 +100,7 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let inside = pods.logs(&["inside"]);
     assert_eq!(
         inside,
-        "host=inside pid=1 hi\nlo\n67108864\n50000 100000\n0\nCapEff:\t00000000a80425fb\nSeccomp:\t2\n"
+        "host=inside pid=1 hi\neth0\nlo\n67108864\n50000 100000\n0\nCapEff:\t00000000a80425fb\nSeccomp:\t2\n"
     );
 
     // hostNetwork: the node's network namespace and hostname, and the node's address as
@@ -345,6 +365,54 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     assert_eq!(on_node, "written by web\n");
     // The subPath is a directory of the emptyDir, which the sidecar serves from.
     assert_eq!(sidecar_page("pages/sub.html"), "page\n");
+    // The pod network: an address of the config's pod CIDR, the sidecar's hostPort
+    // reached from the host through the node, another pod reaching it by its address,
+    // the node by its gateway address, and the host through the node's masquerade.
+    let address = running["status"]["podIP"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("10.88.0."), "{running:#}");
+    assert_eq!(running["status"]["podIPs"][0]["ip"], address.as_str());
+    let from_host = fetch(&format!("http://127.0.0.1:{host_port}/"));
+    assert_eq!(from_host, "from the init container\n");
+    pods.run(&["neighbour", "--", "busybox", "sleep", "3600"]);
+    let neighbour = pods.wait_for("neighbour", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    let neighbour_address = neighbour["status"]["podIP"].as_str().unwrap();
+    assert_ne!(neighbour_address, address, "two pods, two addresses");
+    let script = format!(
+        "busybox wget -qO- http://{address}:8080/; \
+         echo | busybox nc -w 3 10.88.0.1 50000 >/dev/null && echo reached the node; \
+         busybox wget -qO- http://10.0.2.100:{OUTSIDE_PORT}/; \
+         busybox grep -v '^#' /etc/hosts | busybox grep neighbour; busybox cat /etc/resolv.conf"
+    );
+    let (code, seen) = pods.exec(&["neighbour", "--", "sh", "-c", &script], None);
+    assert_eq!(code, Some(0), "{seen}");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "from the init container",
+            "reached the node",
+            "from the host",
+            &format!("{neighbour_address}\tneighbour"),
+        ],
+        "{seen}"
+    );
+    // The pod's resolver is the node's (as Machine.Status reports it).
+    let status = node.status().unwrap();
+    let nameservers: Vec<String> = lines[4..]
+        .iter()
+        .filter_map(|line| line.strip_prefix("nameserver "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(nameservers, status.dns_servers, "{seen}");
+    assert_eq!(nameservers, ["10.0.2.3"], "{seen}");
+    assert!(lines.contains(&"search example.test"), "{seen}");
+    expect_success(
+        node.keelctl(Role::Operator, &["delete", "pod", "neighbour", "--now"])
+            .unwrap(),
+        "delete pod neighbour",
+    );
     // One network, IPC and UTS namespace for the pod; a mount namespace per container.
     let namespaces = |container: &str| {
         let script = "for n in net ipc uts mnt; do busybox readlink /proc/self/ns/$n; done; busybox hostname";
@@ -830,6 +898,26 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         assert!(table.lines().next().unwrap().contains(header), "{table}");
     }
     node.power_off().unwrap();
+}
+
+/// The body of an HTTP GET from the host (retried while the node starts forwarding).
+fn fetch(url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", url])
+            .output()
+            .unwrap();
+        if output.status.success() {
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {url}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 struct Pods<'a> {
