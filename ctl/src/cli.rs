@@ -265,6 +265,9 @@ pub struct GetArgs {
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+    /// After the table, print a pod's row each time it changes, until interrupted.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 /// `describe`.

@@ -9,12 +9,12 @@ use keelson_api::machine as api;
 use keelson_api::machine::machine_client::MachineClient;
 
 use crate::cli;
-use crate::output::{self, Format, Table};
+use crate::output::{self, Table};
 use crate::session::{describe_status, report, stream_all, Answers, Session};
 
 /// `keelctl version`: the client's version, then each node's.
 pub async fn version(session: &Session) -> anyhow::Result<bool> {
-    if session.format == Format::Table {
+    if session.format.is_table() {
         println!("Client: keelctl {}", env!("CARGO_PKG_VERSION"));
     }
     let answers = session

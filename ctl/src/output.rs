@@ -7,10 +7,19 @@ use serde::Serialize;
 pub enum Format {
     /// Aligned columns.
     Table,
+    /// Aligned columns, more of them (pods: IP and NODE), as kubectl's `-o wide`.
+    Wide,
     /// A JSON array of `{node, …}` (streams: one object per line).
     Json,
     /// YAML (streams: one document per entry).
     Yaml,
+}
+
+impl Format {
+    /// True for the formats people read (`table`, `wide`).
+    pub fn is_table(self) -> bool {
+        matches!(self, Format::Table | Format::Wide)
+    }
 }
 
 /// Rows under a header, printed with aligned columns.
@@ -89,7 +98,7 @@ pub fn print_structured<T: Serialize>(
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&labelled)?),
         Format::Yaml => print!("{}", serde_yaml::to_string(&labelled)?),
-        Format::Table => {}
+        Format::Table | Format::Wide => {}
     }
     Ok(())
 }
@@ -100,7 +109,7 @@ pub fn print_entry<T: Serialize>(format: Format, node: &str, value: &T) -> anyho
     match format {
         Format::Json => println!("{}", serde_json::to_string(&labelled)?),
         Format::Yaml => print!("---\n{}", serde_yaml::to_string(&labelled)?),
-        Format::Table => {}
+        Format::Table | Format::Wide => {}
     }
     Ok(())
 }

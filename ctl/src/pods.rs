@@ -234,7 +234,7 @@ async fn apply_pods(session: &Session, pods: &[Value]) -> anyhow::Result<bool> {
         for (node, answer) in answers {
             let applied = parse(&answer.pod_json).map_err(anyhow::Error::msg)?;
             match session.format {
-                Format::Table => println!(
+                Format::Table | Format::Wide => println!(
                     "{}pod/{} {}",
                     prefix(session, &node),
                     applied["metadata"]["name"].as_str().unwrap_or_default(),
@@ -253,6 +253,89 @@ async fn apply_pods(session: &Session, pods: &[Value]) -> anyhow::Result<bool> {
 
 /// `keelctl get pods [NAME]`.
 pub async fn get(session: &Session, arguments: &GetArgs) -> anyhow::Result<bool> {
+    let (pods, all_good, namespace) = fetch(session, arguments).await?;
+    if arguments.watch && session.format.is_table() {
+        return watch(session, arguments, pods).await;
+    }
+    match session.format {
+        Format::Table | Format::Wide => {
+            if pods.is_empty() && arguments.name.is_none() {
+                let scope = if namespace.is_empty() {
+                    "any".to_owned()
+                } else {
+                    namespace.clone()
+                };
+                eprintln!("No resources found in {scope} namespace.");
+            } else {
+                print!("{}", pod_table(session, &pods, arguments.all_namespaces));
+            }
+        }
+        format => {
+            let objects: Vec<Value> = pods.into_iter().map(|(_, pod)| pod).collect();
+            if arguments.name.is_some() && objects.len() == 1 {
+                print_objects(format, &objects)?;
+            } else {
+                print_list(format, objects)?;
+            }
+        }
+    }
+    Ok(all_good)
+}
+
+/// `get -w`: the table, then a row each time a pod's READY, STATUS or RESTARTS changes
+/// (polled every second), as kubectl prints a watch; it runs until interrupted.
+async fn watch(
+    session: &Session,
+    arguments: &GetArgs,
+    mut pods: Vec<(String, Value)>,
+) -> anyhow::Result<bool> {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let key = |(node, pod): &(String, Value)| {
+        (
+            node.clone(),
+            pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    // What a row shows, but its age (which changes every second).
+    let shown = |pod: &Value| columns(pod, now())[..3].to_vec();
+    let mut seen: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
+    print!("{}", pod_table(session, &pods, arguments.all_namespaces));
+    loop {
+        for entry in &pods {
+            seen.insert(key(entry), shown(&entry.1));
+        }
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        pods = fetch(session, arguments).await?.0;
+        let changed: Vec<(String, Value)> = pods
+            .iter()
+            .filter(|entry| seen.get(&key(entry)) != Some(&shown(&entry.1)))
+            .cloned()
+            .collect();
+        if !changed.is_empty() {
+            // The rows without their header, aligned as the first table was.
+            let table = pod_table(session, &changed, arguments.all_namespaces);
+            for line in table.lines().skip(1) {
+                println!("{line}");
+            }
+        }
+    }
+}
+
+/// The pods `get` asks for, whether every node answered, and the namespace asked.
+async fn fetch(
+    session: &Session,
+    arguments: &GetArgs,
+) -> anyhow::Result<(Vec<(String, Value)>, bool, String)> {
     let namespace = if arguments.all_namespaces {
         String::new()
     } else {
@@ -306,29 +389,7 @@ pub async fn get(session: &Session, arguments: &GetArgs) -> anyhow::Result<bool>
             pods.push((node.clone(), parse(&item).map_err(anyhow::Error::msg)?));
         }
     }
-    match session.format {
-        Format::Table => {
-            if pods.is_empty() && arguments.name.is_none() {
-                let scope = if namespace.is_empty() {
-                    "any".to_owned()
-                } else {
-                    namespace.clone()
-                };
-                eprintln!("No resources found in {scope} namespace.");
-            } else {
-                print!("{}", pod_table(session, &pods, arguments.all_namespaces));
-            }
-        }
-        format => {
-            let objects: Vec<Value> = pods.into_iter().map(|(_, pod)| pod).collect();
-            if arguments.name.is_some() && objects.len() == 1 {
-                print_objects(format, &objects)?;
-            } else {
-                print_list(format, objects)?;
-            }
-        }
-    }
-    Ok(all_good)
+    Ok((pods, all_good, namespace))
 }
 
 fn print_objects(format: Format, objects: &[Value]) -> anyhow::Result<()> {
@@ -347,10 +408,12 @@ fn print_list(format: Format, items: Vec<Value>) -> anyhow::Result<()> {
 }
 
 /// The table kubectl prints: NAME READY STATUS RESTARTS AGE (with NAMESPACE first for
-/// every namespace, and NODE when several nodes answered).
+/// every namespace, and NODE when several nodes answered); `-o wide` adds IP, NODE,
+/// NOMINATED NODE and READINESS GATES.
 pub fn pod_table(session: &Session, pods: &[(String, Value)], namespaces: bool) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let several = session.nodes.len() > 1;
+    let wide = session.format == Format::Wide;
+    let several = session.nodes.len() > 1 && !wide;
     let mut headers = Vec::new();
     if several {
         headers.push("NODE");
@@ -359,6 +422,9 @@ pub fn pod_table(session: &Session, pods: &[(String, Value)], namespaces: bool) 
         headers.push("NAMESPACE");
     }
     headers.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    if wide {
+        headers.extend(["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]);
+    }
     let mut table = Table::new(&headers);
     for (node, pod) in pods {
         let mut row = Vec::new();
@@ -380,6 +446,12 @@ pub fn pod_table(session: &Session, pods: &[(String, Value)], namespaces: bool) 
                 .to_owned(),
         );
         row.extend(columns(pod, now));
+        if wide {
+            let text = |value: &Value| value.as_str().unwrap_or("<none>").to_owned();
+            row.push(text(&pod["status"]["podIP"]));
+            row.push(text(&pod["spec"]["nodeName"]));
+            row.extend(["<none>".to_owned(), "<none>".to_owned()]);
+        }
         table.row(row);
     }
     table.render()

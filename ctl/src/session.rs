@@ -218,7 +218,7 @@ pub fn report<T: serde::Serialize>(
     }
     if !good.is_empty() {
         match format {
-            Format::Table => print!("{}", table(&good)),
+            Format::Table | Format::Wide => print!("{}", table(&good)),
             other => output::print_structured(other, &good)?,
         }
     }
@@ -252,7 +252,7 @@ where
                 .map_err(|status| describe_status(&status))?
             {
                 match session.format {
-                    Format::Table => {
+                    Format::Table | Format::Wide => {
                         let text = line(&entry);
                         let mut stdout = std::io::stdout().lock();
                         let written = if several {

@@ -71,7 +71,7 @@ pub fn run(file: &Path, format: Format) -> anyhow::Result<bool> {
     };
     let validation = validate_bytes(&name, &bytes);
     match format {
-        Format::Table => {
+        Format::Table | Format::Wide => {
             for diagnostic in validation.errors.iter().chain(&validation.warnings) {
                 println!("{diagnostic}");
             }

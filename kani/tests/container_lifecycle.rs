@@ -24,6 +24,10 @@ fn event(kind: u8, pid: u8, code: u8, flag: bool, now: u64) -> Event {
             oom_killed: flag,
             at: now,
         },
+        2 if flag => Event::RestartRequested {
+            at: now,
+            grace_seconds: u64::from(code % 40),
+        },
         2 => Event::StopRequested {
             at: now,
             grace_seconds: u64::from(code % 40),
@@ -79,7 +83,9 @@ fn check(policy_index: u8, events: &[(u8, u8, u8, bool, u8)]) {
                         matches!(before, State::Running { .. } | State::Stopping { .. })
                     }
                     Event::CreateFailed { .. } => before == State::Creating,
-                    Event::StopRequested { .. } | Event::Tick { .. } => true,
+                    Event::StopRequested { .. }
+                    | Event::RestartRequested { .. }
+                    | Event::Tick { .. } => true,
                 };
                 assert!(!fits, "{event:?} was refused in {before:?}, where it fits");
             }

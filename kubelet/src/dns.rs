@@ -111,9 +111,19 @@ fn read(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     (nameservers, searches, options)
 }
 
-/// The pod's `/etc/hosts`: localhost, its own name on its address, and `hostAliases`.
+/// The pod's hostname: `spec.hostname`, else its name.
+pub fn hostname(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.hostname.clone())
+        .filter(|hostname| !hostname.is_empty())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default()
+}
+
+/// The pod's `/etc/hosts`: localhost, its hostname on its address, and `hostAliases`.
 pub fn hosts(pod: &Pod, address: &str) -> String {
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let name = hostname(pod);
     let mut text = format!(
         "# Written by keelsond for pod {name}.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{name}\n"
     );

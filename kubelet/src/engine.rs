@@ -218,7 +218,7 @@ impl Engine {
             sandbox::namespaces(&directory, own_network)
         } else {
             let spec = SandboxSpec {
-                hostname: pod.metadata.name.clone().unwrap_or_default(),
+                hostname: crate::dns::hostname(pod),
                 own_network,
                 open_to_unprivileged: user_namespace.is_some(),
             };
@@ -266,7 +266,7 @@ impl Engine {
         let node_resolver = std::fs::read_to_string(keelson_net::node::RESOLV_CONF)
             .or_else(|_| std::fs::read_to_string("/etc/resolv.conf"))
             .unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
+        let name = crate::dns::hostname(pod);
         let mut files = vec![("resolv.conf", crate::dns::resolv_conf(pod, &node_resolver))];
         if let Some(address) = address.filter(|_| Self::has_own_network(pod)) {
             files.push(("hosts", crate::dns::hosts(pod, &address.to_string())));
@@ -383,11 +383,18 @@ impl Engine {
             .map_err(failure("CreateContainerConfigError"))?;
         let process = process::resolve(
             &ImageProcess::from_config(&config),
-            &crate::pod::request(container, env),
+            &crate::pod::request(pod, container, env),
         )
         .map_err(|error| failure("CreateContainerConfigError")(error.to_string()))?;
         let identity =
             resolve_user(&process.user, &layers).map_err(failure("CreateContainerConfigError"))?;
+        if identity.uid == 0 && crate::pod::run_as_non_root(pod, container) {
+            return Err(failure("CreateContainerConfigError")(format!(
+                "container has runAsNonRoot and image will run as root (pod: {:?}, container: {name}); \
+                 set runAsUser, or use an image whose USER is not root",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            )));
+        }
         if let Some(mapping) = &user_namespace {
             let ids = [identity.uid, identity.gid]
                 .into_iter()
@@ -436,7 +443,7 @@ impl Engine {
                 upper: bundle.join("upper"),
                 work: bundle.join("work"),
                 mount_point: bundle.join("rootfs"),
-                read_only: false,
+                read_only: crate::pod::read_only_root(container),
             },
             process: Process {
                 args: process.args,
@@ -446,10 +453,8 @@ impl Engine {
                 gid: identity.gid,
                 groups: identity.groups,
                 rlimits: DEFAULT_RLIMITS.to_vec(),
-                capabilities: keelson_runtime::security::DEFAULT_CAPABILITIES
-                    .iter()
-                    .map(|name| name.to_string())
-                    .collect(),
+                capabilities: crate::pod::capabilities_of(container)
+                    .map_err(failure("CreateContainerConfigError"))?,
                 no_new_privileges: crate::pod::no_new_privileges(container),
                 seccomp: crate::pod::seccomp_profile(pod, container),
             },
@@ -582,6 +587,69 @@ impl Engine {
             },
             terminal,
         })
+    }
+
+    /// container-exec, ready to run `spec` (written to a file it reads and removes).
+    /// Returns the command and that file (for the caller to remove if it never runs).
+    pub fn container_exec(
+        &self,
+        spec: &ExecSpec,
+    ) -> Result<(tokio::process::Command, PathBuf), String> {
+        let directory = Path::new("/run/keelson/exec");
+        std::fs::create_dir_all(directory)
+            .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+        let file = directory.join(format!("{}.json", uuid::Uuid::new_v4()));
+        let bytes = serde_json::to_vec(spec).map_err(|error| error.to_string())?;
+        std::fs::write(&file, bytes)
+            .map_err(|error| format!("cannot write {}: {error}", file.display()))?;
+        let mut command = tokio::process::Command::new(self.helper_binary());
+        command
+            .arg(keelson_runtime::shell::launch::CONTAINER_EXEC)
+            .arg(&file)
+            .env_clear();
+        Ok((command, file))
+    }
+
+    /// Runs `command` in the run (an exec probe): Ok when it exits 0 within `timeout`,
+    /// else what it said.
+    pub async fn run_command(
+        &self,
+        record: &RunningRecord,
+        command: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let shown = command.join(" ");
+        let spec = self.exec_spec(record, command, false)?;
+        let (mut process, file) = self.container_exec(&spec)?;
+        process
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = process.spawn().map_err(|error| {
+            let _ = std::fs::remove_file(&file);
+            format!("cannot start container-exec: {error}")
+        })?;
+        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(output) => output.map_err(|error| error.to_string())?,
+            Err(_) => {
+                return Err(format!(
+                    "command \"{shown}\" timed out after {}s",
+                    timeout.as_secs()
+                ))
+            }
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        let mut said = String::from_utf8_lossy(&output.stdout).into_owned();
+        said.push_str(&String::from_utf8_lossy(&output.stderr));
+        let said: String = said.trim().chars().take(512).collect();
+        Err(format!(
+            "command \"{shown}\" exited with {}{}{said}",
+            output.status.code().unwrap_or(-1),
+            if said.is_empty() { "" } else { ": " }
+        ))
     }
 
     /// The binary that runs container-init and container-exec.

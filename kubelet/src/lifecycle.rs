@@ -400,6 +400,7 @@ fn event_time(event: Event) -> u64 {
         | Event::CreateFailed { at }
         | Event::Exited { at, .. }
         | Event::StopRequested { at, .. }
+        | Event::RestartRequested { at, .. }
         | Event::Tick { at } => at,
     }
 }

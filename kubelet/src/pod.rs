@@ -90,15 +90,100 @@ pub fn admit(mut pod: Pod, uid: &str, now: Time) -> Result<Pod, String> {
     let Some(spec) = pod.spec.as_mut() else {
         return Err(format!("pod {name} has no spec"));
     };
-    let unsupported = [(
-        "spec.ephemeralContainers",
-        spec.ephemeral_containers
-            .as_ref()
-            .is_some_and(|list| !list.is_empty()),
-    )];
-    for (field, present) in unsupported {
+    let pod_context = spec.security_context.clone().unwrap_or_default();
+    let non_empty = |list: Option<usize>| list.is_some_and(|length| length > 0);
+    let unsupported = [
+        (
+            "spec.ephemeralContainers",
+            non_empty(spec.ephemeral_containers.as_ref().map(Vec::len)),
+            "add a container to a new pod instead",
+        ),
+        (
+            "spec.hostIPC",
+            spec.host_ipc == Some(true),
+            "a pod's containers share an IPC namespace of its own",
+        ),
+        (
+            "spec.hostPID",
+            spec.host_pid == Some(true),
+            "each container has a PID namespace of its own",
+        ),
+        (
+            "spec.shareProcessNamespace",
+            spec.share_process_namespace == Some(true),
+            "each container has a PID namespace of its own",
+        ),
+        (
+            "spec.activeDeadlineSeconds",
+            spec.active_deadline_seconds.is_some(),
+            "leave it out; delete the pod when its time is up",
+        ),
+        (
+            "spec.readinessGates",
+            non_empty(spec.readiness_gates.as_ref().map(Vec::len)),
+            "nothing on a node sets outside conditions; use a readinessProbe",
+        ),
+        (
+            "spec.resourceClaims",
+            non_empty(spec.resource_claims.as_ref().map(Vec::len)),
+            "dynamic resource allocation comes with the cluster",
+        ),
+        (
+            "spec.resources",
+            spec.resources.is_some(),
+            "give each container its own requests and limits",
+        ),
+        (
+            "spec.runtimeClassName",
+            spec.runtime_class_name.is_some(),
+            "every pod runs in Keelson's own runtime",
+        ),
+        (
+            "spec.schedulingGates",
+            non_empty(spec.scheduling_gates.as_ref().map(Vec::len)),
+            "a gated pod would never start here",
+        ),
+        (
+            "spec.imagePullSecrets",
+            non_empty(spec.image_pull_secrets.as_ref().map(Vec::len)),
+            "registry credentials go in the machine config's registries.auth",
+        ),
+        (
+            "spec.os",
+            spec.os.as_ref().is_some_and(|os| os.name != "linux"),
+            "this node runs Linux pods",
+        ),
+        (
+            "spec.securityContext.fsGroup",
+            pod_context.fs_group.is_some(),
+            "chown the volume's files from an init container",
+        ),
+        (
+            "spec.securityContext.supplementalGroups",
+            non_empty(pod_context.supplemental_groups.as_ref().map(Vec::len)),
+            "give the user its groups in the image's /etc/group",
+        ),
+        (
+            "spec.securityContext.sysctls",
+            non_empty(pod_context.sysctls.as_ref().map(Vec::len)),
+            "namespaced sysctls are not settable yet",
+        ),
+        (
+            "spec.securityContext.seLinuxOptions",
+            pod_context.se_linux_options.is_some(),
+            "this node has no SELinux",
+        ),
+        (
+            "spec.securityContext.windowsOptions",
+            pod_context.windows_options.is_some(),
+            "this node runs Linux pods",
+        ),
+    ];
+    for (field, present, instead) in unsupported {
         if present {
-            return Err(format!("pod {name}: {field} is not supported yet"));
+            return Err(format!(
+                "pod {name}: {field} is not supported on this node: {instead}"
+            ));
         }
     }
     if spec.host_users == Some(false) && spec.host_network == Some(true) {
@@ -210,6 +295,29 @@ fn admit_container(
         }
     }
     resources_of(container).map_err(|error| format!("{field}.{error}"))?;
+    let has_probes = [
+        &container.startup_probe,
+        &container.liveness_probe,
+        &container.readiness_probe,
+    ]
+    .iter()
+    .any(|probe| probe.is_some());
+    // Held back: the probes' and hooks' shell failed its end-to-end test in the guest
+    // (containers with probes were restarted over and over); until that is found, a pod
+    // that asks for them is refused rather than run wrongly.
+    if has_probes || container.lifecycle.is_some() {
+        return Err(format!(
+            "{field}: probes and lifecycle hooks are not supported on this node yet"
+        ));
+    }
+    if is_init && container.restart_policy.as_deref() != Some("Always") && has_probes {
+        return Err(format!(
+            "{field}: an init container takes no probes (only a sidecar, restartPolicy: Always, does)"
+        ));
+    }
+    crate::probes::probes_of(container).map_err(|error| format!("{field}.{error}"))?;
+    crate::hooks::check(container).map_err(|error| format!("{field}.{error}"))?;
+    capabilities_of(container).map_err(|error| format!("{field}.securityContext.{error}"))?;
     let profiles = [
         container
             .security_context
@@ -225,15 +333,57 @@ fn admit_container(
             ));
         }
     }
-    if container
-        .security_context
-        .as_ref()
-        .and_then(|context| context.privileged)
-        == Some(true)
-    {
-        return Err(format!(
-            "{field}.securityContext.privileged: privileged containers are not supported yet"
-        ));
+    let context = container.security_context.clone().unwrap_or_default();
+    let non_empty = |list: Option<usize>| list.is_some_and(|length| length > 0);
+    let unsupported = [
+        (
+            "securityContext.privileged",
+            context.privileged == Some(true),
+            "add the capabilities it needs (securityContext.capabilities.add)",
+        ),
+        (
+            "securityContext.procMount",
+            context
+                .proc_mount
+                .as_deref()
+                .is_some_and(|mount| mount != "Default"),
+            "/proc is always masked as runc masks it",
+        ),
+        (
+            "securityContext.seLinuxOptions",
+            context.se_linux_options.is_some(),
+            "this node has no SELinux",
+        ),
+        (
+            "securityContext.windowsOptions",
+            context.windows_options.is_some(),
+            "this node runs Linux pods",
+        ),
+        (
+            "envFrom",
+            non_empty(container.env_from.as_ref().map(Vec::len)),
+            "ConfigMaps and Secrets come with the cluster; list env entries",
+        ),
+        (
+            "volumeDevices",
+            non_empty(container.volume_devices.as_ref().map(Vec::len)),
+            "block volumes come with the cluster",
+        ),
+        (
+            "resources.claims",
+            container
+                .resources
+                .as_ref()
+                .is_some_and(|resources| non_empty(resources.claims.as_ref().map(Vec::len))),
+            "dynamic resource allocation comes with the cluster",
+        ),
+    ];
+    for (part, present, instead) in unsupported {
+        if present {
+            return Err(format!(
+                "{field}.{part} is not supported on this node: {instead}"
+            ));
+        }
     }
     Ok(())
 }
@@ -374,18 +524,59 @@ pub fn seccomp_profile(pod: &Pod, container: &Container) -> SeccompProfile {
     }
 }
 
+/// The capabilities the container keeps: the defaults with its `securityContext`'s
+/// `capabilities.add` and `drop`.
+pub fn capabilities_of(container: &Container) -> Result<Vec<String>, String> {
+    let asked = container
+        .security_context
+        .as_ref()
+        .and_then(|context| context.capabilities.clone())
+        .unwrap_or_default();
+    keelson_runtime::security::capabilities(
+        &asked.add.unwrap_or_default(),
+        &asked.drop.unwrap_or_default(),
+    )
+}
+
+/// `readOnlyRootFilesystem`.
+pub fn read_only_root(container: &Container) -> bool {
+    container
+        .security_context
+        .as_ref()
+        .and_then(|context| context.read_only_root_filesystem)
+        == Some(true)
+}
+
+/// `runAsNonRoot`, the container's, else the pod's.
+pub fn run_as_non_root(pod: &Pod, container: &Container) -> bool {
+    let pod_context = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.security_context.as_ref());
+    container
+        .security_context
+        .as_ref()
+        .and_then(|context| context.run_as_non_root)
+        .or(pod_context.and_then(|context| context.run_as_non_root))
+        == Some(true)
+}
+
 /// What the pod asks of the container's process, with its environment resolved
-/// ([`crate::downward::env`]).
-pub fn request(container: &Container, env: Vec<(String, String)>) -> ContainerRequest {
-    let security = container.security_context.as_ref();
-    let run_as = security.and_then(|context| context.run_as_user).map(|uid| {
-        (
-            uid as u32,
-            security
-                .and_then(|context| context.run_as_group)
-                .map(|gid| gid as u32),
-        )
-    });
+/// ([`crate::downward::env`]): `runAsUser` and `runAsGroup` are the container's, else
+/// the pod's.
+pub fn request(pod: &Pod, container: &Container, env: Vec<(String, String)>) -> ContainerRequest {
+    let own = container.security_context.as_ref();
+    let pods = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.security_context.as_ref());
+    let user = own
+        .and_then(|context| context.run_as_user)
+        .or(pods.and_then(|context| context.run_as_user));
+    let group = own
+        .and_then(|context| context.run_as_group)
+        .or(pods.and_then(|context| context.run_as_group));
+    let run_as = user.map(|uid| (uid as u32, group.map(|gid| gid as u32)));
     ContainerRequest {
         command: container.command.clone(),
         args: container.args.clone(),
@@ -542,6 +733,27 @@ mod tests {
                 serde_json::json!({"metadata": {"name": "web"}, "spec": {
                     "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "x", "resources": {"requests": {"cpu": "lots"}}}]}}),
                 "pod web: spec.containers[1].resources.requests.cpu",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"hostPID": true,
+                    "containers": [{"name": "a", "image": "x"}]}}),
+                "pod web: spec.hostPID is not supported on this node: each container has a PID namespace of its own",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {
+                    "containers": [{"name": "a", "image": "x", "securityContext": {"privileged": true}}]}}),
+                "pod web: spec.containers[0].securityContext.privileged is not supported on this node: add the capabilities",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {
+                    "containers": [{"name": "a", "image": "x", "securityContext": {"capabilities": {"add": ["FLY"]}}}]}}),
+                "pod web: spec.containers[0].securityContext.capabilities.add: \"FLY\" is not a capability",
+            ),
+            (
+                serde_json::json!({"metadata": {"name": "web"}, "spec": {"initContainers": [
+                    {"name": "i", "image": "x", "readinessProbe": {"tcpSocket": {"port": 80}}}],
+                    "containers": [{"name": "a", "image": "x"}]}}),
+                "pod web: spec.initContainers[0]: probes and lifecycle hooks are not supported on this node yet",
             ),
         ];
         for (json, expected) in cases {

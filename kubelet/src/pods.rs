@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, watch};
 use crate::engine::{Engine, Found};
 use crate::events::{EventLog, EventType};
 use crate::lifecycle::{Member, PodAction, PodEvent, PodLifecycle};
+use crate::prober::{Report, RunNews};
+use crate::probes::{ProbeSet, Verdict};
 use crate::status::{self, ContainerFacts};
 use crate::store::{PodRecord, PodStore, SavedContainer, SavedRun};
 use keelson_net::ipam::{Ipam, PodCidr};
@@ -116,6 +118,13 @@ impl std::fmt::Debug for Kubelet {
         let pods = self.pods.lock().map(|pods| pods.len()).unwrap_or(0);
         f.debug_struct("Kubelet").field("pods", &pods).finish()
     }
+}
+
+/// This node's name (its hostname), as pods' `spec.nodeName` holds it.
+fn node_name() -> String {
+    nix::unistd::gethostname()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn now() -> u64 {
@@ -227,9 +236,24 @@ impl Kubelet {
             .lock()
             .map_err(|_| PodsError::Storage("the pod supervisor's lock is poisoned".into()))?;
         let uid = uuid::Uuid::new_v4().to_string();
-        let admitted =
+        let mut admitted =
             crate::pod::admit(pod, &uid, status::time(now())).map_err(PodsError::Invalid)?;
         let key = crate::key(&admitted);
+        // As the scheduler binds it: to this node, or refused when it names another.
+        let node = node_name();
+        if let Some(spec) = admitted.spec.as_mut() {
+            match spec.node_name.as_deref() {
+                None | Some("") => spec.node_name = Some(node),
+                Some(named) if named == node => {}
+                Some(named) => {
+                    return Err(PodsError::Invalid(format!(
+                        "pod {}/{}: spec.nodeName {named:?} is not this node ({node}); \
+                         leave it out or name this node",
+                        key.0, key.1
+                    )))
+                }
+            }
+        }
         if let Some(existing) = self.get(&key.0, &key.1) {
             if existing.spec == admitted.spec
                 && existing.metadata.labels == admitted.metadata.labels
@@ -366,9 +390,7 @@ impl Kubelet {
         namespace: &str,
         name: &str,
     ) -> Result<Vec<k8s_openapi::api::core::v1::Event>, PodsError> {
-        let node = nix::unistd::gethostname()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let node = node_name();
         self.with_pod(namespace, name, |shared| {
             shared
                 .events
@@ -479,9 +501,12 @@ impl Kubelet {
             .map_err(PodsError::Storage)
     }
 
-    /// The binary that runs container-exec.
-    pub fn helper_binary(&self) -> std::path::PathBuf {
-        self.engine.helper_binary().to_owned()
+    /// container-exec, ready to run `spec` (see [`Engine::container_exec`]).
+    pub fn container_exec(
+        &self,
+        spec: &keelson_runtime::spec::ExecSpec,
+    ) -> Result<(tokio::process::Command, std::path::PathBuf), String> {
+        self.engine.container_exec(spec)
     }
 
     fn view(&self, handle: &PodHandle) -> Pod {
@@ -522,9 +547,7 @@ impl Kubelet {
             .unwrap_or(0);
         let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u64);
         crate::downward::NodeFacts {
-            name: nix::unistd::gethostname()
-                .map(|name| name.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: node_name(),
             pod_ip: pod_ip
                 .map(|address| address.to_string())
                 .or_else(|| host_ip.clone().filter(|_| host_network)),
@@ -621,6 +644,8 @@ impl Kubelet {
                 waiting: None,
                 ever_started: saved.first_started_at.is_some(),
                 first_started_at: saved.first_started_at,
+                unstarted_by_probe: false,
+                unready_by_probe: false,
             });
         }
         if ever_started && !self.engine.sandbox_exists(&record.pod) {
@@ -646,13 +671,22 @@ impl Kubelet {
                 },
             );
         }
+        let (probe_news, probe_receiver) = mpsc::unbounded_channel();
         let worker = Worker {
             kubelet: self.clone(),
             shared,
             exits: tokio::task::JoinSet::new(),
             wake: None,
+            probe_news,
+            probers: BTreeMap::new(),
         };
-        tokio::spawn(worker.run(starts, ended_away, pending, delete_receiver, gone_sender));
+        tokio::spawn(worker.run(
+            starts,
+            ended_away,
+            pending,
+            (delete_receiver, probe_receiver),
+            gone_sender,
+        ));
     }
 }
 
@@ -663,6 +697,10 @@ struct Worker {
     /// One waiter per running container: its index and how its process ended.
     exits: tokio::task::JoinSet<(usize, Option<ExitStatus>)>,
     wake: Option<u64>,
+    /// Where the probe tasks report.
+    probe_news: mpsc::UnboundedSender<RunNews>,
+    /// The probe task of each running container that has probes.
+    probers: BTreeMap<usize, tokio::task::AbortHandle>,
 }
 
 impl Worker {
@@ -671,7 +709,10 @@ impl Worker {
         starts: Vec<PodAction>,
         ended_away: Vec<(usize, (i32, bool))>,
         initial: Vec<PodEvent>,
-        mut delete: mpsc::Receiver<Option<u64>>,
+        (mut delete, mut probe_results): (
+            mpsc::Receiver<Option<u64>>,
+            mpsc::UnboundedReceiver<RunNews>,
+        ),
         gone: watch::Sender<bool>,
     ) {
         // Containers met running are watched again, unless already known to have ended.
@@ -684,7 +725,8 @@ impl Worker {
             .unwrap_or_default();
         for (index, running) in met_running {
             if !ended_away.iter().any(|(ended, _)| *ended == index) {
-                self.watch(index, running);
+                self.watch(index, running.clone());
+                self.start_probes(index, running);
             }
         }
         let mut actions: VecDeque<PodAction> = starts.into();
@@ -728,6 +770,9 @@ impl Worker {
                     let grace = request.flatten().unwrap_or(pods_own);
                     actions.extend(self.step(PodEvent::StopRequested { at: now(), grace_seconds: grace }).await);
                 }
+                Some(news) = probe_results.recv() => {
+                    actions.extend(self.probed(news).await);
+                }
                 _ = sleep_until(wake), if wake.is_some() => {
                     self.wake = None;
                     actions.extend(self.step(PodEvent::Tick { at: now() }).await);
@@ -745,11 +790,222 @@ impl Worker {
             }
             tracing::info!(pod = %format!("{namespace}/{name}"), "pod deleted");
         }
+        for prober in self.probers.values() {
+            prober.abort();
+        }
         let _ = gone.send(true);
     }
 
     fn with<T>(&self, read: impl FnOnce(&Shared) -> T) -> Option<T> {
         self.shared.lock().ok().map(|shared| read(&shared))
+    }
+
+    /// Starts probing run `running` of container `index`, when it has probes.
+    fn start_probes(&mut self, index: usize, running: crate::store::RunningRecord) {
+        if let Some(previous) = self.probers.remove(&index) {
+            previous.abort();
+        }
+        let Some((probes, host)) = self.with(|shared| {
+            let probes = crate::pod::container_named(&shared.record.pod, &shared.name(index))
+                .map(|container| crate::probes::probes_of(container).unwrap_or_default())
+                .unwrap_or_default();
+            let host = shared
+                .record
+                .pod_ip
+                .map_or_else(|| "127.0.0.1".to_owned(), |address| address.to_string());
+            (probes, host)
+        }) else {
+            return;
+        };
+        let set = ProbeSet::new(probes);
+        if let Ok(mut shared) = self.shared.lock() {
+            let facts = &mut shared.facts[index];
+            facts.unstarted_by_probe = !set.started();
+            facts.unready_by_probe = !set.ready();
+        }
+        if set.is_empty() {
+            return;
+        }
+        let task = tokio::spawn(crate::prober::probe_loop(
+            self.kubelet.engine.clone(),
+            index,
+            running,
+            set,
+            host,
+            self.probe_news.clone(),
+        ));
+        self.probers.insert(index, task.abort_handle());
+    }
+
+    /// SIGTERM to container `index`'s run, after its preStop hook (which may take the
+    /// grace period; SIGKILL still comes at its end).
+    fn terminate(&mut self, index: usize, running: crate::store::RunningRecord) {
+        let engine = self.kubelet.engine.clone();
+        let has_hook = self.hook(index, crate::hooks::Hook::PreStop).is_some();
+        if !has_hook {
+            engine.signal(&running, Signal::SIGTERM);
+            return;
+        }
+        let then = {
+            let engine = engine.clone();
+            let running = running.clone();
+            move || engine.signal(&running, Signal::SIGTERM)
+        };
+        self.run_hook(
+            index,
+            running,
+            crate::hooks::Hook::PreStop,
+            Some(Box::new(then)),
+        );
+    }
+
+    /// Container `index`'s `hook`, if it has one.
+    fn hook(&self, index: usize, hook: crate::hooks::Hook) -> Option<crate::probes::Check> {
+        self.with(|shared| {
+            crate::pod::container_named(&shared.record.pod, &shared.name(index))
+                .and_then(|container| crate::hooks::hook_of(container, hook).ok().flatten())
+        })
+        .flatten()
+    }
+
+    /// Runs `hook` of run `running` of container `index` on a task of its own (within the
+    /// pod's grace period), reports a failure, then calls `then`.
+    fn run_hook(
+        &mut self,
+        index: usize,
+        running: crate::store::RunningRecord,
+        hook: crate::hooks::Hook,
+        then: Option<Box<dyn FnOnce() + Send>>,
+    ) {
+        let Some(check) = self.hook(index, hook) else {
+            if let Some(then) = then {
+                then();
+            }
+            return;
+        };
+        let Some((host, grace)) = self.with(|shared| {
+            (
+                shared
+                    .record
+                    .pod_ip
+                    .map_or_else(|| "127.0.0.1".to_owned(), |address| address.to_string()),
+                crate::pod::grace_seconds(&shared.record.pod),
+            )
+        }) else {
+            return;
+        };
+        let engine = self.kubelet.engine.clone();
+        let news = self.probe_news.clone();
+        tokio::spawn(async move {
+            let timeout = std::time::Duration::from_secs(grace.max(1));
+            let outcome = crate::prober::run_check(&engine, &running, &check, &host, timeout).await;
+            if let Err(error) = outcome {
+                let _ = news.send(RunNews {
+                    index,
+                    run_id: running.run_id.clone(),
+                    report: Report::HookFailed {
+                        hook,
+                        message: format!(
+                            "{} hook failed: {error}",
+                            match hook {
+                                crate::hooks::Hook::PostStart => "PostStart",
+                                crate::hooks::Hook::PreStop => "PreStop",
+                            }
+                        ),
+                    },
+                });
+            }
+            if let Some(then) = then {
+                then();
+            }
+        });
+    }
+
+    /// A probe's result: its events, the container's readiness, or a restart.
+    async fn probed(&mut self, news: RunNews) -> Vec<PodAction> {
+        let current = self
+            .with(|shared| {
+                shared
+                    .saved(news.index)
+                    .running
+                    .map(|running| running.run_id)
+            })
+            .flatten();
+        let pre_stop = matches!(
+            news.report,
+            Report::HookFailed {
+                hook: crate::hooks::Hook::PreStop,
+                ..
+            }
+        );
+        // A report about an earlier run no longer matters; a preStop hook's failure is
+        // told even when its container is gone.
+        if current.as_deref() != Some(news.run_id.as_str()) && !pre_stop {
+            return Vec::new();
+        }
+        let at = now();
+        let mut restart = false;
+        if let Ok(mut shared) = self.shared.lock() {
+            let name = shared.name(news.index);
+            match news.report {
+                Report::Probe {
+                    kind,
+                    failure,
+                    verdict,
+                } => {
+                    if let Some(failure) = failure {
+                        let message = format!("{} probe failed: {failure}", kind.name());
+                        shared
+                            .events
+                            .record(EventType::Warning, "Unhealthy", message, at);
+                    }
+                    let facts = &mut shared.facts[news.index];
+                    match verdict {
+                        Some(Verdict::Started) => facts.unstarted_by_probe = false,
+                        Some(Verdict::Ready(ready)) => facts.unready_by_probe = !ready,
+                        Some(Verdict::Restart(kind)) => {
+                            restart = true;
+                            let message = format!(
+                                "Container {name} failed {} probe, will be restarted",
+                                kind.name().to_lowercase()
+                            );
+                            shared
+                                .events
+                                .record(EventType::Normal, "Killing", message, at);
+                        }
+                        None => {}
+                    }
+                }
+                Report::HookFailed { hook, message } => {
+                    shared
+                        .events
+                        .record(EventType::Warning, hook.failed_reason(), message, at);
+                    // A failed postStart kills the container, as the kubelet does.
+                    if hook == crate::hooks::Hook::PostStart {
+                        restart = true;
+                        let message = format!("FailedPostStartHook: container {name}");
+                        shared
+                            .events
+                            .record(EventType::Normal, "Killing", message, at);
+                    }
+                }
+            }
+        }
+        if !restart {
+            return Vec::new();
+        }
+        let grace = self
+            .with(|shared| crate::pod::grace_seconds(&shared.record.pod))
+            .unwrap_or(30);
+        let event = Event::RestartRequested {
+            at,
+            grace_seconds: grace,
+        };
+        self.step(PodEvent::Container {
+            index: news.index,
+            event,
+        })
+        .await
     }
 
     /// Waits for container `index`'s run to end.
@@ -822,8 +1078,10 @@ impl Worker {
                     Signal::SIGKILL
                 };
                 let running = self.with(|shared| shared.saved(index).running).flatten();
+                let stopping = self.with(|shared| shared.pod.is_stopping()) == Some(true);
                 if let Some(running) = running {
-                    if terminate {
+                    // A kill for a failed probe has its own event.
+                    if terminate && stopping {
                         if let Ok(mut shared) = self.shared.lock() {
                             let message = format!("Stopping container {}", shared.name(index));
                             shared
@@ -831,7 +1089,11 @@ impl Worker {
                                 .record(EventType::Normal, "Killing", message, now());
                         }
                     }
-                    engine.signal(&running, signal);
+                    if terminate {
+                        self.terminate(index, running);
+                    } else {
+                        engine.signal(&running, signal);
+                    }
                 }
                 Vec::new()
             }
@@ -903,6 +1165,13 @@ impl Worker {
                     saved.first_started_at.get_or_insert(at);
                 }
                 self.watch(index, started.record.clone());
+                self.start_probes(index, started.record.clone());
+                self.run_hook(
+                    index,
+                    started.record.clone(),
+                    crate::hooks::Hook::PostStart,
+                    None,
+                );
                 let event = Event::Started {
                     pid: started.record.pid,
                     at,
@@ -939,6 +1208,9 @@ impl Worker {
         }) else {
             return Vec::new();
         };
+        if let Some(prober) = self.probers.remove(&index) {
+            prober.abort();
+        }
         let oom_killed = oom_killed.unwrap_or_else(|| engine.oom_killed(&pod, &name));
         if let Some(running) = &running {
             engine.clean_up(&running.run_id, &pod, &name).await;

@@ -27,6 +27,10 @@ pub struct ContainerFacts {
     pub ever_started: bool,
     /// When its first run started (the earliest of the pod's is its `startTime`).
     pub first_started_at: Option<u64>,
+    /// Its startup probe has not passed yet in this run.
+    pub unstarted_by_probe: bool,
+    /// Its readiness probe does not pass (yet) in this run.
+    pub unready_by_probe: bool,
 }
 
 /// `seconds` since the epoch as a Kubernetes time.
@@ -149,13 +153,14 @@ fn container_status(pod: &Pod, member: &Member, facts: &ContainerFacts) -> Conta
         image: facts.image.clone(),
         image_id: facts.image_id.clone().unwrap_or_default(),
         container_id: facts.container_id.clone(),
-        // An init container is ready once it completed, as the kubelet reports it.
+        // An init container is ready once it completed, as the kubelet reports it; a
+        // running one once its startup and readiness probes pass.
         ready: if member.role == Role::Init {
             completed
         } else {
-            running
+            running && !facts.unstarted_by_probe && !facts.unready_by_probe
         },
-        started: Some(running),
+        started: Some(running && !facts.unstarted_by_probe),
         restart_count: container.restart_count as i32,
         state: Some(state),
         last_state: Some(

@@ -116,6 +116,14 @@ pub enum Event {
         /// When.
         at: u64,
     },
+    /// Kill the running process and let the restart policy decide, as for any exit (its
+    /// liveness probe failed).
+    RestartRequested {
+        /// When.
+        at: u64,
+        /// Seconds between SIGTERM and SIGKILL.
+        grace_seconds: u64,
+    },
     /// Stop it (the pod is deleted or the node shuts down).
     StopRequested {
         /// When.
@@ -294,7 +302,7 @@ impl Container {
                     at,
                 },
             ) => {
-                self.state = State::Terminated(Terminated {
+                let run = Terminated {
                     exit_code,
                     reason: if oom_killed {
                         TerminationReason::OomKilled
@@ -305,9 +313,24 @@ impl Container {
                     },
                     started_at,
                     finished_at: at.max(started_at),
-                });
-                Ok(Vec::new())
+                };
+                if self.stopping {
+                    self.state = State::Terminated(run);
+                    return Ok(Vec::new());
+                }
+                // Killed for a restart: the policy decides, as for any exit.
+                Ok(self.finished(run, at.saturating_sub(started_at)))
             }
+            (State::Running { pid, started_at }, Event::RestartRequested { at, grace_seconds }) => {
+                let kill_at = at.saturating_add(grace_seconds);
+                self.state = State::Stopping {
+                    pid,
+                    started_at,
+                    kill_at,
+                };
+                Ok(vec![Action::Terminate(pid), Action::WakeAt(kill_at)])
+            }
+            (_, Event::RestartRequested { .. }) => Ok(Vec::new()),
             (State::Running { pid, started_at }, Event::StopRequested { at, grace_seconds }) => {
                 self.stopping = true;
                 let kill_at = at.saturating_add(grace_seconds);
@@ -318,7 +341,11 @@ impl Container {
                 };
                 Ok(vec![Action::Terminate(pid), Action::WakeAt(kill_at)])
             }
-            (State::Stopping { .. }, Event::StopRequested { .. }) => Ok(Vec::new()),
+            (State::Stopping { .. }, Event::StopRequested { .. }) => {
+                // Already being killed (for a restart, perhaps): it now stays down.
+                self.stopping = true;
+                Ok(Vec::new())
+            }
             (
                 State::Creating | State::BackOff { .. } | State::Terminated(_),
                 Event::StopRequested { at, .. },
@@ -476,6 +503,51 @@ mod tests {
             "a stopped container is not restarted, whatever its policy"
         );
         assert!(matches!(container.state, State::Terminated(t) if t.exit_code == 137));
+    }
+
+    #[test]
+    fn a_restart_request_kills_and_the_policy_restarts() {
+        let mut container = Container::new(RestartPolicy::Always);
+        container.step(Event::Started { pid: 42, at: 100 }).unwrap();
+        let actions = container
+            .step(Event::RestartRequested {
+                at: 200,
+                grace_seconds: 30,
+            })
+            .unwrap();
+        assert_eq!(actions, [Action::Terminate(42), Action::WakeAt(230)]);
+        let actions = container
+            .step(Event::Exited {
+                exit_code: 143,
+                oom_killed: false,
+                at: 201,
+            })
+            .unwrap();
+        assert_eq!(
+            actions,
+            [Action::WakeAt(211)],
+            "restarted after its backoff"
+        );
+        assert_eq!(container.last.unwrap().exit_code, 143);
+        assert!(!container.is_stopping());
+        // Under Never, a killed container stays down.
+        let mut container = Container::new(RestartPolicy::Never);
+        container.step(Event::Started { pid: 7, at: 0 }).unwrap();
+        container
+            .step(Event::RestartRequested {
+                at: 5,
+                grace_seconds: 1,
+            })
+            .unwrap();
+        let actions = container
+            .step(Event::Exited {
+                exit_code: 137,
+                oom_killed: false,
+                at: 6,
+            })
+            .unwrap();
+        assert_eq!(actions, []);
+        assert!(matches!(container.state, State::Terminated(run) if run.exit_code == 137));
     }
 
     #[test]

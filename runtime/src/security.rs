@@ -100,6 +100,46 @@ pub const DEVICES: &[DeviceNode] = &[
     },
 ];
 
+/// The capabilities a container keeps when its pod adds `add` and drops `drop` (names
+/// as Kubernetes writes them, `NET_ADMIN` or `CAP_NET_ADMIN`, or `ALL`), as containerd
+/// computes them: the defaults, less what is dropped (`ALL`: every one), plus what is
+/// added (`ALL`: every capability the kernel may have). Sorted, `CAP_` names.
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+    use std::collections::BTreeSet;
+    use std::str::FromStr;
+    let name = |given: &str, field: &str| -> Result<String, String> {
+        let upper = given.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        caps::Capability::from_str(&full)
+            .map(|capability| capability.to_string())
+            .map_err(|_| format!("capabilities.{field}: {given:?} is not a capability"))
+    };
+    let mut kept: BTreeSet<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    for given in drop {
+        if given.eq_ignore_ascii_case("ALL") {
+            kept.clear();
+        } else {
+            kept.remove(&name(given, "drop")?);
+        }
+    }
+    for given in add {
+        if given.eq_ignore_ascii_case("ALL") {
+            kept.extend(
+                caps::all()
+                    .into_iter()
+                    .map(|capability| capability.to_string()),
+            );
+        } else {
+            kept.insert(name(given, "add")?);
+        }
+    }
+    Ok(kept.into_iter().collect())
+}
+
 /// The standard links in a container's `/dev`.
 pub const DEV_LINKS: &[(&str, &str)] = &[
     ("fd", "/proc/self/fd"),
@@ -112,6 +152,27 @@ pub const DEV_LINKS: &[(&str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn added_and_dropped_capabilities_change_the_defaults_as_containerd_does() {
+        let strings = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>()
+        };
+        let kept = capabilities(&strings(&["NET_ADMIN"]), &strings(&["ALL"])).unwrap();
+        assert_eq!(kept, ["CAP_NET_ADMIN"]);
+        let kept = capabilities(&[], &strings(&["CAP_NET_RAW", "mknod"])).unwrap();
+        assert_eq!(kept.len(), DEFAULT_CAPABILITIES.len() - 2);
+        assert!(!kept.contains(&"CAP_NET_RAW".to_string()));
+        let all = capabilities(&strings(&["ALL"]), &[]).unwrap();
+        assert!(all.contains(&"CAP_SYS_ADMIN".to_string()));
+        assert_eq!(
+            capabilities(&strings(&["FLY"]), &[]).unwrap_err(),
+            "capabilities.add: \"FLY\" is not a capability"
+        );
+    }
 
     #[test]
     fn the_defaults_hold_no_dangerous_capability_and_only_the_harmless_devices() {

@@ -413,6 +413,56 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
             .unwrap(),
         "delete pod neighbour",
     );
+
+    // -o wide adds the pod's address and node.
+    let wide = expect_success(
+        node.keelctl(Role::Reader, &["get", "pods", "-o", "wide"])
+            .unwrap(),
+        "get pods -o wide",
+    );
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap()
+        .split("  ")
+        .filter(|h| !h.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED NODE",
+            "READINESS GATES"
+        ],
+        "{wide}"
+    );
+    let stack_row = wide
+        .lines()
+        .find(|line| line.starts_with("stack "))
+        .unwrap();
+    assert!(stack_row.contains(&format!(" {address} ")), "{wide}");
+    let node_name = node.status().unwrap().hostname;
+    assert!(stack_row.contains(&format!(" {node_name} ")), "{wide}");
+
+    // Probes and hooks are refused, by field, until they work on the node.
+    let refused = pods.apply_refused(
+        "probed.yaml",
+        &include_str!("../manifests/probed.yaml").replace("IMAGE", IMAGE),
+    );
+    assert!(
+        refused.contains(
+            "spec.containers[0]: probes and lifecycle hooks are not supported on this node yet"
+        ),
+        "{refused}"
+    );
+    assert!(pods.get("probed").is_none());
     // One network, IPC and UTS namespace for the pod; a mount namespace per container.
     let namespaces = |container: &str| {
         let script = "for n in net ipc uts mnt; do busybox readlink /proc/self/ns/$n; done; busybox hostname";
@@ -957,6 +1007,20 @@ impl Pods<'_> {
             &format!("apply -f {file}"),
         );
         printed.trim().to_owned()
+    }
+
+    /// Writes `manifest` to a file named `file` and applies it, which must fail; what
+    /// keelctl said.
+    fn apply_refused(&self, file: &str, manifest: &str) -> String {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(file);
+        std::fs::write(&path, manifest).unwrap();
+        expect_failure(
+            self.node
+                .keelctl(Role::Operator, &["apply", "-f", path.to_str().unwrap()])
+                .unwrap(),
+            &format!("apply -f {file}"),
+        )
     }
 
     /// The pod's row of `get pods`, split into its columns.

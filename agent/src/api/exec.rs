@@ -43,17 +43,7 @@ pub async fn start(
             start.tty,
         )
         .map_err(super::pods::status_of)?;
-    let directory = std::path::Path::new("/run/keelson/exec");
-    std::fs::create_dir_all(directory).map_err(|error| Status::internal(error.to_string()))?;
-    let file = directory.join(format!("{}.json", uuid::Uuid::new_v4()));
-    let bytes = serde_json::to_vec(&spec).map_err(|error| Status::internal(error.to_string()))?;
-    std::fs::write(&file, bytes)
-        .map_err(|error| Status::internal(format!("cannot write {}: {error}", file.display())))?;
-    let mut command = tokio::process::Command::new(kubelet.helper_binary());
-    command
-        .arg(keelson_runtime::shell::launch::CONTAINER_EXEC)
-        .arg(&file)
-        .env_clear();
+    let (command, file) = kubelet.container_exec(&spec).map_err(Status::internal)?;
     let outcome = if start.tty {
         with_terminal(command, start.size, requests, sender).await
     } else {
