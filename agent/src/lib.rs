@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod boot_history;
+pub mod static_pods;
 pub mod system;
 
 use std::net::SocketAddr;
@@ -68,12 +69,35 @@ pub async fn run(
     let outcome = tokio::select! {
         result = served => result.map_err(anyhow::Error::from).and_then(|served| served),
         _ = terminate_signal() => {
-            info!("SIGTERM from PID 1: stopping");
+            info!("SIGTERM from PID 1: the node is shutting down");
+            stop_pods(&context).await;
             Ok(())
         }
     };
     watchdog.abort();
     outcome
+}
+
+/// The way down: PID 1 sends SIGTERM only when the node reboots or powers off (a restart
+/// of the agent alone is a SIGKILL), so the pods are stopped gracefully, within the
+/// config's `kubelet.shutdownGracePeriod`, and kept for the next boot.
+async fn stop_pods(context: &Arc<api::ApiContext>) {
+    let Some(Ok(kubelet)) = context.pods.get() else {
+        return;
+    };
+    let cap = context
+        .in_force
+        .lock()
+        .await
+        .as_ref()
+        .and_then(|config| config.kubelet.as_ref())
+        .map_or(
+            Ok(keelson_config::model::DEFAULT_SHUTDOWN_GRACE_SECONDS),
+            |settings| settings.shutdown_grace_seconds(),
+        )
+        .unwrap_or(keelson_config::model::DEFAULT_SHUTDOWN_GRACE_SECONDS)
+        .min(keelson_config::model::MAX_SHUTDOWN_GRACE_SECONDS);
+    kubelet.shut_down(cap).await;
 }
 
 /// Phase: bring loopback up and acquire and apply the machine config (or enter
@@ -168,6 +192,7 @@ async fn serve_api(
         update: engine,
         images,
         pods: std::sync::OnceLock::new(),
+        static_pods: Default::default(),
     });
     let served = tokio::spawn(api::serve(listener, context.clone()));
     Ok((served, context))
@@ -225,6 +250,7 @@ async fn start_kubelet(
         Ok(kubelet) => {
             info!(pods = kubelet.list(None).len(), "pod supervisor started");
             tokio::spawn(follow_node_ip(kubelet.clone()));
+            tokio::spawn(static_pods::keep(context.clone(), kubelet.clone()));
         }
         Err(reason) => warn!("pods: {reason}"),
     }
@@ -293,7 +319,7 @@ async fn start_health_gate(
     let timeout = keelson_updater::UpdateEngine::health_timeout(policy.as_ref());
     tokio::spawn(settle_updates(
         engine,
-        on_trial.then(|| (context.report.clone(), context.listen, timeout)),
+        on_trial.then(|| (context.clone(), timeout)),
         policy.clone(),
     ));
 }
@@ -382,16 +408,12 @@ fn notify_pid1(
 /// back the FleetLock reboot slot and, with `strategy: auto`, follow the update channel.
 async fn settle_updates(
     engine: Arc<keelson_updater::UpdateEngine>,
-    trial: Option<(
-        keelson_provision::machine_config::SharedReport,
-        SocketAddr,
-        std::time::Duration,
-    )>,
+    trial: Option<(Arc<api::ApiContext>, std::time::Duration)>,
     policy: Option<keelson_config::model::UpdatePolicy>,
 ) {
     let good = match trial {
-        Some((report, listen, timeout)) => {
-            let check = || check_health(&report, listen);
+        Some((context, timeout)) => {
+            let check = || check_health(&context);
             engine.clone().health_gate(check, timeout).await
         }
         None => {
@@ -415,13 +437,12 @@ async fn settle_updates(
     }
 }
 
-/// The node is healthy when its config is applied without errors and the API accepts
-/// connections. (Static pods join this list once the node runs them.)
-async fn check_health(
-    report: &keelson_provision::machine_config::SharedReport,
-    api: std::net::SocketAddr,
-) -> Result<(), String> {
-    if let Ok(report) = report.read() {
+/// The node is healthy when its config is applied without errors, the API accepts
+/// connections, and every static pod is Ready (so that a release that breaks the node's
+/// workloads rolls back).
+async fn check_health(context: &api::ApiContext) -> Result<(), String> {
+    let api = context.listen;
+    if let Ok(report) = context.report.read() {
         if let Some(first) = report.errors.first() {
             return Err(format!("the machine config was not applied: {first}"));
         }
@@ -438,8 +459,24 @@ async fn check_health(
     )
     .await
     {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(format!("the API does not accept connections on {local}")),
+        Ok(Ok(_)) => {}
+        _ => return Err(format!("the API does not accept connections on {local}")),
+    }
+    match context.pods.get() {
+        Some(Ok(kubelet)) => context.static_pods.healthy(kubelet),
+        Some(Err(reason)) => {
+            let config = context.in_force.lock().await;
+            match config
+                .as_ref()
+                .is_some_and(|config| !config.static_pods.is_empty())
+            {
+                true => Err(format!(
+                    "the config has static pods, but the node runs no pods: {reason}"
+                )),
+                false => Ok(()),
+            }
+        }
+        None => Err("the pod supervisor has not started".into()),
     }
 }
 

@@ -135,6 +135,7 @@ async fn serve(security: ApiSecurity) -> Server {
         })),
         // A development host runs no pods; the service says so.
         pods: std::sync::OnceLock::from(Err("the agent does not manage this machine".to_owned())),
+        static_pods: Default::default(),
     });
     tokio::spawn(keelson_agent::api::serve(listener, context.clone()));
     Server {
@@ -191,6 +192,7 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
                 .await
                 .map(drop),
             "List" => pods.list(api::ListRequest::default()).await.map(drop),
+            "Top" => pods.top(api::ListRequest::default()).await.map(drop),
             "Get" => pods
                 .get(api::GetRequest {
                     namespace,

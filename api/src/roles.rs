@@ -102,6 +102,7 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/keelson.pods.v1.Pods/Events", Role::Reader),
     ("/keelson.pods.v1.Pods/Delete", Role::Operator),
     ("/keelson.pods.v1.Pods/Logs", Role::Reader),
+    ("/keelson.pods.v1.Pods/Top", Role::Reader),
     // Running commands in containers changes them: operators only, as kubectl's
     // pods/exec is a create.
     ("/keelson.pods.v1.Pods/Exec", Role::Operator),

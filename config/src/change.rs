@@ -135,9 +135,6 @@ pub fn compare(in_force: Option<&MachineConfig>, new: &MachineConfig) -> Change 
     if current.update != new.update {
         reboot_needed_for.push("update");
     }
-    if current.static_pods != new.static_pods {
-        reboot_needed_for.push("staticPods");
-    }
     if current.kubelet != new.kubelet {
         reboot_needed_for.push("kubelet");
     }

@@ -10,6 +10,8 @@
 //!   applies.
 //! - [`load`]: format detection and the whole pipeline, bytes in, `Loaded` or `Rejected`
 //!   out. Every [`Diagnostic`] names its source document, field path and reason.
+//! - [`manifest`]: pod manifests (JSON, or YAML of several documents), as `keelctl
+//!   apply` and the static pod path read them.
 //! - [`acquire`]: the pure choice of which source a boot uses.
 //! - [`change`]: what replacing the config in force would change: a diff with private keys
 //!   redacted, and which sections need a reboot.
@@ -23,6 +25,7 @@ pub mod cloud_init;
 pub mod diagnostic;
 pub mod ignition;
 pub mod load;
+pub mod manifest;
 pub mod model;
 pub mod native;
 pub mod plan;

@@ -87,7 +87,19 @@ pub struct KubeletSettings {
     /// default): the first address is the pods' gateway on the node's bridge `keelson0`.
     #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
+    /// How long a reboot, a poweroff or an update's reboot gives the pods to stop (preStop
+    /// hooks, SIGTERM, then SIGKILL), as a duration such as `30s` (the default) or `1m`;
+    /// a pod's own `terminationGracePeriodSeconds` applies when shorter. At most `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_period: Option<String>,
 }
+
+/// How long pods have to stop when the node shuts down, when the config does not say.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
+
+/// The longest `kubelet.shutdownGracePeriod`: PID 1 waits a little longer than this for
+/// the agent before it ends every process itself.
+pub const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 60;
 
 /// The node's pod CIDR when the config names none.
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
@@ -96,6 +108,43 @@ impl KubeletSettings {
     /// The pod CIDR in force: the config's, or [`DEFAULT_POD_CIDR`].
     pub fn pod_cidr(&self) -> &str {
         self.pod_cidr.as_deref().unwrap_or(DEFAULT_POD_CIDR)
+    }
+
+    /// `shutdown_grace_period` in seconds, else [`DEFAULT_SHUTDOWN_GRACE_SECONDS`]: a
+    /// duration of whole seconds as hours, minutes and seconds (`45s`, `1m`, `1m30s`).
+    pub fn shutdown_grace_seconds(&self) -> Result<u64, String> {
+        let Some(text) = &self.shutdown_grace_period else {
+            return Ok(DEFAULT_SHUTDOWN_GRACE_SECONDS);
+        };
+        let mut seconds = 0u64;
+        let mut digits = String::new();
+        for character in text.chars() {
+            if character.is_ascii_digit() {
+                digits.push(character);
+                continue;
+            }
+            let unit = match character {
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => {
+                    return Err(format!(
+                        "{text:?} is not a duration such as 30s or 1m: {character:?} is not a unit (h, m or s)"
+                    ))
+                }
+            };
+            let amount: u64 = digits.parse().map_err(|_| {
+                format!("{text:?} is not a duration such as 30s or 1m: a number must come before {character:?}")
+            })?;
+            seconds = seconds.saturating_add(amount.saturating_mul(unit));
+            digits.clear();
+        }
+        if !digits.is_empty() || text.is_empty() {
+            return Err(format!(
+                "{text:?} is not a duration such as 30s or 1m: it must end with a unit (h, m or s)"
+            ));
+        }
+        Ok(seconds)
     }
 
     /// `container_log_max_size` in bytes: a number with an optional binary (`Ki`, `Mi`,
@@ -436,10 +485,86 @@ pub struct FleetLock {
     pub group: Option<String>,
 }
 
-/// A pod the node runs by itself.
+/// A pod the node runs by itself, named `NAME-<node>` as the kubelet names static pods:
+/// a whole v1 Pod manifest, or the short form of a pod of one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StaticPod {
+    /// A v1 Pod manifest, as a file of the kubelet's static pod path holds one.
+    Manifest(PodManifest),
+    /// The short form.
+    Short(ShortStaticPod),
+}
+
+impl StaticPod {
+    /// The pod's name as given (before the node's name is added).
+    pub fn name(&self) -> &str {
+        match self {
+            StaticPod::Manifest(manifest) => manifest
+                .metadata
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default(),
+            StaticPod::Short(short) => &short.name,
+        }
+    }
+
+    /// The pod as a v1 Pod manifest (the short form's one container is named after the
+    /// pod).
+    pub fn manifest(&self) -> serde_json::Value {
+        match self {
+            StaticPod::Manifest(manifest) => {
+                serde_json::to_value(manifest).unwrap_or(serde_json::Value::Null)
+            }
+            StaticPod::Short(short) => {
+                let mut container = serde_json::json!({
+                    "name": short.name,
+                    "image": short.image,
+                });
+                if !short.command.is_empty() {
+                    container["command"] = serde_json::json!(short.command);
+                }
+                if !short.args.is_empty() {
+                    container["args"] = serde_json::json!(short.args);
+                }
+                if !short.env.is_empty() {
+                    let env: Vec<serde_json::Value> = short
+                        .env
+                        .iter()
+                        .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                        .collect();
+                    container["env"] = serde_json::json!(env);
+                }
+                serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": short.name},
+                    "spec": {"containers": [container]},
+                })
+            }
+        }
+    }
+}
+
+/// A v1 Pod manifest in the config; the kubelet checks it as the API server would.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodManifest {
+    /// `v1`.
+    pub api_version: String,
+    /// `Pod`.
+    pub kind: String,
+    /// The pod's metadata: its `name` (a DNS label), and labels, annotations or a
+    /// namespace as wanted.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The pod's spec, as Kubernetes' v1 PodSpec.
+    pub spec: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The short form of a static pod: one container, named after the pod.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StaticPod {
+pub struct ShortStaticPod {
     /// Pod name: a DNS label.
     pub name: String,
     /// OCI image reference, e.g. `registry.example/app:1.0`.

@@ -1017,6 +1017,17 @@ fn check_kubelet(check: &mut Checker<'_>, kubelet: &model::KubeletSettings) {
             check.error("kubelet.podCIDR", reason);
         }
     }
+    match kubelet.shutdown_grace_seconds() {
+        Err(reason) => check.error("kubelet.shutdownGracePeriod", reason),
+        Ok(seconds) if seconds > model::MAX_SHUTDOWN_GRACE_SECONDS => check.error(
+            "kubelet.shutdownGracePeriod",
+            format!(
+                "{seconds}s is over the {}s a shutdown waits for the pods",
+                model::MAX_SHUTDOWN_GRACE_SECONDS
+            ),
+        ),
+        Ok(_) => {}
+    }
     if let Some(files) = kubelet.container_log_max_files {
         if files < 2 {
             check.error(
@@ -1167,14 +1178,33 @@ fn check_static_pods(check: &mut Checker<'_>, pods: &[model::StaticPod]) {
     let mut names = BTreeSet::new();
     for (index, pod) in pods.iter().enumerate() {
         let field = format!("staticPods[{index}]");
-        if let Err(reason) = check_label(&pod.name) {
-            check.error(&format!("{field}.name"), reason);
-        } else if !names.insert(pod.name.to_ascii_lowercase()) {
+        let name_field = match pod {
+            model::StaticPod::Manifest(_) => format!("{field}.metadata.name"),
+            model::StaticPod::Short(_) => format!("{field}.name"),
+        };
+        if let Err(reason) = check_label(pod.name()) {
+            check.error(&name_field, reason);
+        } else if !names.insert(pod.name().to_ascii_lowercase()) {
             check.error(
-                &format!("{field}.name"),
-                format!("another static pod is also called {:?}", pod.name),
+                &name_field,
+                format!("another static pod is also called {:?}", pod.name()),
             );
         }
+        let pod = match pod {
+            model::StaticPod::Manifest(manifest) => {
+                if let Err(reason) = crate::manifest::check_is_pod(&pod.manifest()) {
+                    check.error(&field, reason);
+                }
+                if manifest.metadata.contains_key("generateName") {
+                    check.error(
+                        &format!("{field}.metadata.generateName"),
+                        "a static pod has a name of its own: use metadata.name",
+                    );
+                }
+                continue;
+            }
+            model::StaticPod::Short(short) => short,
+        };
         if pod.image.is_empty() || pod.image.contains(char::is_whitespace) {
             check.error(
                 &format!("{field}.image"),

@@ -388,7 +388,7 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
     let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nkubelet:\n";
     let accepted = load(
         "test",
-        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n  podCIDR: 10.88.0.0/16\n")
+        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n  podCIDR: 10.88.0.0/16\n  shutdownGracePeriod: 45s\n")
             .as_bytes(),
     )
     .unwrap();
@@ -400,6 +400,16 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
     );
     assert_eq!(kubelet.log_max_size_bytes(), Ok(Some(65536)));
     assert_eq!(kubelet.container_log_max_files, Some(3));
+    assert_eq!(kubelet.shutdown_grace_seconds(), Ok(45));
+    let longer = keelson_config::model::KubeletSettings {
+        shutdown_grace_period: Some("1m5s".into()),
+        ..Default::default()
+    };
+    assert_eq!(longer.shutdown_grace_seconds(), Ok(65));
+    assert_eq!(
+        keelson_config::model::KubeletSettings::default().shutdown_grace_seconds(),
+        Ok(30)
+    );
     for (section, field, words) in [
         (
             "  containerLogMaxSize: 10MB\n",
@@ -430,6 +440,21 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
             "  podCIDR: 10.0.0.0/8\n",
             "kubelet.podCIDR",
             "/8 is outside /16 to /30",
+        ),
+        (
+            "  shutdownGracePeriod: 61s\n",
+            "kubelet.shutdownGracePeriod",
+            "61s is over the 60s a shutdown waits",
+        ),
+        (
+            "  shutdownGracePeriod: 30\n",
+            "kubelet.shutdownGracePeriod",
+            "it must end with a unit",
+        ),
+        (
+            "  shutdownGracePeriod: 1.5m\n",
+            "kubelet.shutdownGracePeriod",
+            "'.' is not a unit",
         ),
         (
             "  podCIDR: fd00::/64\n",
@@ -501,4 +526,52 @@ fn registries_are_checked_and_plain_http_must_be_listed_as_insecure() {
             .contains("the port \"99999\" is not a number"),
         "{rejected}"
     );
+}
+
+#[test]
+fn static_pods_are_whole_manifests_or_the_short_form() {
+    let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nstaticPods:\n";
+    let manifest = "- apiVersion: v1\n  kind: Pod\n  metadata: {name: web, labels: {tier: edge}}\n  spec:\n    containers: [{name: web, image: nginx}]\n";
+    let short = "- name: note\n  image: busybox\n  command: [sh, -c, echo $A]\n  env: {A: hello}\n";
+    let accepted = load("test", format!("{base}{manifest}{short}").as_bytes()).unwrap();
+    let pods = &accepted.config.static_pods;
+    assert!(matches!(
+        pods[0],
+        keelson_config::model::StaticPod::Manifest(_)
+    ));
+    assert_eq!(pods[0].name(), "web");
+    assert_eq!(pods[0].manifest()["metadata"]["labels"]["tier"], "edge");
+    // The short form is a pod of one container named after it.
+    assert_eq!(
+        pods[1].manifest(),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "note"},
+            "spec": {"containers": [{"name": "note", "image": "busybox",
+                "command": ["sh", "-c", "echo $A"], "env": [{"name": "A", "value": "hello"}]}]},
+        })
+    );
+    for (pods, field, words) in [
+        (
+            "- apiVersion: v1\n  kind: Service\n  metadata: {name: web}\n  spec: {}\n",
+            "staticPods[0]",
+            "v1/Service is not a v1/Pod",
+        ),
+        (
+            "- apiVersion: v1\n  kind: Pod\n  metadata: {name: Web_1}\n  spec: {}\n",
+            "staticPods[0].metadata.name",
+            "",
+        ),
+        (
+            "- apiVersion: v1\n  kind: Pod\n  metadata: {name: web, generateName: w-}\n  spec: {}\n",
+            "staticPods[0].metadata.generateName",
+            "use metadata.name",
+        ),
+        (
+            &format!("{manifest}- name: web\n  image: busybox\n"),
+            "staticPods[1].name",
+            "another static pod is also called \"web\"",
+        ),
+    ] {
+        assert_refused_at(&format!("{base}{pods}"), field, words);
+    }
 }

@@ -80,6 +80,8 @@ pub enum Command {
     Get(GetArgs),
     /// Describe a pod: its container's state, its conditions and its events.
     Describe(DescribeArgs),
+    /// Show the CPU and memory of pods (`top pods`), from their containers' cgroups.
+    Top(TopArgs),
     /// Delete pods: SIGTERM, then SIGKILL after the grace period.
     Delete(DeleteArgs),
     /// Run a command in a running container of a pod; exits with the command's exit code.
@@ -184,6 +186,16 @@ pub fn parse_since(text: &str) -> Result<i64, String> {
 }
 
 #[cfg(test)]
+mod command_line_tests {
+    /// clap's own checks of every subcommand (unique flags and the like), which it
+    /// otherwise makes only when that subcommand is first used.
+    #[test]
+    fn every_command_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
 mod since_tests {
     #[test]
     fn since_takes_kubectls_durations() {
@@ -268,6 +280,25 @@ pub struct GetArgs {
     /// After the table, print a pod's row each time it changes, until interrupted.
     #[arg(short = 'w', long)]
     pub watch: bool,
+}
+
+/// `top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// What to show: pods (also pod, po).
+    #[arg(value_parser = ["pods", "pod", "po"])]
+    pub resource: String,
+    /// One pod's name.
+    pub name: Option<String>,
+    /// The namespace (default: default).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// A row per container.
+    #[arg(long)]
+    pub containers: bool,
 }
 
 /// `describe`.

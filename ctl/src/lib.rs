@@ -25,6 +25,7 @@ pub mod machine;
 pub mod output;
 pub mod pods;
 pub mod session;
+pub mod top;
 pub mod update;
 pub mod validate;
 
@@ -79,6 +80,7 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
         }
         Command::Logs(arguments) => pods::logs(session, arguments).await,
         Command::Describe(arguments) => describe::describe(session, arguments).await,
+        Command::Top(arguments) => top::top(session, arguments).await,
         Command::Run(arguments) => pods::run(session, arguments).await,
         Command::Apply(arguments) => pods::apply(session, arguments).await,
         Command::Get(arguments) => pods::get(session, arguments).await,

@@ -155,7 +155,8 @@ pub async fn apply(session: &Session, arguments: &ApplyArgs) -> anyhow::Result<b
                 .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", file.display()))?
         };
         pods.extend(
-            manifests(&text).map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?,
+            keelson_config::manifest::pod_documents(&text)
+                .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?,
         );
     }
     apply_pods(session, &pods).await
@@ -164,18 +165,8 @@ pub async fn apply(session: &Session, arguments: &ApplyArgs) -> anyhow::Result<b
 /// The manifests of a directory, as `kubectl apply -f DIR` takes them: its `.yaml`, `.yml`
 /// and `.json` files, in name order.
 fn manifest_files(directory: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(directory)
-        .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", directory.display()))?
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.is_file()
-                && path.extension().is_some_and(|extension| {
-                    ["yaml", "yml", "json"].contains(&&*extension.to_string_lossy())
-                })
-        })
-        .collect();
-    files.sort();
+    let files = keelson_config::manifest::manifest_files(directory)
+        .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", directory.display()))?;
     if files.is_empty() {
         anyhow::bail!(
             "{} holds no manifest (no .yaml, .yml or .json file)",
@@ -183,37 +174,6 @@ fn manifest_files(directory: &std::path::Path) -> anyhow::Result<Vec<std::path::
         );
     }
     Ok(files)
-}
-
-/// The objects of a manifest: JSON, or YAML of one or more documents; each must be a Pod.
-pub fn manifests(text: &str) -> Result<Vec<Value>, String> {
-    let documents: Vec<Value> = if text.trim_start().starts_with('{') {
-        vec![serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?]
-    } else {
-        let mut documents = Vec::new();
-        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let value: Value = serde::Deserialize::deserialize(document)
-                .map_err(|error| format!("document {}: not YAML: {error}", index + 1))?;
-            if !value.is_null() {
-                documents.push(value);
-            }
-        }
-        documents
-    };
-    if documents.is_empty() {
-        return Err("no objects in the manifest".into());
-    }
-    for (index, document) in documents.iter().enumerate() {
-        let kind = document["kind"].as_str().unwrap_or_default();
-        let version = document["apiVersion"].as_str().unwrap_or_default();
-        if kind != "Pod" || version != "v1" {
-            return Err(format!(
-                "document {}: {version}/{kind} is not a v1/Pod; this node takes pods only",
-                index + 1
-            ));
-        }
-    }
-    Ok(documents)
 }
 
 async fn apply_pods(session: &Session, pods: &[Value]) -> anyhow::Result<bool> {
@@ -336,14 +296,7 @@ async fn fetch(
     session: &Session,
     arguments: &GetArgs,
 ) -> anyhow::Result<(Vec<(String, Value)>, bool, String)> {
-    let namespace = if arguments.all_namespaces {
-        String::new()
-    } else {
-        arguments
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into())
-    };
+    let namespace = namespace_scope(arguments.all_namespaces, &arguments.namespace);
     let (answers, all_good) = match &arguments.name {
         Some(name) => {
             let (answers, good) = on_each(session, |mut client| {
@@ -390,6 +343,16 @@ async fn fetch(
         }
     }
     Ok((pods, all_good, namespace))
+}
+
+/// The namespace a listing asks for: "" (every one) with `-A`, else the one named, else
+/// `default`.
+pub(crate) fn namespace_scope(all_namespaces: bool, namespace: &Option<String>) -> String {
+    if all_namespaces {
+        String::new()
+    } else {
+        namespace.clone().unwrap_or_else(|| "default".into())
+    }
 }
 
 fn print_objects(format: Format, objects: &[Value]) -> anyhow::Result<()> {
@@ -757,24 +720,5 @@ mod tests {
         // The sidecar counts among the containers and its restarts count; the completed
         // init container's do not.
         assert_eq!(columns(&running, now), ["2/2", "Running", "1", "60s"]);
-    }
-
-    #[test]
-    fn manifests_take_pods_in_yaml_or_json_and_refuse_other_kinds() {
-        let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n";
-        let pods = manifests(yaml).unwrap();
-        assert_eq!(pods.len(), 2);
-        assert_eq!(pods[1]["metadata"]["name"], "b");
-        let error = manifests("apiVersion: apps/v1\nkind: Deployment\n").unwrap_err();
-        assert!(
-            error.contains("apps/v1/Deployment is not a v1/Pod"),
-            "{error}"
-        );
-        assert_eq!(
-            manifests("{\"apiVersion\":\"v1\",\"kind\":\"Pod\"}")
-                .unwrap()
-                .len(),
-            1
-        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use keelson_contract::pid1::PowerAction;
@@ -83,10 +83,16 @@ pub fn power_button_pressed(button: &mut File) -> bool {
 
 pub use crate::reaper::reap_children;
 
-/// True while PID 1 still has children.
+/// True while PID 1 still has children. It only looks (`WNOWAIT`): a child that has
+/// exited is left for [`reap_children`], which records how it ended and says who it was.
+/// (Reaping here once swallowed the agent's exit, and a shutdown then waited out the
+/// agent's whole limit for a process long gone.)
 fn has_children() -> bool {
     !matches!(
-        waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)),
+        waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
+        ),
         Err(nix::errno::Errno::ECHILD)
     )
 }
@@ -104,13 +110,41 @@ fn wait_for_children(limit: Duration) -> bool {
     false
 }
 
+/// Waits up to `limit` for the agent `pid` to exit, reaping every child that does
+/// meanwhile (the pods' processes among them, whose exits are recorded for the next boot)
+/// and calling `between` every round: the agent keeps sending sd_notify datagrams while
+/// it stops the pods, and a socket left unread would block its sends once its queue fills.
+fn wait_for_agent(pid: i32, limit: Duration, between: &dyn Fn()) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        between();
+        if reap_children().iter().any(|(reaped, _)| *reaped == pid) || !has_children() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// How long a shutdown waits for the agent, which stops the pods first (within the
+/// config's `kubelet.shutdownGracePeriod`, at most 60 s) and then exits.
+const AGENT_STOP_LIMIT: Duration = Duration::from_secs(75);
+
 /// The way down, once the agent has been asked to stop: wait for it, TERM then KILL
 /// everything else, sync, unmount (STATE above all, so its ext4 is marked clean), and
 /// `reboot(2)`. Never returns.
-pub fn shut_down(action: PowerAction) -> ! {
-    crate::notice!("{action}: waiting for keelsond to stop");
-    if !wait_for_children(Duration::from_secs(10)) {
-        crate::warning!("{action}: processes still running after 10 s; sending SIGTERM to all");
+pub fn shut_down(action: PowerAction, agent: Option<i32>, between: &dyn Fn()) -> ! {
+    crate::notice!("{action}: waiting for keelsond to stop its pods and itself");
+    if let Some(pid) = agent {
+        if !wait_for_agent(pid, AGENT_STOP_LIMIT, between) {
+            crate::warning!(
+                "{action}: keelsond still running after {} s",
+                AGENT_STOP_LIMIT.as_secs()
+            );
+        }
+    }
+    if !wait_for_children(Duration::from_secs(5)) {
+        crate::warning!("{action}: processes still running; sending SIGTERM to all");
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     if !wait_for_children(Duration::from_secs(5)) {

@@ -32,7 +32,7 @@ use keelson_contract::pid1::{
 };
 use keelson_linux::clock::monotonic as now;
 use keelson_linux::{block, mounts};
-use keelson_supervise::agent::{Action, Event, Supervisor, WATCHDOG_INTERVAL};
+use keelson_supervise::agent::{Action, AgentState, Event, Supervisor, WATCHDOG_INTERVAL};
 use keelson_supervise::trial::{Trial, TrialVerdict};
 
 use crate::error::{io, InitError};
@@ -51,7 +51,7 @@ pub fn run() -> ! {
         Ok(signals) => signals,
         Err(error) => {
             crate::error!("cannot receive signals ({error}); rebooting");
-            power::shut_down(PowerAction::Reboot);
+            power::shut_down(PowerAction::Reboot, None, &|| {});
         }
     };
     let notify = open_notify_socket();
@@ -60,8 +60,14 @@ pub fn run() -> ! {
         "listening for the power button on {} device(s)",
         buttons.len()
     );
-    let action = supervise(&signals, notify.as_ref(), buttons);
-    power::shut_down(action)
+    let (action, agent) = supervise(&signals, notify.as_ref(), buttons);
+    // Read (and drop) what the agent says while it stops, so that its sends never block.
+    let drain_notifications = || {
+        if let Some(socket) = notify.as_ref() {
+            drop(read_notifications(socket));
+        }
+    };
+    power::shut_down(action, agent, &drain_notifications)
 }
 
 fn mount_runtime_filesystems() {
@@ -227,12 +233,13 @@ fn read_trial_record() -> Option<TrialRecord> {
     TrialRecord::parse(&std::fs::read_to_string(TRIAL_FILE).ok()?)
 }
 
-/// The main loop. Returns the power action that ended it, after asking the agent to stop.
+/// The main loop. Returns the power action that ended it, after asking the agent to stop,
+/// and the agent's pid when it was running then.
 fn supervise(
     signals: &SignalFd,
     notify: Option<&UnixDatagram>,
     mut buttons: Vec<std::fs::File>,
-) -> PowerAction {
+) -> (PowerAction, Option<i32>) {
     let mut supervisor = Supervisor::new(now());
     let mut store = FdStore::default();
     let mut pending = supervisor.handle(now(), Event::Tick);
@@ -312,10 +319,14 @@ fn supervise(
         }
 
         if let Some(action) = requested {
+            let agent = match supervisor.state() {
+                AgentState::Running { pid, .. } => Some(*pid),
+                _ => None,
+            };
             for action in supervisor.handle(now(), Event::Stop) {
                 perform(&mut supervisor, &store, action);
             }
-            return action;
+            return (action, agent);
         }
     }
 }

@@ -6,15 +6,15 @@
 //! pod ends with nothing running.
 //!
 //! Pods of up to four containers of any roles, under every restart policy, driven by
-//! sequences of exits, ticks, sandbox re-creations and a stop, the way the shell drives
+//! sequences of exits, ticks, reboots (after a graceful shutdown, or not) and a stop, the way the shell drives
 //! them: a start is answered at once by `Started` or `CreateFailed`, and a signal by an
 //! exit some steps later. Sampled by bolero (proved by Kani), and enumerated exhaustively
 //! for short sequences.
 
 use std::collections::BTreeMap;
 
-use keelson_kubelet::lifecycle::{PodAction, PodEvent, PodLifecycle, Role};
-use keelson_runtime::lifecycle::{Event, RestartPolicy, State};
+use keelson_kubelet::lifecycle::{Member, PodAction, PodEvent, PodLifecycle, Role};
+use keelson_runtime::lifecycle::{Container, Event, RestartPolicy, State};
 
 /// What the harness itself saw of a container (not the machine's own view).
 #[derive(Default, Clone)]
@@ -30,6 +30,7 @@ struct Seen {
 struct Harness {
     pod: PodLifecycle,
     roles: Vec<Role>,
+    policy: RestartPolicy,
     seen: Vec<Seen>,
     stopping: bool,
     now: u64,
@@ -49,6 +50,7 @@ impl Harness {
             pod,
             seen: vec![Seen::default(); roles.len()],
             roles,
+            policy,
             stopping: false,
             now: 0,
             next_pid: 100,
@@ -156,20 +158,52 @@ impl Harness {
         });
     }
 
-    fn recreate_sandbox(&mut self) {
-        // As after a reboot: everything that ran was lost.
+    /// A reboot: the node's shutdown stops the pod gracefully (or the machine just goes
+    /// down and everything that ran is lost), the next boot reads the pod back from what
+    /// was kept, and makes its sandbox again.
+    fn reboot(&mut self, graceful: bool) {
+        if graceful {
+            self.stop_and_drain();
+            let policy = self.policy;
+            let members = self
+                .pod
+                .members()
+                .iter()
+                .map(|member| {
+                    let container = Container::resume(
+                        member.role.container_policy(policy),
+                        member.container.state,
+                        member.container.last,
+                        member.container.restart_count,
+                    );
+                    Member::resume(
+                        member.name.clone(),
+                        member.role,
+                        container,
+                        member.started_once,
+                    )
+                })
+                .collect();
+            let before = self.counts();
+            let (pod, actions) = PodLifecycle::resume(members, 5, self.now);
+            self.pod = pod;
+            self.stopping = false;
+            assert_eq!(self.counts(), before, "the kept restart counts changed");
+            self.perform(actions);
+        }
         while self.seen.iter().any(|seen| seen.pid.is_some()) {
             self.exit(0, 137, false);
         }
-        self.step(PodEvent::SandboxRecreated { at: self.now });
-        for (index, member) in self.pod.members().iter().enumerate() {
-            if member.role.is_init() {
+        // In the new sandbox, every init container must complete again and every
+        // sidecar start again before what follows it (whatever the machine reruns, and
+        // whether it does so at once or later).
+        for (index, role) in self.roles.iter().enumerate() {
+            if role.is_init() {
                 self.seen[index].started = false;
-            }
-            if member.container.state == State::Creating {
                 self.seen[index].completed = false;
             }
         }
+        self.step(PodEvent::SandboxRecreated { at: self.now });
     }
 
     /// Stops the pod and plays it out: every signalled process exits, time passes.
@@ -234,7 +268,7 @@ fn check(shape: u8, count: u8, policy_index: u8, create_fails: bool, steps: &[u8
             2 => harness.exit(step >> 3, 1 + i32::from(step >> 6), step & 0x20 != 0),
             _ if recreated < 1 => {
                 recreated += 1;
-                harness.recreate_sandbox();
+                harness.reboot(step & 4 != 0);
             }
             _ => {}
         }
@@ -256,8 +290,8 @@ fn sampled_pods_keep_the_lifecycles_promises() {
 fn every_short_history_of_small_pods_keeps_them() {
     // Every pod of up to three containers, every policy, every sequence of four steps
     // from a set that covers ticks past the backoff, completions, failures, OOM kills
-    // and a sandbox re-creation.
-    let alphabet: [u8; 6] = [0b0001_0100, 1, 0b0000_1001, 2, 0b0010_0010, 3];
+    // and a reboot, graceful or not.
+    let alphabet: [u8; 7] = [0b0001_0100, 1, 0b0000_1001, 2, 0b0010_0010, 3, 7];
     let mut shapes: BTreeMap<String, (u8, u8)> = BTreeMap::new();
     for shape in 0..=255u8 {
         for count in 0..3u8 {
@@ -269,11 +303,11 @@ fn every_short_history_of_small_pods_keeps_them() {
     for (shape, count) in shapes.values() {
         for policy_index in 0..3 {
             for create_fails in [false, true] {
-                for mut sequence in 0..6usize.pow(4) {
+                for mut sequence in 0..7usize.pow(4) {
                     let mut steps = Vec::new();
                     for _ in 0..4 {
-                        steps.push(alphabet[sequence % 6]);
-                        sequence /= 6;
+                        steps.push(alphabet[sequence % 7]);
+                        sequence /= 7;
                     }
                     check(*shape, *count, policy_index, create_fails, &steps);
                 }

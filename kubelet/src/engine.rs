@@ -692,6 +692,11 @@ impl Engine {
         }
     }
 
+    /// What container `name`'s cgroup has used; None when it has no cgroup (not running).
+    pub fn usage(&self, pod: &Pod, name: &str) -> Option<keelson_runtime::cgroup::Usage> {
+        self.cgroups.usage(&Self::cgroup_of(pod, name)).ok()
+    }
+
     /// True when the kernel killed something in the cgroup of the pod's container `name`
     /// for its memory limit during this run.
     pub fn oom_killed(&self, pod: &Pod, name: &str) -> bool {

@@ -1,15 +1,22 @@
 //! `keelson-kubelet`: the node's pod supervisor, embedded in the agent.
 //!
-//! Pods are Kubernetes `v1/Pod` objects (k8s-openapi). [`pod`] admits them (defaults,
-//! validation, what the runtime needs from one); [`status`] reports them as the kubelet
-//! does; [`events`] folds what happens to them into `v1/Event`s; all three are pure. [`store`] keeps them on STATE; [`logs`] writes and reads the CRI
-//! log files; [`handoff`] passes log pipes to PID 1 and back; [`engine`] turns a pod's
-//! container into a running process through `keelson-runtime`; [`pods`] runs one task per
-//! pod over the runtime's lifecycle machine; [`userns`] gives pods with `hostUsers: false`
-//! node ids of their own.
+//! Pods are Kubernetes `v1/Pod` objects (k8s-openapi). The pure parts decide:
+//! - [`pod`] admits them (defaults, validation, what the runtime needs from one);
+//! - [`lifecycle`] orders a pod's init containers, sidecars and app containers over each
+//!   container's `keelson_runtime::lifecycle` machine, through stops and reboots;
+//! - [`probes`] and [`hooks`] say what a container's probes and lifecycle hooks ask and
+//!   what their results mean;
+//! - [`status`] reports pods as the kubelet does, and [`events`] folds what happens to
+//!   them into `v1/Event`s;
+//! - [`volumes`], [`downward`], [`dns`], [`network`] and [`userns`] work out a pod's
+//!   mounts, downward API, resolver files, ports and user namespace ids;
+//! - [`static_pods`] names and marks the pods of the machine config and the static pod
+//!   path.
 //!
-//! Today a pod has one container; the full kubelet (several containers, init containers,
-//! probes, volumes, pod networking) extends these pieces.
+//! The shells act: [`store`] keeps pods on STATE; [`logs`] writes and reads the CRI log
+//! files; [`handoff`] passes log pipes to PID 1 and back; [`engine`] turns a container
+//! into a running process through `keelson-runtime`; [`prober`] runs the probes and
+//! hooks; [`pods`] runs one task per pod and answers the API.
 
 pub mod dns;
 pub mod downward;
@@ -24,6 +31,7 @@ pub mod pod;
 pub mod pods;
 pub mod prober;
 pub mod probes;
+pub mod static_pods;
 pub mod status;
 pub mod store;
 pub mod userns;

@@ -117,7 +117,9 @@ pub enum PodEvent {
         /// Seconds between SIGTERM and SIGKILL, for the whole pod.
         grace_seconds: u64,
     },
-    /// The pod's sandbox was made again (the node rebooted).
+    /// The pod's sandbox was made again (the node rebooted): the init containers run
+    /// again, and the containers whose runs ended with the node start again as their
+    /// restart policies say.
     SandboxRecreated {
         /// When.
         at: u64,
@@ -276,16 +278,33 @@ impl PodLifecycle {
                 at
             }
             PodEvent::SandboxRecreated { at } => {
-                let app_goes_on = self
-                    .members
-                    .iter()
-                    .any(|member| member.role == Role::App && !member.is_terminated());
+                // The app containers that the node's shutdown stopped start again as
+                // their policy says; if any app container goes on, the init containers
+                // run again and the sidecars start again, before it.
+                if !self.is_stopping() {
+                    for member in &mut self.members {
+                        if member.role == Role::App && member.container.restart_after_reboot() {
+                            member.held = true;
+                        }
+                    }
+                }
+                // A pod whose init container failed for good stays failed.
+                let app_goes_on = !self.init_failed()
+                    && self
+                        .members
+                        .iter()
+                        .any(|member| member.role == Role::App && !member.is_terminated());
                 if app_goes_on && !self.is_stopping() {
                     for member in &mut self.members {
                         if member.role.is_init() {
                             member.started_once = false;
                         }
-                        if member.role == Role::Init && member.container.rerun() {
+                        let again = match member.role {
+                            Role::Init => member.container.rerun(),
+                            Role::Sidecar => member.container.restart_after_reboot(),
+                            Role::App => false,
+                        };
+                        if again {
                             member.held = true;
                         }
                     }
@@ -563,5 +582,57 @@ mod tests {
         assert!(pod.members()[3].held && pod.members()[1].held);
         pod.step(started(0, 20, 111)).unwrap();
         assert_eq!(pod.step(exited(0, 0, 112)).unwrap(), [PodAction::Start(1)]);
+    }
+
+    #[test]
+    fn what_a_node_shutdown_stopped_starts_again_as_its_policy_says() {
+        for (policy, comes_back) in [
+            (RestartPolicy::Always, true),
+            (RestartPolicy::OnFailure, true),
+            (RestartPolicy::Never, false),
+        ] {
+            let mut pod = running(policy);
+            pod.step(PodEvent::StopRequested {
+                at: 50,
+                grace_seconds: 10,
+            })
+            .unwrap();
+            pod.step(exited(3, 143, 51)).unwrap();
+            pod.step(exited(4, 137, 60)).unwrap();
+            pod.step(exited(1, 143, 60)).unwrap();
+            assert!(pod.all_terminated(), "{policy:?}");
+            // The next boot reads the pod back as it was kept.
+            let members = pod
+                .members()
+                .iter()
+                .map(|member| {
+                    let container = Container::resume(
+                        member.role.container_policy(policy),
+                        member.container.state,
+                        member.container.last,
+                        member.container.restart_count,
+                    );
+                    Member::resume(member.name.clone(), member.role, container, true)
+                })
+                .collect();
+            let (mut pod, actions) = PodLifecycle::resume(members, 30, 200);
+            assert_eq!(actions, [], "{policy:?}");
+            let actions = pod.step(PodEvent::SandboxRecreated { at: 200 }).unwrap();
+            if !comes_back {
+                assert_eq!(actions, [], "{policy:?}");
+                assert!(pod.all_terminated(), "{policy:?}");
+                continue;
+            }
+            // The init containers first, then the sidecar, then both app containers,
+            // each counting one restart and keeping the stopped run as its last.
+            assert_eq!(actions, [PodAction::Start(0)], "{policy:?}");
+            pod.step(started(0, 20, 201)).unwrap();
+            assert_eq!(pod.step(exited(0, 0, 202)).unwrap(), [PodAction::Start(1)]);
+            pod.step(started(1, 21, 203)).unwrap();
+            let web = &pod.members()[3];
+            assert_eq!(web.container.restart_count, 1, "{policy:?}");
+            assert_eq!(web.container.last.map(|run| run.exit_code), Some(143));
+            assert!(web.held, "{policy:?}");
+        }
     }
 }

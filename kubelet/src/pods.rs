@@ -29,6 +29,8 @@ pub enum PodsError {
     Conflict(String),
     /// No such pod.
     NotFound(String),
+    /// Not through the API: a static pod changes with its source.
+    Refused(String),
     /// STATE refused.
     Storage(String),
 }
@@ -39,9 +41,32 @@ impl std::fmt::Display for PodsError {
             PodsError::Invalid(message)
             | PodsError::Conflict(message)
             | PodsError::NotFound(message)
+            | PodsError::Refused(message)
             | PodsError::Storage(message) => f.write_str(message),
         }
     }
+}
+
+/// What a pod's running containers use ([`Kubelet::top`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodUsage {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// Each running container's.
+    pub containers: Vec<ContainerUsage>,
+}
+
+/// What one container uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// The container's name.
+    pub name: String,
+    /// CPU, in thousandths of a core, over the sampling window.
+    pub cpu_millicores: u64,
+    /// Its working set, in bytes.
+    pub memory_bytes: u64,
 }
 
 /// What a pod's task shares with the API.
@@ -95,9 +120,30 @@ impl Shared {
 
 struct PodHandle {
     shared: Arc<Mutex<Shared>>,
-    /// Asks the pod's task to stop it, with a grace period in place of the pod's own.
-    delete: mpsc::Sender<Option<u64>>,
+    /// Asks the pod's task to stop the pod.
+    stop: mpsc::Sender<StopRequest>,
     gone: watch::Receiver<bool>,
+}
+
+/// Why a pod's task is asked to stop its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopRequest {
+    /// The pod is deleted: stop it within this grace period (None: the pod's own), then
+    /// forget it.
+    Delete(Option<u64>),
+    /// The node is shutting down: stop it within its own grace period, at most this
+    /// long, and keep it, so that it comes back with the node.
+    NodeShutdown(u64),
+}
+
+impl StopRequest {
+    /// The grace period for a pod whose own is `pods_own`.
+    fn grace_seconds(self, pods_own: u64) -> u64 {
+        match self {
+            StopRequest::Delete(given) => given.unwrap_or(pods_own),
+            StopRequest::NodeShutdown(cap) => pods_own.min(cap),
+        }
+    }
 }
 
 /// The node's pods.
@@ -120,8 +166,17 @@ impl std::fmt::Debug for Kubelet {
     }
 }
 
+/// Why the API cannot change a static pod.
+fn static_refusal(key: &(String, String), origin: &str, how: &str) -> String {
+    format!(
+        "pod {}/{} is a static pod from {origin}: it cannot be {how} through the API; \
+         change or remove it there (keelctl apply-config for the machine config)",
+        key.0, key.1
+    )
+}
+
 /// This node's name (its hostname), as pods' `spec.nodeName` holds it.
-fn node_name() -> String {
+pub fn node_name() -> String {
     nix::unistd::gethostname()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -231,6 +286,20 @@ impl Kubelet {
     /// Admits `pod` and starts it. Applying a pod that exists with the same spec changes
     /// nothing (returns false); with another spec it is refused, as pods cannot change.
     pub fn apply(self: &Arc<Self>, pod: Pod) -> Result<(Pod, bool), PodsError> {
+        if crate::static_pods::origin_of(&pod).is_some() {
+            return Err(PodsError::Invalid(format!(
+                "pod {}: metadata.annotations[{}] is the node's mark of its static pods;                  leave it out (a static pod comes from the machine config or {})",
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                crate::static_pods::SOURCE_ANNOTATION,
+                crate::static_pods::MANIFEST_DIRECTORY
+            )));
+        }
+        self.admit(pod)
+    }
+
+    /// Admits and starts a pod (from the API or a static pod's source); the same one
+    /// again changes nothing.
+    fn admit(self: &Arc<Self>, pod: Pod) -> Result<(Pod, bool), PodsError> {
         let _admitting = self
             .admitting
             .lock()
@@ -255,6 +324,11 @@ impl Kubelet {
             }
         }
         if let Some(existing) = self.get(&key.0, &key.1) {
+            if let Some(origin) = crate::static_pods::origin_of(&existing) {
+                if crate::static_pods::origin_of(&admitted).is_none() {
+                    return Err(PodsError::Refused(static_refusal(&key, origin, "replaced")));
+                }
+            }
             if existing.spec == admitted.spec
                 && existing.metadata.labels == admitted.metadata.labels
                 && existing.metadata.annotations == admitted.metadata.annotations
@@ -345,7 +419,169 @@ impl Kubelet {
         name: &str,
         grace_seconds: Option<u64>,
     ) -> Result<Pod, PodsError> {
-        let (delete, mut gone) = {
+        if let Some(pod) = self.get(namespace, name) {
+            if let Some(origin) = crate::static_pods::origin_of(&pod) {
+                let key = (namespace.to_owned(), name.to_owned());
+                return Err(PodsError::Refused(static_refusal(&key, origin, "deleted")));
+            }
+        }
+        self.remove(namespace, name, grace_seconds).await
+    }
+
+    /// Makes the node's static pods those of `wanted` (from [`crate::static_pods::pods_of`]):
+    /// a new one starts, one whose manifest changed is stopped and started again from the
+    /// new one, one no longer wanted is stopped and forgotten, and one unchanged is left
+    /// alone (its containers, restarts and start times too). Returns what could not be
+    /// done, each naming the pod's source.
+    pub async fn sync_static(self: &Arc<Self>, wanted: Vec<Result<Pod, String>>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut wanted_pods = BTreeMap::new();
+        for pod in wanted {
+            match pod {
+                Ok(pod) => {
+                    wanted_pods.insert(crate::key(&pod), pod);
+                }
+                Err(problem) => problems.push(problem),
+            }
+        }
+        let running: Vec<Pod> = self
+            .list(None)
+            .into_iter()
+            .filter(|pod| crate::static_pods::origin_of(pod).is_some())
+            .collect();
+        for pod in running {
+            let key = crate::key(&pod);
+            let same = wanted_pods.get(&key).is_some_and(|wanted| {
+                crate::static_pods::hash_annotation(wanted)
+                    == crate::static_pods::hash_annotation(&pod)
+            });
+            if same {
+                wanted_pods.remove(&key);
+                continue;
+            }
+            tracing::info!(pod = %format!("{}/{}", key.0, key.1), "static pod changed or removed: stopping it");
+            if let Err(error) = self.remove(&key.0, &key.1, None).await {
+                problems.push(format!("static pod {}/{}: {error}", key.0, key.1));
+            }
+        }
+        for (key, pod) in wanted_pods {
+            let origin = crate::static_pods::origin_of(&pod)
+                .unwrap_or_default()
+                .to_owned();
+            match self.admit(pod) {
+                Ok((_, true)) => {
+                    tracing::info!(pod = %format!("{}/{}", key.0, key.1), %origin, "static pod started")
+                }
+                Ok((_, false)) => {}
+                Err(error) => problems.push(format!("{origin}: {error}")),
+            }
+        }
+        problems
+    }
+
+    /// Every static pod is Ready; else which is not, and why.
+    pub fn static_pods_ready(&self) -> Result<(), String> {
+        for pod in self.list(None) {
+            if crate::static_pods::origin_of(&pod).is_none() {
+                continue;
+            }
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|status| status.conditions.as_ref())
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+                });
+            if !ready {
+                let phase = pod
+                    .status
+                    .as_ref()
+                    .and_then(|status| status.phase.clone())
+                    .unwrap_or_default();
+                let (namespace, name) = crate::key(&pod);
+                return Err(format!(
+                    "static pod {namespace}/{name} is not Ready ({phase})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU (millicores, averaged over `window`) and memory (working set, bytes) of
+    /// every running container of the pods (of `namespace`, when given), as `kubectl top`
+    /// shows them: two readings of the containers' cgroups, `window` apart.
+    pub async fn top(&self, namespace: Option<&str>, window: std::time::Duration) -> Vec<PodUsage> {
+        let pods = self.list(namespace);
+        let running = |pod: &Pod| -> Vec<String> {
+            pod.status
+                .iter()
+                .flat_map(|status| {
+                    status
+                        .init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(status.container_statuses.iter().flatten())
+                })
+                .filter(|status| {
+                    status
+                        .state
+                        .as_ref()
+                        .is_some_and(|state| state.running.is_some())
+                })
+                .map(|status| status.name.clone())
+                .collect()
+        };
+        let read = |pods: &[Pod]| -> Vec<Vec<Option<keelson_runtime::cgroup::Usage>>> {
+            pods.iter()
+                .map(|pod| {
+                    running(pod)
+                        .iter()
+                        .map(|name| self.engine.usage(pod, name))
+                        .collect()
+                })
+                .collect()
+        };
+        let first = read(&pods);
+        let started = std::time::Instant::now();
+        tokio::time::sleep(window).await;
+        let second = read(&pods);
+        let elapsed_usec = started.elapsed().as_micros().max(1) as u64;
+        pods.iter()
+            .zip(first.iter().zip(&second))
+            .map(|(pod, (before, after))| {
+                let (namespace, name) = crate::key(pod);
+                let containers = running(pod)
+                    .into_iter()
+                    .zip(before.iter().zip(after))
+                    .filter_map(|(container, (before, after))| {
+                        let (before, after) = ((*before)?, (*after)?);
+                        let used = after.cpu_usec.saturating_sub(before.cpu_usec);
+                        Some(ContainerUsage {
+                            name: container,
+                            cpu_millicores: used.saturating_mul(1000) / elapsed_usec,
+                            memory_bytes: after.memory_bytes,
+                        })
+                    })
+                    .collect();
+                PodUsage {
+                    namespace,
+                    name,
+                    containers,
+                }
+            })
+            .collect()
+    }
+
+    /// Stops the pod within `grace_seconds` (or its own grace period) and forgets it.
+    async fn remove(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace_seconds: Option<u64>,
+    ) -> Result<Pod, PodsError> {
+        let (stop, mut gone) = {
             let pods = self
                 .pods
                 .lock()
@@ -353,9 +589,9 @@ impl Kubelet {
             let handle = pods
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))?;
-            (handle.delete.clone(), handle.gone.clone())
+            (handle.stop.clone(), handle.gone.clone())
         };
-        let _ = delete.send(grace_seconds).await;
+        let _ = stop.send(StopRequest::Delete(grace_seconds)).await;
         let _ = gone.wait_for(|gone| *gone).await;
         let handle = self
             .pods
@@ -366,6 +602,40 @@ impl Kubelet {
         // Its hostPorts go with it.
         self.refresh_nat();
         last.ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))
+    }
+
+    /// Stops every pod for the node's shutdown, as the kubelet's graceful node shutdown
+    /// does: preStop hooks, SIGTERM, and each pod's grace period, at most `cap_seconds`;
+    /// the pods are kept and come back with the node. Returns once all have stopped, or
+    /// after `cap_seconds` and a little more (PID 1 ends what is left).
+    pub async fn shut_down(&self, cap_seconds: u64) {
+        let handles: Vec<(mpsc::Sender<StopRequest>, watch::Receiver<bool>)> = self
+            .pods
+            .lock()
+            .map(|pods| {
+                pods.values()
+                    .map(|handle| (handle.stop.clone(), handle.gone.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::info!(
+            pods = handles.len(),
+            "the node is shutting down: stopping its pods within {cap_seconds} s"
+        );
+        let all_stopped = async {
+            for (stop, _) in &handles {
+                let _ = stop.send(StopRequest::NodeShutdown(cap_seconds)).await;
+            }
+            for (_, mut gone) in handles {
+                let _ = gone.wait_for(|gone| *gone).await;
+            }
+        };
+        // The kill after the grace period, and the hooks' own time, need a moment more.
+        let limit = std::time::Duration::from_secs(cap_seconds + 3);
+        match tokio::time::timeout(limit, all_stopped).await {
+            Ok(()) => tracing::info!("every pod has stopped"),
+            Err(_) => tracing::warn!("pods still running {} s into the shutdown", limit.as_secs()),
+        }
     }
 
     /// Reads the pod's shared state.
@@ -666,7 +936,7 @@ impl Kubelet {
                 key,
                 PodHandle {
                     shared: shared.clone(),
-                    delete: delete_sender,
+                    stop: delete_sender,
                     gone: gone_receiver,
                 },
             );
@@ -709,8 +979,8 @@ impl Worker {
         starts: Vec<PodAction>,
         ended_away: Vec<(usize, (i32, bool))>,
         initial: Vec<PodEvent>,
-        (mut delete, mut probe_results): (
-            mpsc::Receiver<Option<u64>>,
+        (mut stop, mut probe_results): (
+            mpsc::Receiver<StopRequest>,
             mpsc::UnboundedReceiver<RunNews>,
         ),
         gone: watch::Sender<bool>,
@@ -736,7 +1006,7 @@ impl Worker {
         for event in initial {
             actions.extend(self.step(event).await);
         }
-        let mut deleting = false;
+        let mut stopping: Option<StopRequest> = None;
         loop {
             while let Some(action) = actions.pop_front() {
                 actions.extend(self.perform(action).await);
@@ -749,7 +1019,7 @@ impl Worker {
                         .values()
                         .all(|saved| saved.running.is_none())
             });
-            if deleting && finished == Some(true) {
+            if stopping.is_some() && finished == Some(true) {
                 break;
             }
             let wake = self.wake;
@@ -764,10 +1034,10 @@ impl Worker {
                         Err(error) => tracing::warn!("a container's waiter failed: {error}"),
                     }
                 }
-                request = delete.recv(), if !deleting => {
-                    deleting = true;
+                Some(request) = stop.recv(), if stopping.is_none() => {
+                    stopping = Some(request);
                     let pods_own = self.with(|shared| crate::pod::grace_seconds(&shared.record.pod)).unwrap_or(30);
-                    let grace = request.flatten().unwrap_or(pods_own);
+                    let grace = request.grace_seconds(pods_own);
                     actions.extend(self.step(PodEvent::StopRequested { at: now(), grace_seconds: grace }).await);
                 }
                 Some(news) = probe_results.recv() => {
@@ -780,7 +1050,10 @@ impl Worker {
             }
         }
         let pod = self.with(|shared| shared.record.pod.clone());
-        if let Some(pod) = pod {
+        if let (Some(pod), Some(StopRequest::NodeShutdown(_))) = (&pod, stopping) {
+            let (namespace, name) = crate::key(pod);
+            tracing::info!(pod = %format!("{namespace}/{name}"), "pod stopped for the node's shutdown");
+        } else if let Some(pod) = pod {
             self.kubelet.engine.forget(&pod).await;
             self.kubelet
                 .release_address(pod.metadata.uid.as_deref().unwrap_or_default());

@@ -59,6 +59,33 @@ pub fn parse_memory_events(text: &str) -> MemoryEvents {
     events
 }
 
+/// What a cgroup has used: the counters `top` reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since the cgroup was made (`cpu.stat` `usage_usec`), in microseconds.
+    pub cpu_usec: u64,
+    /// Memory in use now, in bytes, as the kubelet's working set (see [`working_set`]):
+    /// the figure `kubectl top` shows.
+    pub memory_bytes: u64,
+}
+
+/// The working set as the kubelet computes it: `memory.current` less the inactive file
+/// pages of `memory.stat` (`inactive_file`), which the kernel reclaims first.
+pub fn working_set(current: u64, memory_stat: &str) -> u64 {
+    let inactive_file = stat_value(memory_stat, "inactive_file").unwrap_or(0);
+    current.saturating_sub(inactive_file)
+}
+
+/// The value of `name` in a flat keyed file (`cpu.stat`, `memory.stat`).
+pub fn stat_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next() == Some(name))
+            .then(|| fields.next()?.parse().ok())
+            .flatten()
+    })
+}
+
 /// The tree the runtime's cgroups live in.
 #[derive(Debug, Clone)]
 pub struct CgroupTree {
@@ -117,6 +144,24 @@ impl CgroupTree {
             })
     }
 
+    /// What the cgroup at `relative` has used.
+    pub fn usage(&self, relative: &Path) -> Result<Usage, CgroupError> {
+        let directory = self.root.join(relative);
+        let read = |file: &str| {
+            let path = directory.join(file);
+            std::fs::read_to_string(&path).map_err(|source| CgroupError {
+                action: "reading",
+                path,
+                source,
+            })
+        };
+        let current = read("memory.current")?.trim().parse().unwrap_or(0);
+        Ok(Usage {
+            cpu_usec: stat_value(&read("cpu.stat")?, "usage_usec").unwrap_or(0),
+            memory_bytes: working_set(current, &read("memory.stat")?),
+        })
+    }
+
     /// Moves process `pid` into the cgroup at `relative`.
     pub fn add_process(&self, relative: &Path, pid: i32) -> Result<(), CgroupError> {
         let path = self.root.join(relative).join("cgroup.procs");
@@ -163,6 +208,32 @@ fn enable_controllers(level: &Path) -> Result<(), CgroupError> {
 mod tests {
     use super::*;
     use crate::resources::Resources;
+
+    #[test]
+    fn usage_is_read_as_the_kubelet_reads_it() {
+        let cpu = "usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\n";
+        assert_eq!(stat_value(cpu, "usage_usec"), Some(1_500_000));
+        assert_eq!(stat_value(cpu, "nr_periods"), None);
+        let memory = "anon 4096\nfile 8192\nactive_file 4096\ninactive_file 3072\n";
+        assert_eq!(working_set(20_000, memory), 16_928);
+        assert_eq!(working_set(1_000, memory), 0, "never below zero");
+        let root = tempfile::tempdir().unwrap();
+        let cgroup = root.path().join("keelson/pods/u/c");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(cgroup.join("cpu.stat"), cpu).unwrap();
+        std::fs::write(cgroup.join("memory.current"), "20000\n").unwrap();
+        std::fs::write(cgroup.join("memory.stat"), memory).unwrap();
+        let tree = CgroupTree::new(root.path());
+        assert_eq!(
+            tree.usage(&CgroupTree::container_path("u", "c")).unwrap(),
+            Usage {
+                cpu_usec: 1_500_000,
+                memory_bytes: 16_928
+            }
+        );
+        let error = tree.usage(Path::new("keelson/pods/u/gone")).unwrap_err();
+        assert!(error.to_string().starts_with("reading "), "{error}");
+    }
 
     #[test]
     fn a_container_cgroup_is_made_level_by_level_with_its_limits() {

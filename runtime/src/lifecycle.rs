@@ -233,6 +233,37 @@ impl Container {
         true
     }
 
+    /// Judges a run that ended with the node (a shutdown stopped it, or the machine went
+    /// down) by the restart policy once the node is back, as if it had ended by itself:
+    /// when the policy restarts it, it is made to start again at once (a new boot owes no
+    /// backoff) and counts as a restart. Returns false, changing nothing, otherwise. A stop
+    /// asked for before the reboot is over: whether the pod still stands is the caller's
+    /// to judge.
+    pub fn restart_after_reboot(&mut self) -> bool {
+        let State::Terminated(run) = self.state else {
+            return false;
+        };
+        self.stopping = false;
+        if !self.restarts_after(run) {
+            return false;
+        }
+        self.last = Some(run);
+        self.restart_count = self.restart_count.saturating_add(1);
+        self.state = State::Creating;
+        true
+    }
+
+    /// True when the policy restarts a container whose run ended so, and no stop was
+    /// asked for.
+    fn restarts_after(&self, run: Terminated) -> bool {
+        !self.stopping
+            && match self.policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => run.reason != TerminationReason::Completed,
+                RestartPolicy::Never => false,
+            }
+    }
+
     /// True once a stop was asked for: it will not start again.
     pub fn is_stopping(&self) -> bool {
         self.stopping
@@ -382,13 +413,7 @@ impl Container {
     /// A run ended (it ran for `ran_for` seconds): keep it as the last state and restart
     /// after the backoff when the policy says so.
     fn finished(&mut self, run: Terminated, ran_for: u64) -> Vec<Action> {
-        let restart = !self.stopping
-            && match self.policy {
-                RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => run.reason != TerminationReason::Completed,
-                RestartPolicy::Never => false,
-            };
-        if !restart {
+        if !self.restarts_after(run) {
             self.state = State::Terminated(run);
             return Vec::new();
         }

@@ -31,18 +31,9 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let work = tempfile::tempdir().unwrap();
     oci::busybox_layout(work.path()).unwrap();
     let archive = oci::archive(work.path(), ArchiveKind::Oci, "busybox.tar", IMAGE).unwrap();
-    // Small log limits, so that rotation shows within the test.
-    let config = TestCluster::get().node_config_with("pods.yaml", |config| {
-        config.kubelet = Some(keelson_config::model::KubeletSettings {
-            container_log_max_size: Some("16Ki".into()),
-            container_log_max_files: Some(2),
-            pod_cidr: Some(POD_CIDR.into()),
-        });
-        // A resolver the pods should inherit (nothing answers there: names are not
-        // looked up).
-        config.network.nameservers = vec!["10.0.2.3".into()];
-        config.network.search_domains = vec!["example.test".into()];
-    });
+    // The config: see pods_config.
+    let config =
+        TestCluster::get().node_config_with("pods.yaml", |config| pods_config(config, "hello"));
     // A service on the host, which pods reach through the node's masquerade; and the
     // node's port 8080 (a pod's hostPort) forwarded to the host.
     let outside = HttpServer::start(|_| Reply::Bytes(200, b"from the host\n".to_vec()));
@@ -451,18 +442,146 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let node_name = node.status().unwrap().hostname;
     assert!(stack_row.contains(&format!(" {node_name} ")), "{wide}");
 
-    // Probes and hooks are refused, by field, until they work on the node.
+    // Static pods: a whole manifest and the short form from the config, and a manifest
+    // file the config wrote, each named after the node and marked as static.
+    for name in ["keeper", "note", "extra"] {
+        let pod = pods.wait_for(
+            &format!("{name}-{node_name}"),
+            "to run as a static pod",
+            |pod| pod["status"]["containerStatuses"][0]["ready"] == true,
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["kubernetes.io/config.source"], "file",
+            "{pod:#}"
+        );
+    }
+    let keeper = format!("keeper-{node_name}");
+    let keeper_pod = pods.get(&keeper).unwrap();
+    assert_eq!(keeper_pod["metadata"]["labels"]["tier"], "node");
+    assert_eq!(
+        keeper_pod["metadata"]["annotations"]["keelson.dev/static-pod-origin"],
+        "machine config staticPods[0]"
+    );
+    assert_eq!(
+        pods.get(&format!("extra-{node_name}")).unwrap()["metadata"]["annotations"]
+            ["keelson.dev/static-pod-origin"],
+        "/etc/keelson/manifests/extra.yaml"
+    );
+    assert_eq!(pods.logs(&[&format!("note-{node_name}")]), "hello\n");
+    pods.refused(
+        &["delete", "pod", &keeper],
+        &format!("pod default/{keeper} is a static pod from machine config staticPods[0]: it cannot be deleted through the API"),
+    );
     let refused = pods.apply_refused(
-        "probed.yaml",
-        &include_str!("../manifests/probed.yaml").replace("IMAGE", IMAGE),
+        "impostor.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {keeper}\nspec:\n  containers:\n  - name: main\n    image: {IMAGE}\n"),
     );
     assert!(
-        refused.contains(
-            "spec.containers[0]: probes and lifecycle hooks are not supported on this node yet"
-        ),
+        refused.contains("cannot be replaced through the API"),
         "{refused}"
     );
-    assert!(pods.get("probed").is_none());
+    // A config change replaces the static pod whose manifest changed, and only it.
+    let note_uid = pods.get(&format!("note-{node_name}")).unwrap()["metadata"]["uid"].clone();
+    let keeper_uid = keeper_pod["metadata"]["uid"].clone();
+    let changed = TestCluster::get()
+        .node_config_with("pods-changed.yaml", |config| pods_config(config, "bonjour"));
+    let applied = expect_success(
+        node.keelctl(
+            Role::Admin,
+            &["apply-config", "-f", changed.to_str().unwrap()],
+        )
+        .unwrap(),
+        "apply-config with a changed static pod",
+    );
+    assert!(
+        applied.contains("saved the config on STATE"),
+        "applied live: {applied}"
+    );
+    let note = pods.wait_for(&format!("note-{node_name}"), "to be replaced", |pod| {
+        pod["metadata"]["uid"] != note_uid && pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    assert_eq!(note["spec"]["containers"][0]["env"][0]["value"], "bonjour");
+    assert_eq!(pods.logs(&[&format!("note-{node_name}")]), "bonjour\n");
+    assert_eq!(pods.get(&keeper).unwrap()["metadata"]["uid"], keeper_uid);
+
+    // Probes and hooks: the startup probe passes once httpd listens, the readiness probe
+    // keeps the pod out of Ready until its page exists, postStart has run, and the
+    // liveness probe restarts the container (its preStop hook first) once /tmp/alive goes.
+    assert_eq!(
+        pods.apply(
+            "probed.yaml",
+            &include_str!("../manifests/probed.yaml").replace("IMAGE", IMAGE),
+        ),
+        "pod/probed created"
+    );
+    let web_status = |pod: &Value| pod["status"]["containerStatuses"][0].clone();
+    let probed = pods.wait_for("probed", "to pass its startup probe", |pod| {
+        web_status(pod)["started"] == true
+    });
+    assert_eq!(web_status(&probed)["ready"], false, "{probed:#}");
+    assert_eq!(pods.row("probed")[1], "0/1");
+    let (code, said) = pods.exec(&["probed", "--", "busybox", "cat", "/tmp/poststart"], None);
+    assert_eq!((code, said.as_str()), (Some(0), "started\n"));
+    let unready = pods.describe("probed");
+    assert!(
+        unready.contains("Readiness probe failed: HTTP probe failed with statuscode: 404"),
+        "{unready}"
+    );
+    let (code, _) = pods.exec(
+        &["probed", "--", "sh", "-c", "echo ok > /www/ready.html"],
+        None,
+    );
+    assert_eq!(code, Some(0));
+    let ready = pods.wait_for("probed", "to be ready", |pod| {
+        web_status(pod)["ready"] == true
+    });
+    let condition = |pod: &Value, kind: &str| {
+        pod["status"]["conditions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|condition| condition["type"] == kind))
+            .map(|condition| condition["status"].clone())
+    };
+    assert_eq!(condition(&ready, "Ready"), Some("True".into()), "{ready:#}");
+    assert_eq!(pods.row("probed")[1], "1/1");
+    let (code, _) = pods.exec(&["probed", "--", "busybox", "rm", "/tmp/alive"], None);
+    assert_eq!(code, Some(0));
+    let restarted = pods.wait_for("probed", "to be restarted by its liveness probe", |pod| {
+        web_status(pod)["restartCount"] == 1 && web_status(pod)["started"] == true
+    });
+    // A new run starts unready: its page went with the old run's root.
+    assert_eq!(web_status(&restarted)["ready"], false, "{restarted:#}");
+    let described = pods.describe("probed");
+    for expected in [
+        "Liveness probe failed: command \"busybox cat /tmp/alive\" exited with 1",
+        "Container web failed liveness probe, will be restarted",
+    ] {
+        assert!(
+            described.contains(expected),
+            "{expected:?} not in:\n{described}"
+        );
+    }
+    let prestop = expect_success(
+        node.keelctl(Role::Reader, &["read", "/var/demo/prestop"])
+            .unwrap(),
+        "read /var/demo/prestop",
+    );
+    assert_eq!(
+        prestop, "stopping\n",
+        "preStop ran once, before the liveness kill"
+    );
+    // The probes' fields are checked as the API server checks them.
+    let refused = pods.apply_refused(
+        "bad-probe.yaml",
+        &include_str!("../manifests/probed.yaml")
+            .replace("IMAGE", IMAGE)
+            .replace("name: probed", "name: badly-probed")
+            .replace("failureThreshold: 2", "failureThreshold: 0"),
+    );
+    assert!(
+        refused.contains("spec.containers[0].livenessProbe: failureThreshold 0 must be at least 1"),
+        "{refused}"
+    );
+    assert!(pods.get("badly-probed").is_none());
     // One network, IPC and UTS namespace for the pod; a mount namespace per container.
     let namespaces = |container: &str| {
         let script = "for n in net ipc uts mnt; do busybox readlink /proc/self/ns/$n; done; busybox hostname";
@@ -622,6 +741,63 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "{table}"
     );
 
+    // top: a container that fills 24 MiB of its /dev/shm and spins shows that memory and
+    // a busy CPU; the per-container rows name it.
+    pods.run(&[
+        "spinner",
+        "--",
+        "sh",
+        "-c",
+        "busybox dd if=/dev/zero of=/dev/shm/fill bs=1M count=24 && while :; do :; done",
+    ]);
+    pods.wait_for("spinner", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let top = expect_success(
+        node.keelctl(Role::Reader, &["top", "pods", "spinner", "--containers"])
+            .unwrap(),
+        "top pods",
+    );
+    let mut lines = top.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["POD", "NAME", "CPU(cores)", "MEMORY(bytes)"],
+        "{top}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let number = |text: &str, unit: &str| -> u64 {
+        text.strip_suffix(unit)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{top}"))
+    };
+    assert_eq!(row[..2], ["spinner", "spinner"], "{top}");
+    assert!(
+        number(row[2], "m") >= 200,
+        "a spinning container uses a core: {top}"
+    );
+    assert!(
+        (24..64).contains(&number(row[3], "Mi")),
+        "24 MiB of shm and a shell: {top}"
+    );
+    let all = expect_success(
+        node.keelctl(Role::Reader, &["top", "pods"]).unwrap(),
+        "top pods",
+    );
+    assert!(
+        all.lines().any(|line| line.starts_with("spinner ")),
+        "{all}"
+    );
+    assert!(all.lines().any(|line| line.starts_with("stack ")), "{all}");
+    expect_success(
+        node.keelctl(
+            Role::Operator,
+            &["delete", "pod", "spinner", "--grace-period", "1"],
+        )
+        .unwrap(),
+        "delete pod spinner",
+    );
+
     // Restart policies: OnFailure leaves a success alone; Always restarts with backoff.
     pods.run(&["once", "--restart", "OnFailure", "--", "sh", "-c", "exit 0"]);
     let once = pods.wait_for("once", "to complete", |pod| {
@@ -635,9 +811,39 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "-c",
         "echo run at $(busybox date +%s); exit 1",
     ]);
-    let crasher = pods.wait_for("crasher", "to restart", |pod| {
-        pod["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
-    });
+    // The kubelet's backoff: 10 s after the first exit, 20 s after the second. Each run
+    // shows as lastState once it has ended (they end 10 s apart or more: none is missed).
+    let run_of = |pod: &Value| {
+        let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
+        let at = |field: &str| {
+            let text = last[field].as_str()?;
+            let parsed =
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339);
+            Some(parsed.unwrap().unix_timestamp())
+        };
+        Some((at("startedAt")?, at("finishedAt")?))
+    };
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(150);
+    while runs.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "runs seen: {runs:?}\n{}",
+            pods.describe("crasher")
+        );
+        if let Some(run) = pods.get("crasher").as_ref().and_then(run_of) {
+            if runs.last() != Some(&run) {
+                runs.push(run);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (first_wait, second_wait) = (runs[1].0 - runs[0].1, runs[2].0 - runs[1].1);
+    assert!(
+        (10..20).contains(&first_wait) && (20..40).contains(&second_wait),
+        "the backoff waited {first_wait} s, then {second_wait} s (10 s, then 20 s, and the time to start): {runs:?}"
+    );
+    let crasher = pods.get("crasher").unwrap();
     let last = &crasher["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(
         (last["exitCode"].as_i64(), last["reason"].as_str()),
@@ -686,6 +892,8 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     });
     let started = before["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
     let stack_before = pods.get("stack").unwrap()["status"].clone();
+    let keeper = format!("keeper-{node_name}");
+    let keeper_before = pods.get(&keeper).unwrap()["status"].clone();
     expect_success(
         node.keelctl(Role::Operator, &["services", "restart", "keelsond"])
             .unwrap(),
@@ -702,6 +910,12 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     assert_eq!(
         after["status"]["containerStatuses"][0]["state"]["running"]["startedAt"],
         started
+    );
+    // A static pod is left untouched by the agent's restart: same run, same count.
+    let keeper_after = pods.get(&keeper).unwrap()["status"].clone();
+    assert_eq!(
+        keeper_after["containerStatuses"], keeper_before["containerStatuses"],
+        "{keeper_after:#}"
     );
     // The pod of several containers is met again as it was: same runs, same counts.
     let stack_after = pods.get("stack").unwrap()["status"].clone();
@@ -937,6 +1151,37 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         finished <= web["state"]["running"]["startedAt"].as_str().unwrap(),
         "{stack:#}"
     );
+    // The reboot stopped the pods first: probed's preStop hook ran again before it (each
+    // stop of its container, the liveness kill and the shutdown among them, left a line,
+    // and the shutdown's restart counts as one), and the pod came back with the node.
+    pods.wait_for("probed", "to start again after the reboot", |pod| {
+        pod["status"]["containerStatuses"][0]["started"] == true
+    });
+    let restarts = || {
+        pods.get("probed").unwrap()["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap()
+    };
+    let (before, lines, after) = (
+        restarts(),
+        expect_success(
+            node.keelctl(Role::Reader, &["read", "/var/demo/prestop"])
+                .unwrap(),
+            "read /var/demo/prestop",
+        )
+        .lines()
+        .filter(|line| *line == "stopping")
+        .count() as u64,
+        restarts(),
+    );
+    assert!(
+        before >= 2,
+        "the reboot restarted probed: {before} restarts"
+    );
+    assert!(
+        lines == before || lines == after,
+        "every stop ran preStop: {lines} lines, {before}..{after} restarts"
+    );
     let hog = pods.get("hog").unwrap();
     assert_eq!(
         hog["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
@@ -947,7 +1192,70 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     for header in ["READY", "STATUS", "RESTARTS", "AGE"] {
         assert!(table.lines().next().unwrap().contains(header), "{table}");
     }
-    node.power_off().unwrap();
+    // The power button stops the pods gracefully (the longest grace here is 8 s) before
+    // the machine goes down; PID 1 goes on once the agent is gone, without waiting out
+    // its 75 s limit for it.
+    let pressed = Instant::now();
+    node.vm.powerdown().unwrap();
+    if let Err(error) = node.vm.wait_exit(Duration::from_secs(60)) {
+        panic!("{error}\n{}", node.vm.console_tail(120));
+    }
+    eprintln!("powered off {:?} after the power button", pressed.elapsed());
+}
+
+/// The pods test's machine config: small log limits (so that rotation shows within the
+/// test), the pod CIDR, a short shutdown grace, a resolver the pods should inherit, and
+/// the static pods, whose short form prints `greeting`.
+fn pods_config(config: &mut keelson_config::MachineConfig, greeting: &str) {
+    with_static_pods(config, greeting);
+    config.kubelet = Some(keelson_config::model::KubeletSettings {
+        container_log_max_size: Some("16Ki".into()),
+        container_log_max_files: Some(2),
+        pod_cidr: Some(POD_CIDR.into()),
+        // Short, so that the pods that ignore SIGTERM hold the reboot up only so long.
+        shutdown_grace_period: Some("8s".into()),
+    });
+    // Nothing answers there: names are not looked up.
+    config.network.nameservers = vec!["10.0.2.3".into()];
+    config.network.search_domains = vec!["example.test".into()];
+}
+
+/// The pods test's static pods: a whole manifest (`keeper`), the short form (`note`,
+/// which prints `greeting`), and a manifest file the config writes (`extra`).
+fn with_static_pods(config: &mut keelson_config::MachineConfig, greeting: &str) {
+    use keelson_config::model::{ShortStaticPod, StaticPod};
+    let manifest: serde_json::Map<String, Value> = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "keeper", "labels": {"tier": "node"}},
+        "spec": {"containers": [{
+            "name": "keeper",
+            "image": IMAGE,
+            "command": ["sh", "-c", "exec busybox sleep 100000"],
+        }]},
+    }))
+    .unwrap();
+    config.static_pods = vec![
+        StaticPod::Manifest(serde_json::from_value(Value::Object(manifest)).unwrap()),
+        StaticPod::Short(ShortStaticPod {
+            name: "note".into(),
+            image: IMAGE.into(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $GREETING; exec busybox sleep 100000".into(),
+            ],
+            args: Vec::new(),
+            env: [("GREETING".to_owned(), greeting.to_owned())].into(),
+        }),
+    ];
+    config.files.push(keelson_config::model::File {
+        path: "/etc/keelson/manifests/extra.yaml".into(),
+        content: Some(format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: extra\nspec:\n  containers:\n  - name: extra\n    image: {IMAGE}\n    command: [sh, -c, 'exec busybox sleep 100000']\n"
+        )),
+        ..Default::default()
+    });
 }
 
 /// The body of an HTTP GET from the host (retried while the node starts forwarding).
@@ -1113,6 +1421,16 @@ impl Pods<'_> {
                 .1
         };
         format!("keelsond:\n{}\ninit:\n{}", log("keelsond"), log("init"))
+    }
+
+    /// `keelctl describe pod NAME`.
+    fn describe(&self, name: &str) -> String {
+        expect_success(
+            self.node
+                .keelctl(Role::Reader, &["describe", "pod", name])
+                .unwrap(),
+            "describe pod",
+        )
     }
 
     fn table(&self) -> String {

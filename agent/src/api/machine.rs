@@ -499,6 +499,7 @@ impl Machine for MachineService {
         if let Some(config) = &outcome.in_force {
             self.put_in_force(outcome.api.as_ref())?;
             *in_force = Some(config.clone());
+            self.context.static_pods.changed.notify_one();
         }
         if outcome.reboot {
             system::ask_pid1(

@@ -74,6 +74,8 @@ pub struct ApiContext {
     pub images: images::SharedImageStore,
     /// The pod supervisor, once started, or why the node has none.
     pub pods: pods::SharedKubelet,
+    /// The static pods' keeper's wake-up and problems.
+    pub static_pods: crate::static_pods::StaticPodsState,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.

@@ -10,6 +10,7 @@ use keelson_api::pods::pods_server::Pods;
 use keelson_api::pods::{
     exec_request, ApplyRequest, ApplyResponse, DeleteRequest, EventsResponse, ExecRequest,
     ExecResponse, GetRequest, ListRequest, ListResponse, LogsRequest, LogsResponse, PodResponse,
+    TopResponse,
 };
 use keelson_kubelet::pods::{Kubelet, PodsError};
 use tonic::{Request, Response, Status};
@@ -52,6 +53,7 @@ pub fn status_of(error: PodsError) -> Status {
         PodsError::Invalid(message) => Status::invalid_argument(message),
         PodsError::Conflict(message) => Status::already_exists(message),
         PodsError::NotFound(message) => Status::not_found(message),
+        PodsError::Refused(message) => Status::failed_precondition(message),
         PodsError::Storage(message) => Status::internal(message),
     }
 }
@@ -189,6 +191,34 @@ impl Pods for PodsService {
         Ok(Response::new(PodResponse {
             pod_json: to_json(&pod)?,
         }))
+    }
+
+    async fn top(&self, request: Request<ListRequest>) -> Result<Response<TopResponse>, Status> {
+        let namespace = &request.get_ref().namespace;
+        let usage = self
+            .kubelet()?
+            .top(
+                (!namespace.is_empty()).then_some(namespace.as_str()),
+                Duration::from_secs(1),
+            )
+            .await;
+        let pods = usage
+            .into_iter()
+            .map(|pod| keelson_api::pods::PodUsage {
+                namespace: pod.namespace,
+                name: pod.name,
+                containers: pod
+                    .containers
+                    .into_iter()
+                    .map(|container| keelson_api::pods::ContainerUsage {
+                        name: container.name,
+                        cpu_millicores: container.cpu_millicores,
+                        memory_bytes: container.memory_bytes,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(TopResponse { pods }))
     }
 
     type ExecStream = ExecStream;

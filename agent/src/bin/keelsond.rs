@@ -59,7 +59,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(error) = runtime.block_on(keelson_agent::run(options, inherited_pipes)) {
+    let outcome = runtime.block_on(keelson_agent::run(options, inherited_pipes));
+    // A blocking task still at work (an image pull on a dead network, say) must not hold
+    // the node's shutdown up: PID 1 waits for this process before it ends the rest.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    if let Err(error) = outcome {
         eprintln!("keelsond: {error:#}");
         std::process::exit(1);
     }
