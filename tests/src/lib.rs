@@ -341,7 +341,10 @@ impl TestNode {
     /// Powers the node off through the ACPI button and waits for QEMU to exit.
     pub fn power_off(&mut self) -> anyhow::Result<()> {
         self.vm.powerdown()?;
-        let status = self.vm.wait_exit(Duration::from_secs(30))?;
+        // A graceful shutdown gives the pods their grace periods first (30 s by default,
+        // the config's kubelet.shutdownGracePeriod at most 60 s; PID 1 waits 75 s for the
+        // agent at most).
+        let status = self.vm.wait_exit(Duration::from_secs(90))?;
         if !status.success() {
             bail!("QEMU exited with {status}");
         }
