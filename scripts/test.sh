@@ -7,6 +7,8 @@ source scripts/host-packages.sh
 ensure_host_packages
 ensure_rust
 started=$SECONDS
+# A fresh clone gains nothing from incremental compilation's caches, and they cost disk.
+[ "${CI:-}" = true ] && export CARGO_INCREMENTAL=0
 # Each step says how far into the run it starts, so a slow CI run shows where time went.
 step() { echo "==> [$((SECONDS - started)) s] $*"; }
 
