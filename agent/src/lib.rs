@@ -11,12 +11,15 @@
 //! translate and validate it, and applies it through [`network`] (rtnetlink, with a
 //! [`dhcp`] client per interface), [`files`] and the hostname; [`seed`] finds NoCloud seeds
 //! and [`fetch`] gets `http://` documents. [`system`] gathers what `Machine.Status` reports;
-//! [`boot_history`] keeps the list of boots on STATE; [`logs`] keeps the agent's log for
+//! [`boot_history`] keeps the list of boots on STATE; [`static_pods`] keeps the node's
+//! static pods running and [`eviction`] evicts pods when memory or STATE runs short;
+//! [`logs`] keeps the agent's log for
 //! the API (`keelson_linux::kmsg` reads the kernel's); [`api`] is the gRPC server, a thin layer over
 //! the rest.
 
 pub mod api;
 pub mod boot_history;
+pub mod eviction;
 pub mod static_pods;
 pub mod system;
 
@@ -251,6 +254,11 @@ async fn start_kubelet(
             info!(pods = kubelet.list(None).len(), "pod supervisor started");
             tokio::spawn(follow_node_ip(kubelet.clone()));
             tokio::spawn(static_pods::keep(context.clone(), kubelet.clone()));
+            tokio::spawn(eviction::watch(
+                context.clone(),
+                kubelet.clone(),
+                options.state_dir.clone(),
+            ));
         }
         Err(reason) => warn!("pods: {reason}"),
     }

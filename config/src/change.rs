@@ -135,7 +135,13 @@ pub fn compare(in_force: Option<&MachineConfig>, new: &MachineConfig) -> Change 
     if current.update != new.update {
         reboot_needed_for.push("update");
     }
-    if current.kubelet != new.kubelet {
+    // The eviction thresholds are read at every look at the node: they change live.
+    let fixed_at_start = |kubelet: &Option<crate::model::KubeletSettings>| {
+        let mut settings = kubelet.clone().unwrap_or_default();
+        settings.eviction_hard.clear();
+        settings
+    };
+    if fixed_at_start(&current.kubelet) != fixed_at_start(&new.kubelet) {
         reboot_needed_for.push("kubelet");
     }
     Change {
@@ -196,6 +202,21 @@ mod tests {
         new.network.nameservers = vec!["10.0.0.53".into()];
         assert_eq!(compare(Some(&old), &new).reboot_needed_for, ["network"]);
         assert_eq!(compare(Some(&new), &new).diff, "");
+    }
+
+    #[test]
+    fn eviction_thresholds_change_live_and_other_kubelet_settings_need_a_reboot() {
+        let old = MachineConfig::empty();
+        let mut new = old.clone();
+        let mut settings = crate::model::KubeletSettings::default();
+        settings
+            .eviction_hard
+            .insert("memory.available".into(), "300Mi".into());
+        new.kubelet = Some(settings.clone());
+        assert!(compare(Some(&old), &new).reboot_needed_for.is_empty());
+        settings.pod_cidr = Some("10.88.0.0/24".into());
+        new.kubelet = Some(settings);
+        assert_eq!(compare(Some(&old), &new).reboot_needed_for, ["kubelet"]);
     }
 
     #[test]

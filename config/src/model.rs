@@ -92,7 +92,54 @@ pub struct KubeletSettings {
     /// a pod's own `terminationGracePeriodSeconds` applies when shorter. At most `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_period: Option<String>,
+    /// Hard eviction thresholds by signal, as the kubelet's `evictionHard`:
+    /// `memory.available` (default `100Mi`) and `nodefs.available`, the free space of
+    /// STATE (default `10%`). Each is a size such as `200Mi` or a whole percentage of the
+    /// capacity such as `15%`; `0` turns the signal off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eviction_hard: BTreeMap<String, String>,
 }
+
+/// Below how much of a resource the kubelet evicts pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionThreshold {
+    /// This many bytes.
+    Bytes(u64),
+    /// This share of the capacity, in whole percent.
+    Percent(u8),
+}
+
+impl EvictionThreshold {
+    /// The threshold in bytes for a resource of `capacity` bytes.
+    pub fn bytes_of(self, capacity: u64) -> u64 {
+        match self {
+            EvictionThreshold::Bytes(bytes) => bytes,
+            EvictionThreshold::Percent(percent) => capacity / 100 * u64::from(percent),
+        }
+    }
+}
+
+/// The hard eviction thresholds in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvictionThresholds {
+    /// The node's available memory.
+    pub memory_available: EvictionThreshold,
+    /// STATE's free space (pods' writable layers, volumes, logs and images).
+    pub nodefs_available: EvictionThreshold,
+}
+
+impl Default for EvictionThresholds {
+    /// The kubelet's defaults: `memory.available<100Mi`, `nodefs.available<10%`.
+    fn default() -> Self {
+        EvictionThresholds {
+            memory_available: EvictionThreshold::Bytes(100 << 20),
+            nodefs_available: EvictionThreshold::Percent(10),
+        }
+    }
+}
+
+/// The eviction signals the node watches, as `evictionHard` names them.
+pub const EVICTION_SIGNALS: [&str; 2] = ["memory.available", "nodefs.available"];
 
 /// How long pods have to stop when the node shuts down, when the config does not say.
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
@@ -147,34 +194,74 @@ impl KubeletSettings {
         Ok(seconds)
     }
 
-    /// `container_log_max_size` in bytes: a number with an optional binary (`Ki`, `Mi`,
-    /// `Gi`) or decimal (`k`, `M`, `G`) suffix.
+    /// `container_log_max_size` in bytes.
     pub fn log_max_size_bytes(&self) -> Result<Option<u64>, String> {
-        let Some(text) = &self.container_log_max_size else {
-            return Ok(None);
-        };
-        let digits = text.trim_end_matches(|character: char| character.is_ascii_alphabetic());
-        let multiplier: u64 = match &text[digits.len()..] {
-            "" => 1,
-            "Ki" => 1 << 10,
-            "Mi" => 1 << 20,
-            "Gi" => 1 << 30,
-            "k" => 1_000,
-            "M" => 1_000_000,
-            "G" => 1_000_000_000,
-            unit => {
-                return Err(format!(
-                    "{text:?} has the unit {unit:?}; use Ki, Mi or Gi (or k, M, G)"
-                ))
-            }
-        };
-        digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|number| number.checked_mul(multiplier))
-            .map(Some)
-            .ok_or_else(|| format!("{text:?} is not a size such as 10Mi"))
+        self.container_log_max_size
+            .as_deref()
+            .map(size_bytes)
+            .transpose()
     }
+
+    /// The eviction thresholds: `eviction_hard`'s over the defaults. An error names the
+    /// signal and says why.
+    pub fn eviction_thresholds(&self) -> Result<EvictionThresholds, (String, String)> {
+        let mut thresholds = EvictionThresholds::default();
+        for (signal, text) in &self.eviction_hard {
+            let slot = match signal.as_str() {
+                "memory.available" => &mut thresholds.memory_available,
+                "nodefs.available" => &mut thresholds.nodefs_available,
+                _ => {
+                    return Err((
+                        signal.clone(),
+                        format!(
+                            "{signal:?} is not an eviction signal this node watches: use {}",
+                            EVICTION_SIGNALS.join(" or ")
+                        ),
+                    ))
+                }
+            };
+            *slot = match text.strip_suffix('%') {
+                Some(percent) => match percent.parse::<u8>() {
+                    Ok(percent) if percent < 100 => EvictionThreshold::Percent(percent),
+                    _ => {
+                        return Err((
+                            signal.clone(),
+                            format!("{text:?} is not a whole percentage from 0% to 99%"),
+                        ))
+                    }
+                },
+                None => EvictionThreshold::Bytes(
+                    size_bytes(text).map_err(|reason| (signal.clone(), reason))?,
+                ),
+            };
+        }
+        Ok(thresholds)
+    }
+}
+
+/// A size in bytes: a number with an optional binary (`Ki`, `Mi`, `Gi`) or decimal (`k`,
+/// `M`, `G`) suffix.
+fn size_bytes(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|character: char| character.is_ascii_alphabetic());
+    let multiplier: u64 = match &text[digits.len()..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        unit => {
+            return Err(format!(
+                "{text:?} has the unit {unit:?}; use Ki, Mi or Gi (or k, M, G)"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|number| number.checked_mul(multiplier))
+        .ok_or_else(|| format!("{text:?} is not a size such as 10Mi"))
 }
 
 impl MachineConfig {

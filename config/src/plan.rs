@@ -1028,6 +1028,9 @@ fn check_kubelet(check: &mut Checker<'_>, kubelet: &model::KubeletSettings) {
         ),
         Ok(_) => {}
     }
+    if let Err((signal, reason)) = kubelet.eviction_thresholds() {
+        check.error(&format!("kubelet.evictionHard.{signal}"), reason);
+    }
     if let Some(files) = kubelet.container_log_max_files {
         if files < 2 {
             check.error(

@@ -388,11 +388,27 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
     let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\nkubelet:\n";
     let accepted = load(
         "test",
-        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n  podCIDR: 10.88.0.0/16\n  shutdownGracePeriod: 45s\n")
+        format!("{base}  containerLogMaxSize: 64Ki\n  containerLogMaxFiles: 3\n  podCIDR: 10.88.0.0/16\n  shutdownGracePeriod: 45s\n  evictionHard:\n    memory.available: 300Mi\n    nodefs.available: 15%\n")
             .as_bytes(),
     )
     .unwrap();
     let kubelet = accepted.config.kubelet.clone().unwrap();
+    use keelson_config::model::{EvictionThreshold, EvictionThresholds};
+    assert_eq!(
+        kubelet.eviction_thresholds(),
+        Ok(EvictionThresholds {
+            memory_available: EvictionThreshold::Bytes(300 << 20),
+            nodefs_available: EvictionThreshold::Percent(15),
+        })
+    );
+    assert_eq!(
+        keelson_config::model::KubeletSettings::default().eviction_thresholds(),
+        Ok(EvictionThresholds {
+            memory_available: EvictionThreshold::Bytes(100 << 20),
+            nodefs_available: EvictionThreshold::Percent(10),
+        })
+    );
+    assert_eq!(EvictionThreshold::Percent(10).bytes_of(1000), 100);
     assert_eq!(kubelet.pod_cidr(), "10.88.0.0/16");
     assert_eq!(
         keelson_config::model::KubeletSettings::default().pod_cidr(),
@@ -440,6 +456,21 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
             "  podCIDR: 10.0.0.0/8\n",
             "kubelet.podCIDR",
             "/8 is outside /16 to /30",
+        ),
+        (
+            "  evictionHard:\n    memory.free: 1Gi\n",
+            "kubelet.evictionHard.memory.free",
+            "use memory.available or nodefs.available",
+        ),
+        (
+            "  evictionHard:\n    nodefs.available: 100%\n",
+            "kubelet.evictionHard.nodefs.available",
+            "not a whole percentage from 0% to 99%",
+        ),
+        (
+            "  evictionHard:\n    memory.available: 1GB\n",
+            "kubelet.evictionHard.memory.available",
+            "use Ki, Mi or Gi",
         ),
         (
             "  shutdownGracePeriod: 61s\n",

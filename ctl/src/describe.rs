@@ -56,6 +56,12 @@ pub fn describe_pod(pod: &Value, events: &Value, now: i64) -> String {
     field("Start Time", text_of(&status["startTime"]));
     field("Labels", pairs(&pod["metadata"]["labels"]));
     field("Status", text_of(&status["phase"]));
+    // As kubectl: why the whole pod stopped (an eviction), when it says.
+    for (name, key) in [("Reason", "reason"), ("Message", "message")] {
+        if let Some(said) = status[key].as_str() {
+            field(name, said.to_owned());
+        }
+    }
     field("IP", status["podIP"].as_str().unwrap_or("").to_owned());
     field("QoS Class", text_of(&status["qosClass"]));
     if pod["spec"]["hostNetwork"] == true {

@@ -728,6 +728,13 @@ impl Engine {
     /// Removes the pod's own cgroup, its veth pair, its sandbox, its volumes and its logs
     /// (the pod is deleted).
     pub async fn forget(&self, pod: &Pod) {
+        self.release(pod).await;
+        let _ = std::fs::remove_dir_all(self.pod_log_dir(pod));
+    }
+
+    /// Removes what a pod that will not run again holds (its cgroup, veth pair, sandbox
+    /// and volumes) but keeps its logs, for `keelctl logs` (the pod was evicted).
+    pub async fn release(&self, pod: &Pod) {
         let node_end = podnet::node_end_name(pod.metadata.uid.as_deref().unwrap_or_default());
         if let Err(error) = podnet::detach(&node_end).await {
             tracing::warn!("{error:#}");
@@ -737,7 +744,27 @@ impl Engine {
             let _ = self.cgroups.remove(pod_cgroup);
         }
         sandbox::remove(&self.sandbox_dir(pod));
-        let _ = std::fs::remove_dir_all(self.pod_log_dir(pod));
+    }
+
+    /// What the pod holds on STATE, in bytes: its containers' writable layers and bundles,
+    /// its volumes on disk and its logs. Mounts below them (the containers' root
+    /// filesystems over the image's layers, memory volumes) are not counted.
+    pub fn disk_usage(&self, pod: &Pod) -> u64 {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let runs = std::fs::read_dir(&self.bundles)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| !uid.is_empty() && name.starts_with(&format!("{uid}.")))
+            })
+            .map(|entry| entry.path());
+        runs.chain([volumes::pod_dir(&self.volumes, pod), self.pod_log_dir(pod)])
+            .map(|path| disk_bytes(&path))
+            .sum()
     }
 }
 
@@ -819,4 +846,35 @@ fn read_from_layers(layers: &[PathBuf], relative: &str) -> Option<String> {
             Some(String::new())
         }
     })
+}
+
+/// The bytes the files under `path` take on its filesystem (allocated blocks, so sparse
+/// files count what they use), not descending into other filesystems.
+fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let device = top.dev();
+    let mut total = 0u64;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in std::fs::read_dir(&directory)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if metadata.dev() != device {
+                continue;
+            }
+            total = total.saturating_add(metadata.blocks().saturating_mul(512));
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
 }

@@ -11,7 +11,8 @@
 //! - [`volumes`], [`downward`], [`dns`], [`network`] and [`userns`] work out a pod's
 //!   mounts, downward API, resolver files, ports and user namespace ids;
 //! - [`static_pods`] names and marks the pods of the machine config and the static pod
-//!   path.
+//!   path;
+//! - [`eviction`] picks the pod to evict when the node runs short of memory or disk.
 //!
 //! The shells act: [`store`] keeps pods on STATE; [`logs`] writes and reads the CRI log
 //! files; [`handoff`] passes log pipes to PID 1 and back; [`engine`] turns a container
@@ -22,6 +23,7 @@ pub mod dns;
 pub mod downward;
 pub mod engine;
 pub mod events;
+pub mod eviction;
 pub mod handoff;
 pub mod hooks;
 pub mod lifecycle;

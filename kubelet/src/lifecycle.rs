@@ -198,13 +198,34 @@ impl PodLifecycle {
         grace_seconds: u64,
         at: u64,
     ) -> (PodLifecycle, Vec<PodAction>) {
-        let mut pod = PodLifecycle {
+        let mut pod = PodLifecycle::kept(members, grace_seconds);
+        let actions = pod.settle(at);
+        (pod, actions)
+    }
+
+    /// A pod met again after the agent restarted that must not run again (it was evicted):
+    /// every container is stopped at once. Returns the kills to perform.
+    pub fn resume_stopped(
+        members: Vec<Member>,
+        grace_seconds: u64,
+        at: u64,
+    ) -> (PodLifecycle, Vec<PodAction>) {
+        let mut pod = PodLifecycle::kept(members, grace_seconds);
+        let stop = PodEvent::StopRequested {
+            at,
+            grace_seconds: 0,
+        };
+        // A stop is taken in every state.
+        let actions = pod.step(stop).unwrap_or_default();
+        (pod, actions)
+    }
+
+    fn kept(members: Vec<Member>, grace_seconds: u64) -> PodLifecycle {
+        PodLifecycle {
             members,
             grace_seconds,
             stop_deadline: None,
-        };
-        let actions = pod.settle(at);
-        (pod, actions)
+        }
     }
 
     /// The containers, init containers first.

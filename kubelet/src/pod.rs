@@ -486,6 +486,17 @@ pub fn resources_of(container: &Container) -> Result<Resources, String> {
     })
 }
 
+/// The container's memory request in bytes, as Kubernetes defaults it (the limit when
+/// only a limit is set; 0 when neither is, or when it cannot be read).
+pub fn memory_request(container: &Container) -> u64 {
+    let requirements = container.resources.clone().unwrap_or_default();
+    [requirements.requests, requirements.limits]
+        .iter()
+        .find_map(|map| map.as_ref()?.get("memory"))
+        .and_then(|quantity| resources::memory_bytes(&quantity.0).ok())
+        .unwrap_or(0)
+}
+
 /// `no_new_privs`: set when the container says `allowPrivilegeEscalation: false`.
 pub fn no_new_privileges(container: &Container) -> bool {
     container

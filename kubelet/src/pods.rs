@@ -134,6 +134,8 @@ enum StopRequest {
     /// The node is shutting down: stop it within its own grace period, at most this
     /// long, and keep it, so that it comes back with the node.
     NodeShutdown(u64),
+    /// The node is under pressure: kill it now and keep it, failed, until it is deleted.
+    Evict,
 }
 
 impl StopRequest {
@@ -142,6 +144,8 @@ impl StopRequest {
         match self {
             StopRequest::Delete(given) => given.unwrap_or(pods_own),
             StopRequest::NodeShutdown(cap) => pods_own.min(cap),
+            // As the kubelet's hard eviction: no grace.
+            StopRequest::Evict => 0,
         }
     }
 }
@@ -230,7 +234,7 @@ impl Kubelet {
             tracing::warn!(pod = %owner, "its kept address is refused ({error}); it gets a new one");
         }
         for record in records.iter_mut() {
-            if !crate::network::has_own_network(&record.pod) {
+            if !crate::network::has_own_network(&record.pod) || record.evicted.is_some() {
                 continue;
             }
             let owner = uid(record);
@@ -514,29 +518,10 @@ impl Kubelet {
     /// shows them: two readings of the containers' cgroups, `window` apart.
     pub async fn top(&self, namespace: Option<&str>, window: std::time::Duration) -> Vec<PodUsage> {
         let pods = self.list(namespace);
-        let running = |pod: &Pod| -> Vec<String> {
-            pod.status
-                .iter()
-                .flat_map(|status| {
-                    status
-                        .init_container_statuses
-                        .iter()
-                        .flatten()
-                        .chain(status.container_statuses.iter().flatten())
-                })
-                .filter(|status| {
-                    status
-                        .state
-                        .as_ref()
-                        .is_some_and(|state| state.running.is_some())
-                })
-                .map(|status| status.name.clone())
-                .collect()
-        };
         let read = |pods: &[Pod]| -> Vec<Vec<Option<keelson_runtime::cgroup::Usage>>> {
             pods.iter()
                 .map(|pod| {
-                    running(pod)
+                    running_containers(pod)
                         .iter()
                         .map(|name| self.engine.usage(pod, name))
                         .collect()
@@ -552,7 +537,7 @@ impl Kubelet {
             .zip(first.iter().zip(&second))
             .map(|(pod, (before, after))| {
                 let (namespace, name) = crate::key(pod);
-                let containers = running(pod)
+                let containers = running_containers(pod)
                     .into_iter()
                     .zip(before.iter().zip(after))
                     .filter_map(|(container, (before, after))| {
@@ -602,6 +587,73 @@ impl Kubelet {
         // Its hostPorts go with it.
         self.refresh_nat();
         last.ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))
+    }
+
+    /// The pods that are running or starting, as eviction ranks them; `with_disk` also
+    /// measures what each holds on STATE (a walk of its files, so only under disk
+    /// pressure).
+    pub fn eviction_candidates(&self, with_disk: bool) -> Vec<crate::eviction::PodUse> {
+        self.list(None)
+            .iter()
+            .filter(|pod| {
+                pod.status.as_ref().is_some_and(|status| {
+                    status.reason.is_none()
+                        && matches!(status.phase.as_deref(), Some("Running" | "Pending"))
+                })
+            })
+            .map(|pod| {
+                let (namespace, name) = crate::key(pod);
+                let containers = running_containers(pod)
+                    .into_iter()
+                    .map(|container| crate::eviction::ContainerMemory {
+                        used: self
+                            .engine
+                            .usage(pod, &container)
+                            .map_or(0, |usage| usage.memory_bytes),
+                        request: crate::pod::container_named(pod, &container)
+                            .map_or(0, crate::pod::memory_request),
+                        name: container,
+                    })
+                    .collect();
+                crate::eviction::PodUse {
+                    namespace,
+                    name,
+                    qos: crate::eviction::QosClass::from_name(status::qos_class(pod)),
+                    is_static: crate::static_pods::origin_of(pod).is_some(),
+                    containers,
+                    disk_used: if with_disk {
+                        self.engine.disk_usage(pod)
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Evicts the pod: it is killed at once and stays, `Failed` with the reason `Evicted`
+    /// and `message`, until it is deleted.
+    pub async fn evict(&self, namespace: &str, name: &str, message: &str) -> Result<(), PodsError> {
+        let stop = {
+            let poisoned = || PodsError::Storage("the pod table is poisoned".into());
+            let pods = self.pods.lock().map_err(|_| poisoned())?;
+            let handle = pods
+                .get(&(namespace.to_owned(), name.to_owned()))
+                .ok_or_else(|| PodsError::NotFound(format!("pod {namespace}/{name} not found")))?;
+            let mut shared = handle.shared.lock().map_err(|_| poisoned())?;
+            shared.record.evicted = Some(message.to_owned());
+            // Kept first: an agent that restarts now finishes the eviction.
+            self.store
+                .save(&shared.record)
+                .map_err(|error| PodsError::Storage(error.to_string()))?;
+            shared
+                .events
+                .record(EventType::Warning, "Evicted", message.to_owned(), now());
+            handle.stop.clone()
+        };
+        tracing::warn!(pod = %format!("{namespace}/{name}"), "evicting: {message}");
+        let _ = stop.send(StopRequest::Evict).await;
+        Ok(())
     }
 
     /// Stops every pod for the node's shutdown, as the kubelet's graceful node shutdown
@@ -790,13 +842,19 @@ impl Kubelet {
             None if !crate::network::has_own_network(&pod) => host_ip.clone(),
             None => None,
         };
-        pod.status = Some(status::pod_status(
+        let mut status = status::pod_status(
             &pod,
             &shared.pod,
             &shared.facts,
             host_ip.as_deref(),
             pod_ip.as_deref(),
-        ));
+        );
+        if let Some(message) = &shared.record.evicted {
+            status.phase = Some("Failed".into());
+            status.reason = Some("Evicted".into());
+            status.message = Some(message.clone());
+        }
+        pod.status = Some(status);
         pod
     }
 
@@ -918,11 +976,18 @@ impl Kubelet {
                 unready_by_probe: false,
             });
         }
-        if ever_started && !self.engine.sandbox_exists(&record.pod) {
+        // An evicted pod stays stopped (its eviction finishes if the agent restarted
+        // during it).
+        let evicted = record.evicted.is_some();
+        if ever_started && !evicted && !self.engine.sandbox_exists(&record.pod) {
             pending.push(PodEvent::SandboxRecreated { at: now() });
         }
         let grace = crate::pod::grace_seconds(&record.pod);
-        let (pod, starts) = PodLifecycle::resume(members, grace, now());
+        let (pod, starts) = if evicted {
+            PodLifecycle::resume_stopped(members, grace, now())
+        } else {
+            PodLifecycle::resume(members, grace, now())
+        };
         let shared = Arc::new(Mutex::new(Shared {
             record,
             pod,
@@ -956,6 +1021,7 @@ impl Kubelet {
             pending,
             (delete_receiver, probe_receiver),
             gone_sender,
+            evicted.then_some(StopRequest::Evict),
         ));
     }
 }
@@ -984,6 +1050,7 @@ impl Worker {
             mpsc::UnboundedReceiver<RunNews>,
         ),
         gone: watch::Sender<bool>,
+        mut stopping: Option<StopRequest>,
     ) {
         // Containers met running are watched again, unless already known to have ended.
         let met_running: Vec<(usize, crate::store::RunningRecord)> = self
@@ -1006,7 +1073,6 @@ impl Worker {
         for event in initial {
             actions.extend(self.step(event).await);
         }
-        let mut stopping: Option<StopRequest> = None;
         loop {
             while let Some(action) = actions.pop_front() {
                 actions.extend(self.perform(action).await);
@@ -1049,8 +1115,12 @@ impl Worker {
                 }
             }
         }
+        if stopping == Some(StopRequest::Evict) {
+            stopping = self.evicted(&mut stop).await;
+        }
         let pod = self.with(|shared| shared.record.pod.clone());
-        if let (Some(pod), Some(StopRequest::NodeShutdown(_))) = (&pod, stopping) {
+        let deleted = matches!(stopping, Some(StopRequest::Delete(_)));
+        if let (Some(pod), false) = (&pod, deleted) {
             let (namespace, name) = crate::key(pod);
             tracing::info!(pod = %format!("{namespace}/{name}"), "pod stopped for the node's shutdown");
         } else if let Some(pod) = pod {
@@ -1071,6 +1141,35 @@ impl Worker {
 
     fn with<T>(&self, read: impl FnOnce(&Shared) -> T) -> Option<T> {
         self.shared.lock().ok().map(|shared| read(&shared))
+    }
+
+    /// The evicted pod's containers have all stopped: what it held on the node goes (its
+    /// address, sandbox and volumes; its logs stay), and it waits, failed, to be deleted.
+    /// Returns the request that ends its task.
+    async fn evicted(&mut self, stop: &mut mpsc::Receiver<StopRequest>) -> Option<StopRequest> {
+        if let Some(pod) = self.with(|shared| shared.record.pod.clone()) {
+            self.kubelet.engine.release(&pod).await;
+            self.kubelet
+                .release_address(pod.metadata.uid.as_deref().unwrap_or_default());
+            if let Ok(mut shared) = self.shared.lock() {
+                shared.record.pod_ip = None;
+                if let Err(error) = self.kubelet.store.save(&shared.record) {
+                    tracing::warn!("{error}");
+                }
+            }
+            self.kubelet.refresh_nat();
+            let (namespace, name) = crate::key(&pod);
+            tracing::info!(pod = %format!("{namespace}/{name}"), "pod evicted");
+        }
+        for prober in self.probers.values() {
+            prober.abort();
+        }
+        loop {
+            match stop.recv().await {
+                Some(StopRequest::Evict) => continue,
+                other => return other,
+            }
+        }
     }
 
     /// Starts probing run `running` of container `index`, when it has probes.
@@ -1518,6 +1617,27 @@ fn backoff_message(shared: &Shared, index: usize) -> String {
         pod.namespace.as_deref().unwrap_or_default(),
         pod.uid.as_deref().unwrap_or_default()
     )
+}
+
+/// The names of the pod's running containers, by its status.
+fn running_containers(pod: &Pod) -> Vec<String> {
+    pod.status
+        .iter()
+        .flat_map(|status| {
+            status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .chain(status.container_statuses.iter().flatten())
+        })
+        .filter(|status| {
+            status
+                .state
+                .as_ref()
+                .is_some_and(|state| state.running.is_some())
+        })
+        .map(|status| status.name.clone())
+        .collect()
 }
 
 async fn sleep_until(at: Option<u64>) {

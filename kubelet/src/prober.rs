@@ -1,6 +1,7 @@
 //! The probes' and hooks' shell: one task per running container with probes, which runs
 //! each check when [`ProbeSet`] says it is due (a command through container-exec, an HTTP
-//! GET or a TCP connection to the pod, each within its timeout) and reports every result
+//! or HTTPS GET, a TCP connection or a gRPC health check to the pod, each within its
+//! timeout) and reports every result
 //! to the pod's task; and [`run_check`], which runs a hook the same way.
 
 use std::sync::Arc;
@@ -104,17 +105,28 @@ pub async fn run_check(
             Ok(())
         }
         Check::Http {
+            https,
             host: own,
             port,
             path,
             headers,
         } => {
             let host = own.as_deref().unwrap_or(host);
-            tokio::time::timeout(timeout, http_get(host, *port, path, headers))
+            let scheme = if *https { "https" } else { "http" };
+            tokio::time::timeout(timeout, http_get(*https, host, *port, path, headers))
                 .await
                 .unwrap_or_else(|_| {
                     Err(format!(
-                        "Get \"http://{host}:{port}{path}\": no answer within {seconds}s"
+                        "Get \"{scheme}://{host}:{port}{path}\": no answer within {seconds}s"
+                    ))
+                })
+        }
+        Check::Grpc { port, service } => {
+            tokio::time::timeout(timeout, grpc_check(host, *port, service.as_deref()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "timeout: health rpc to {host}:{port} did not complete within {seconds}s"
                     ))
                 })
         }
@@ -132,17 +144,44 @@ pub async fn run_check(
     }
 }
 
-/// An HTTP/1.1 GET, as the kubelet sends it; a status from 200 to 399 passes.
+/// An HTTP/1.1 GET, as the kubelet sends it, over TLS when `https` (the server's
+/// certificate is not verified, as the kubelet does not); a status from 200 to 399 passes.
 async fn http_get(
+    https: bool,
     host: &str,
     port: u16,
     path: &str,
     headers: &[(String, String)],
 ) -> Result<(), String> {
-    let url = format!("http://{host}:{port}{path}");
-    let mut stream = tokio::net::TcpStream::connect((host, port))
+    let url = format!(
+        "{}://{host}:{port}{path}",
+        if https { "https" } else { "http" }
+    );
+    let fail = |error: &dyn std::fmt::Display| format!("Get \"{url}\": {error}");
+    let stream = tokio::net::TcpStream::connect((host, port))
         .await
-        .map_err(|error| format!("Get \"{url}\": {error}"))?;
+        .map_err(|error| fail(&error))?;
+    if !https {
+        return http_exchange(stream, host, port, path, headers, &url).await;
+    }
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|error| fail(&error))?;
+    let stream = tokio_rustls::TlsConnector::from(unverified_tls()?)
+        .connect(name, stream)
+        .await
+        .map_err(|error| fail(&error))?;
+    http_exchange(stream, host, port, path, headers, &url).await
+}
+
+/// Sends the GET on `stream` and reads the status line.
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    url: &str,
+) -> Result<(), String> {
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
     );
@@ -179,6 +218,104 @@ async fn http_get(
     }
 }
 
+/// A TLS client that takes any certificate: a probe asks whether the program answers,
+/// not who it is (the kubelet sets `InsecureSkipVerify` the same way).
+fn unverified_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            certificate: &CertificateDer<'_>,
+            signature: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                certificate,
+                signature,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            certificate: &CertificateDer<'_>,
+            signature: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                certificate,
+                signature,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS: {error}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One call of the gRPC Health Checking Protocol, in plain text as the kubelet makes it;
+/// `SERVING` passes, and the kubelet's words say why anything else fails.
+async fn grpc_check(host: &str, port: u16, service: Option<&str>) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let address = format!("{host}:{port}");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| format!("{address:?} is not an address: {error}"))?
+        .connect()
+        .await
+        .map_err(|error| format!("failed to connect service {address:?}: {error}"))?;
+    let request = HealthCheckRequest {
+        service: service.unwrap_or_default().to_owned(),
+    };
+    let answer = HealthClient::new(channel)
+        .check(request)
+        .await
+        .map_err(|status| {
+            format!(
+                "health rpc probe failed: code = {:?}, desc = {}",
+                status.code(),
+                status.message()
+            )
+        })?
+        .into_inner();
+    if answer.status == ServingStatus::Serving as i32 {
+        return Ok(());
+    }
+    let said =
+        ServingStatus::try_from(answer.status).map_or("UNKNOWN", |status| status.as_str_name());
+    Err(format!("service unhealthy (responded with {said:?})"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -210,7 +347,7 @@ mod tests {
     async fn http_checks_pass_on_2xx_and_3xx_and_say_why_they_fail() {
         let (port, request) = server("200 OK").await;
         let headers = [("X-Probe".to_owned(), "yes".to_owned())];
-        http_get("127.0.0.1", port, "/healthz?full=1", &headers)
+        http_get(false, "127.0.0.1", port, "/healthz?full=1", &headers)
             .await
             .unwrap();
         let request = request.await.unwrap();
@@ -224,20 +361,117 @@ mod tests {
         );
         assert!(request.contains("\r\nX-Probe: yes\r\n"), "{request}");
         let (port, _) = server("302 Found").await;
-        http_get("127.0.0.1", port, "/", &[]).await.unwrap();
+        http_get(false, "127.0.0.1", port, "/", &[]).await.unwrap();
         let (port, _) = server("503 Service Unavailable").await;
         assert_eq!(
-            http_get("127.0.0.1", port, "/", &[]).await.unwrap_err(),
+            http_get(false, "127.0.0.1", port, "/", &[])
+                .await
+                .unwrap_err(),
             "HTTP probe failed with statuscode: 503"
         );
         // Nothing listens on a port just freed.
-        let closed = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let error = http_get("127.0.0.1", closed, "/", &[]).await.unwrap_err();
+        let closed = closed_port();
+        let error = http_get(false, "127.0.0.1", closed, "/", &[])
+            .await
+            .unwrap_err();
         assert!(
             error.starts_with(&format!("Get \"http://127.0.0.1:{closed}/\": ")),
+            "{error}"
+        );
+    }
+
+    /// A port on 127.0.0.1 that nothing listens on: one just bound and freed.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    /// An HTTPS server on 127.0.0.1 with a self-signed certificate for another name,
+    /// answering `status`: the probe passes on the status alone.
+    #[tokio::test]
+    async fn https_checks_take_any_certificate() {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["somewhere.else".to_owned()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for status in ["204 No Content", "500 Internal Server Error"] {
+                let (stream, _) = listener.accept().await.unwrap();
+                let mut stream = acceptor.accept(stream).await.unwrap();
+                let mut buffer = vec![0u8; 2048];
+                let _ = stream.read(&mut buffer).await.unwrap();
+                let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                let _ = stream.shutdown().await;
+            }
+        });
+        http_get(true, "127.0.0.1", port, "/healthz", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            http_get(true, "127.0.0.1", port, "/healthz", &[])
+                .await
+                .unwrap_err(),
+            "HTTP probe failed with statuscode: 500"
+        );
+        // Plain HTTP is not an HTTPS server.
+        let (plain, _) = server("200 OK").await;
+        let error = http_get(true, "127.0.0.1", plain, "/", &[])
+            .await
+            .unwrap_err();
+        assert!(
+            error.starts_with(&format!("Get \"https://127.0.0.1:{plain}/\": ")),
+            "{error}"
+        );
+    }
+
+    /// A real gRPC health server (tonic-health): SERVING passes, NOT_SERVING and an
+    /// unknown service fail saying so, and so does a port with nothing on it.
+    #[tokio::test]
+    async fn grpc_checks_ask_the_health_service() {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("orders", tonic_health::ServingStatus::NotServing)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        grpc_check("127.0.0.1", port, None).await.unwrap();
+        assert_eq!(
+            grpc_check("127.0.0.1", port, Some("orders"))
+                .await
+                .unwrap_err(),
+            "service unhealthy (responded with \"NOT_SERVING\")"
+        );
+        reporter
+            .set_service_status("orders", tonic_health::ServingStatus::Serving)
+            .await;
+        grpc_check("127.0.0.1", port, Some("orders")).await.unwrap();
+        let unknown = grpc_check("127.0.0.1", port, Some("billing"))
+            .await
+            .unwrap_err();
+        assert!(
+            unknown.starts_with("health rpc probe failed: code = NotFound"),
+            "{unknown}"
+        );
+        let closed = closed_port();
+        let error = grpc_check("127.0.0.1", closed, None).await.unwrap_err();
+        assert!(
+            error.starts_with(&format!("failed to connect service \"127.0.0.1:{closed}\"")),
             "{error}"
         );
     }

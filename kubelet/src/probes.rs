@@ -45,6 +45,9 @@ pub enum Check {
     Exec(Vec<String>),
     /// An HTTP GET; a status from 200 to 399 passes.
     Http {
+        /// Over TLS (`scheme: HTTPS`), whose certificate is not verified, as the kubelet
+        /// does not verify it.
+        https: bool,
         /// The host (None: the pod's address).
         host: Option<String>,
         /// The port.
@@ -53,6 +56,14 @@ pub enum Check {
         path: String,
         /// More request headers.
         headers: Vec<(String, String)>,
+    },
+    /// A call of the gRPC Health Checking Protocol (`grpc.health.v1.Health/Check`) on
+    /// the pod's address, in plain text; `SERVING` passes.
+    Grpc {
+        /// The port.
+        port: u16,
+        /// The service to ask about (None: the server as a whole).
+        service: Option<String>,
     },
     /// A pause (a hook's `sleep`); it always passes.
     Sleep(u64),
@@ -116,15 +127,26 @@ fn probe(container: &Container, kind: Kind, spec: &ProbeSpec) -> Result<Probe, S
     if kind != Kind::Readiness && success_threshold != 1 {
         return Err("successThreshold must be 1 for liveness and startup probes".into());
     }
-    if spec.grpc.is_some() {
-        return Err("grpc probes are not supported yet: use exec, httpGet or tcpSocket".into());
-    }
-    let check = check_of(
-        container,
-        spec.exec.as_ref(),
-        spec.http_get.as_ref(),
-        spec.tcp_socket.as_ref(),
-    )?;
+    let check = match &spec.grpc {
+        Some(grpc) => {
+            if spec.exec.is_some() || spec.http_get.is_some() || spec.tcp_socket.is_some() {
+                return Err("needs exactly one of exec, httpGet, tcpSocket and grpc".into());
+            }
+            Check::Grpc {
+                port: u16::try_from(grpc.port)
+                    .ok()
+                    .filter(|port| *port > 0)
+                    .ok_or_else(|| format!("grpc.port {} is not a port (1-65535)", grpc.port))?,
+                service: grpc.service.clone().filter(|service| !service.is_empty()),
+            }
+        }
+        None => check_of(
+            container,
+            spec.exec.as_ref(),
+            spec.http_get.as_ref(),
+            spec.tcp_socket.as_ref(),
+        )?,
+    };
     Ok(Probe {
         kind,
         check,
@@ -168,17 +190,17 @@ pub fn check_of(
             Ok(Check::Exec(command))
         }
         (None, Some(http), None) => {
-            if http
-                .scheme
-                .as_deref()
-                .is_some_and(|scheme| scheme != "HTTP")
-            {
-                return Err(format!(
-                    "httpGet.scheme {:?} is not supported yet: use HTTP",
-                    http.scheme.as_deref().unwrap_or_default()
-                ));
-            }
+            let https = match http.scheme.as_deref() {
+                None | Some("HTTP") => false,
+                Some("HTTPS") => true,
+                Some(other) => {
+                    return Err(format!(
+                        "httpGet.scheme {other:?} is not a scheme: use HTTP or HTTPS"
+                    ))
+                }
+            };
             Ok(Check::Http {
+                https,
                 host: http.host.clone().filter(|host| !host.is_empty()),
                 port: port(&http.port).map_err(|error| format!("httpGet.{error}"))?,
                 path: http
@@ -354,6 +376,7 @@ mod tests {
             Probe {
                 kind: Kind::Liveness,
                 check: Check::Http {
+                    https: false,
                     host: None,
                     port: 8080,
                     path: "/healthz".into(),
@@ -370,6 +393,31 @@ mod tests {
     }
 
     #[test]
+    fn grpc_and_https_probes_are_read() {
+        let probes = probes_of(&container(serde_json::json!({
+            "name": "api", "image": "x",
+            "livenessProbe": {"grpc": {"port": 9090, "service": "orders"}},
+            "readinessProbe": {"httpGet": {"port": 8443, "scheme": "HTTPS"}}
+        })))
+        .unwrap();
+        assert_eq!(
+            probes[0].check,
+            Check::Grpc {
+                port: 9090,
+                service: Some("orders".into())
+            }
+        );
+        assert!(matches!(
+            probes[1].check,
+            Check::Http {
+                https: true,
+                port: 8443,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn bad_probes_are_refused_naming_the_field() {
         let cases = [
             (
@@ -381,8 +429,16 @@ mod tests {
                 "readinessProbe: httpGet.port \"web\" names none of the container's ports",
             ),
             (
-                serde_json::json!({"livenessProbe": {"grpc": {"port": 9000}}}),
-                "livenessProbe: grpc probes are not supported yet",
+                serde_json::json!({"livenessProbe": {"grpc": {"port": 0}}}),
+                "livenessProbe: grpc.port 0 is not a port (1-65535)",
+            ),
+            (
+                serde_json::json!({"livenessProbe": {"grpc": {"port": 9000}, "tcpSocket": {"port": 80}}}),
+                "livenessProbe: needs exactly one of exec, httpGet, tcpSocket and grpc",
+            ),
+            (
+                serde_json::json!({"readinessProbe": {"httpGet": {"port": 80, "scheme": "FTP"}}}),
+                "readinessProbe: httpGet.scheme \"FTP\" is not a scheme: use HTTP or HTTPS",
             ),
             (
                 serde_json::json!({"livenessProbe": {"exec": {"command": []}}}),

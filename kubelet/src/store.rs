@@ -29,6 +29,9 @@ pub struct PodRecord {
     /// admitted and kept for its life.
     #[serde(default)]
     pub pod_ip: Option<std::net::Ipv4Addr>,
+    /// Why the node evicted it, once it did: the pod stays failed until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<String>,
 }
 
 impl PodRecord {
@@ -40,6 +43,7 @@ impl PodRecord {
             container: None,
             user_namespace,
             pod_ip: None,
+            evicted: None,
         }
     }
 

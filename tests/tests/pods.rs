@@ -2,7 +2,8 @@
 //! built on the host from Debian's busybox-static is imported; pods run from it and are
 //! checked as a user checks them (get pods, logs, -o json): exit codes and reasons, a
 //! memory limit ending in OOMKilled, the cgroup limits and namespaces a container sees,
-//! restart policies with the kubelet's backoff, an agent restart that leaves a container
+//! eviction under memory and disk pressure with thresholds set live, restart policies
+//! with the kubelet's backoff, an agent restart that leaves a container
 //! running and loses none of its log lines, refusals, deletion, and a reboot that brings a
 //! pod back. One VM for every check.
 
@@ -42,6 +43,8 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         options.config = Some(config);
         options.host_services = vec![(OUTSIDE_PORT, outside.port)];
         options.forwards = vec![(host_port, 8080)];
+        // STATE grows to fill the disk: room for the disk pressure check to fill.
+        options.disk_bytes = Some(1 << 30);
     })
     .unwrap();
     let pods = Pods { node: &node };
@@ -485,18 +488,7 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     let keeper_uid = keeper_pod["metadata"]["uid"].clone();
     let changed = TestCluster::get()
         .node_config_with("pods-changed.yaml", |config| pods_config(config, "bonjour"));
-    let applied = expect_success(
-        node.keelctl(
-            Role::Admin,
-            &["apply-config", "-f", changed.to_str().unwrap()],
-        )
-        .unwrap(),
-        "apply-config with a changed static pod",
-    );
-    assert!(
-        applied.contains("saved the config on STATE"),
-        "applied live: {applied}"
-    );
+    pods.apply_config_live(&changed, "a changed static pod");
     let note = pods.wait_for(&format!("note-{node_name}"), "to be replaced", |pod| {
         pod["metadata"]["uid"] != note_uid && pod["status"]["containerStatuses"][0]["ready"] == true
     });
@@ -740,6 +732,8 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
             .any(|line| line.starts_with("hog ") && line.contains(" OOMKilled ")),
         "{table}"
     );
+
+    check_eviction(&pods, &keeper, work.path());
 
     // top: a container that fills 24 MiB of its /dev/shm and spins shows that memory and
     // a busy CPU; the per-container rows name it.
@@ -1214,10 +1208,205 @@ fn pods_config(config: &mut keelson_config::MachineConfig, greeting: &str) {
         pod_cidr: Some(POD_CIDR.into()),
         // Short, so that the pods that ignore SIGTERM hold the reboot up only so long.
         shutdown_grace_period: Some("8s".into()),
+        ..Default::default()
     });
     // Nothing answers there: names are not looked up.
     config.network.nameservers = vec!["10.0.2.3".into()];
     config.network.search_domains = vec!["example.test".into()];
+}
+
+/// Eviction, with thresholds set live just below what the node has: a BestEffort pod that
+/// takes memory is evicted while a Burstable pod within its request and the static pods
+/// (BestEffort too) stay; a pod that fills STATE is evicted after the image no pod uses is
+/// removed. `layout` holds the busybox image's OCI layout.
+fn check_eviction(pods: &Pods<'_>, keeper: &str, layout: &std::path::Path) {
+    let node = pods.node;
+    let kib_field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let apply_thresholds = |file: &str, thresholds: &[(&str, String)]| {
+        let config = TestCluster::get().node_config_with(file, |config| {
+            pods_config(config, "bonjour");
+            let kubelet = config.kubelet.as_mut().unwrap();
+            for (signal, value) in thresholds {
+                kubelet
+                    .eviction_hard
+                    .insert((*signal).to_owned(), value.clone());
+            }
+        });
+        pods.apply_config_live(&config, "eviction thresholds");
+    };
+    let evicted = |name: &str| {
+        pods.wait_for(name, "to be evicted", |pod| {
+            pod["status"]["reason"] == "Evicted"
+        })
+    };
+    let running = |name: &str| {
+        let pod = pods.get(name).unwrap_or_else(|| panic!("{name} is gone"));
+        assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+        assert!(pod["status"]["reason"].is_null(), "{pod:#}");
+    };
+
+    // Memory: the threshold 96 MiB below what is available now; a 256 MiB buffer crosses it.
+    let (code, meminfo) = pods.exec(&[keeper, "--", "busybox", "cat", "/proc/meminfo"], None);
+    assert_eq!(code, Some(0));
+    let available_mib = kib_field(&meminfo, "MemAvailable:") / 1024;
+    assert!(
+        available_mib >= 400,
+        "the node has {available_mib} MiB available:\n{meminfo}"
+    );
+    let threshold_mib = available_mib - 96;
+    apply_thresholds(
+        "pods-memory-pressure.yaml",
+        &[("memory.available", format!("{threshold_mib}Mi"))],
+    );
+    pods.run(&[
+        "modest", "--memory", "64Mi", "--", "busybox", "sleep", "100000",
+    ]);
+    pods.wait_for("modest", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    pods.run(&[
+        "guzzler",
+        "--",
+        "busybox",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=256M",
+        "count=1000000",
+    ]);
+    let guzzler = evicted("guzzler");
+    assert_eq!(guzzler["status"]["phase"], "Failed", "{guzzler:#}");
+    let message = guzzler["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "The node was low on resource: memory. Threshold quantity: {threshold_mib}Mi, available: "
+        )) && message.contains("Container guzzler was using "),
+        "{guzzler:#}"
+    );
+    let described = pods.describe("guzzler");
+    assert!(
+        described.contains("Reason:           Evicted\n"),
+        "{described}"
+    );
+    assert!(
+        described
+            .lines()
+            .any(|line| line.contains("Warning") && line.contains("Evicted")),
+        "{described}"
+    );
+    running("modest");
+    running(keeper);
+    let console = node.vm.console_tail(600);
+    assert!(
+        console.contains("eviction: the node is under MemoryPressure"),
+        "{console}"
+    );
+    // The memory went with it: the pressure ends.
+    let ended = Instant::now();
+    while !node
+        .vm
+        .console_tail(600)
+        .contains("eviction: the node is no longer under pressure")
+    {
+        assert!(
+            ended.elapsed() < Duration::from_secs(60),
+            "{}",
+            node.vm.console_tail(80)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // An evicted pod is deleted as any other.
+    pods.succeed(&["delete", "pod", "guzzler"]);
+
+    // Disk: an image no pod uses, and a pod with an emptyDir on STATE.
+    let spare = oci::archive(layout, ArchiveKind::Oci, "spare.tar", "example/spare:1").unwrap();
+    expect_success(
+        node.keelctl(
+            Role::Operator,
+            &["image", "import", spare.to_str().unwrap()],
+        )
+        .unwrap(),
+        "image import spare",
+    );
+    assert_eq!(
+        pods.apply(
+            "filler.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: filler\nspec:\n  containers:\n  - name: filler\n    image: {IMAGE}\n    command: [busybox, sleep, '100000']\n    volumeMounts:\n    - {{name: data, mountPath: /data}}\n  volumes:\n  - {{name: data, emptyDir: {{}}}}\n"
+            ),
+        ),
+        "pod/filler created"
+    );
+    pods.wait_for("filler", "to run", |pod| {
+        pod["status"]["containerStatuses"][0]["ready"] == true
+    });
+    let (code, df) = pods.exec(&["filler", "--", "busybox", "df", "-k", "/data"], None);
+    assert_eq!(code, Some(0));
+    let free_mib = df
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{df}"))
+        / 1024;
+    assert!(free_mib >= 64, "STATE has {free_mib} MiB free:\n{df}");
+    let threshold_mib = free_mib - 16;
+    apply_thresholds(
+        "pods-disk-pressure.yaml",
+        &[("nodefs.available", format!("{threshold_mib}Mi"))],
+    );
+    let (code, _) = pods.exec(
+        &[
+            "filler",
+            "--",
+            "busybox",
+            "dd",
+            "if=/dev/zero",
+            "of=/data/fill",
+            "bs=1M",
+            "count=40",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0));
+    let filler = evicted("filler");
+    let message = filler["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "The node was low on resource: ephemeral-storage. Threshold quantity: {threshold_mib}Mi, available: "
+        )),
+        "{filler:#}"
+    );
+    let images = expect_success(
+        node.keelctl(Role::Reader, &["image", "ls"]).unwrap(),
+        "image ls",
+    );
+    assert!(
+        !images.contains("example/spare"),
+        "the unused image stays:\n{images}"
+    );
+    assert!(
+        images.contains("example/busybox"),
+        "an image in use went:\n{images}"
+    );
+    let console = node.vm.console_tail(600);
+    assert!(
+        console.contains(
+            "eviction: disk pressure: removed the images no pod uses: docker.io/example/spare:1"
+        ),
+        "{console}"
+    );
+    running("modest");
+    running(keeper);
+    // Back to the defaults; the evicted pod goes when deleted.
+    apply_thresholds("pods-no-pressure.yaml", &[]);
+    pods.succeed(&["delete", "pod", "filler"]);
+    pods.succeed(&["delete", "pod", "modest", "--grace-period", "1"]);
+    assert!(pods.get("filler").is_none());
 }
 
 /// The pods test's static pods: a whole manifest (`keeper`), the short form (`note`,
@@ -1292,6 +1481,31 @@ impl Pods<'_> {
         full.extend_from_slice(&arguments[1..]);
         let created = expect_success(self.node.keelctl(Role::Operator, &full).unwrap(), "run");
         assert_eq!(created.trim(), format!("pod/{} created", arguments[0]));
+    }
+
+    /// `keelctl ARGUMENTS…` as an operator succeeds.
+    fn succeed(&self, arguments: &[&str]) -> String {
+        expect_success(
+            self.node.keelctl(Role::Operator, arguments).unwrap(),
+            &arguments.join(" "),
+        )
+    }
+
+    /// `keelctl apply-config -f CONFIG` as an admin takes the config live (no reboot).
+    fn apply_config_live(&self, config: &std::path::Path, what: &str) {
+        let applied = expect_success(
+            self.node
+                .keelctl(
+                    Role::Admin,
+                    &["apply-config", "-f", config.to_str().unwrap()],
+                )
+                .unwrap(),
+            &format!("apply-config with {what}"),
+        );
+        assert!(
+            applied.contains("saved the config on STATE"),
+            "applied live: {applied}"
+        );
     }
 
     /// `keelctl ARGUMENTS…` as an operator fails, saying `words`.
