@@ -95,4 +95,8 @@ step "runtime benchmark, one run (prints figures beside crun and runc; never fai
 KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_TEST_BUNDLES="$updates_dir" \
   KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench runtime
 
+step "pods benchmark, one run (apply to Ready beside the bare runtime; never fails on speed)"
+KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_TEST_BUNDLES="$updates_dir" \
+  KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench pods
+
 step "test suite finished"

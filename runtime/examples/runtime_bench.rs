@@ -12,6 +12,9 @@
 //! that process's exit having been collected: container-init's launch and the reap for
 //! Keelson, `crun run` and `runc run` (which create, start and wait) for the others. The
 //! runs interleave the three, so that a slow stretch of the VM falls on all of them.
+//!
+//! Then, for the pods bench, the time to have 1, 10 and 50 idle containers running,
+//! created one after another by Keelson's runtime alone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,6 +30,8 @@ const ROOTFS: &str = "/usr/share/keelson-bench/rootfs";
 const OCI_CONFIG: &str = "/usr/share/keelson-bench/config.json";
 const WORK: &str = "/run/keelson-bench";
 const RUNS: usize = 15;
+/// The numbers of idle containers started together (the pods bench's batches).
+const BATCHES: [usize; 3] = [1, 10, 50];
 
 fn main() {
     if let Err(error) = bench() {
@@ -86,6 +91,7 @@ fn bench() -> Result<(), String> {
             rendered.join(" ")
         ));
     }
+    time_batches(&launcher, work, cgroup)?;
     Ok(())
 }
 
@@ -101,12 +107,68 @@ fn time_keelson(
     cgroup: &Path,
     run: usize,
 ) -> Result<f64, String> {
-    let bundle = work.join(format!("keelson-{run}"));
-    let leaf = cgroup.join(format!("k{run}"));
+    let started = Instant::now();
+    let container = create(launcher, work, cgroup, &format!("true-{run}"), "/bin/true")?;
+    let status =
+        nix::sys::wait::waitpid(container.pid, None).map_err(|errno| errno.desc().to_owned())?;
+    let elapsed = started.elapsed().as_secs_f64() * 1e3;
+    if status != nix::sys::wait::WaitStatus::Exited(container.pid, 0) {
+        return Err(format!("keelson's container ended as {status:?}"));
+    }
+    let _ = std::fs::remove_dir(&container.cgroup);
+    Ok(elapsed)
+}
+
+/// For each of [`BATCHES`]: the wall time from asking for the first of that many idle
+/// containers (`sleep`) to the last one running, one after another as a node starting
+/// that many pods would, with nothing of the kubelet's around them. The pods bench sets
+/// the kubelet's apply-to-Ready time beside it.
+fn time_batches(launcher: &Launcher, work: &Path, cgroup: &Path) -> Result<(), String> {
+    for count in BATCHES {
+        let started = Instant::now();
+        let mut running = Vec::with_capacity(count);
+        for index in 0..count {
+            let name = format!("batch-{count}-{index}");
+            running.push(create(launcher, work, cgroup, &name, "/bin/sleep")?);
+        }
+        let elapsed = started.elapsed().as_secs_f64() * 1e3;
+        say(&format!(
+            "keelson batch of {count} running in {elapsed:.1} ms"
+        ));
+        for container in running {
+            let _ = nix::sys::signal::kill(container.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(container.pid, None);
+            let _ = std::fs::remove_dir(&container.cgroup);
+        }
+    }
+    Ok(())
+}
+
+/// A container of Keelson's runtime that runs.
+struct Container {
+    pid: nix::unistd::Pid,
+    cgroup: PathBuf,
+}
+
+/// Writes the bundle of a container named `name` whose process is `program` (with 3600
+/// as its argument when it is `sleep`) over the busybox root, and creates it.
+fn create(
+    launcher: &Launcher,
+    work: &Path,
+    cgroup: &Path,
+    name: &str,
+    program: &str,
+) -> Result<Container, String> {
+    let bundle = work.join(format!("keelson-{name}"));
+    let leaf = cgroup.join(name);
     std::fs::create_dir_all(&bundle).map_err(|error| error.to_string())?;
     std::fs::create_dir_all(&leaf).map_err(|error| error.to_string())?;
+    let mut args = vec![program.to_owned()];
+    if program.ends_with("sleep") {
+        args.push("3600".into());
+    }
     let spec = ContainerSpec {
-        id: format!("bench.true.{run}"),
+        id: format!("bench.{name}"),
         root: RootSpec {
             layers: vec![PathBuf::from(ROOTFS)],
             upper: bundle.join("upper"),
@@ -115,7 +177,7 @@ fn time_keelson(
             read_only: false,
         },
         process: Process {
-            args: vec!["/bin/true".into()],
+            args,
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
             uid: 0,
@@ -142,16 +204,11 @@ fn time_keelson(
             .map(std::os::fd::OwnedFd::from)
             .map_err(|error| error.to_string())
     };
-    let started = Instant::now();
     let launched = launcher.launch(&bundle, null()?, null()?)?;
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(launched.pid), None)
-        .map_err(|errno| errno.desc().to_owned())?;
-    let elapsed = started.elapsed().as_secs_f64() * 1e3;
-    if status != nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(launched.pid), 0) {
-        return Err(format!("keelson's container ended as {status:?}"));
-    }
-    let _ = std::fs::remove_dir(&leaf);
-    Ok(elapsed)
+    Ok(Container {
+        pid: nix::unistd::Pid::from_raw(launched.pid),
+        cgroup: leaf,
+    })
 }
 
 fn time_oci(runtime: &str, work: &Path, run: usize) -> Result<f64, String> {
