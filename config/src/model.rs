@@ -574,13 +574,43 @@ pub struct FleetLock {
 
 /// A pod the node runs by itself, named `NAME-<node>` as the kubelet names static pods:
 /// a whole v1 Pod manifest, or the short form of a pod of one container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum StaticPod {
     /// A v1 Pod manifest, as a file of the kubelet's static pod path holds one.
     Manifest(PodManifest),
     /// The short form.
     Short(ShortStaticPod),
+}
+
+/// The keys that make an entry a whole manifest rather than the short form.
+const MANIFEST_KEYS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
+
+impl<'de> Deserialize<'de> for StaticPod {
+    /// The form is told by the keys, so that a mistake in an entry is reported as that
+    /// form's error (`unknown field `imagee`, expected one of …`) rather than as serde's
+    /// "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let is_manifest = value
+            .as_object()
+            .is_some_and(|entry| MANIFEST_KEYS.iter().any(|key| entry.contains_key(*key)));
+        if is_manifest {
+            PodManifest::deserialize(value)
+                .map(StaticPod::Manifest)
+                .map_err(|error| D::Error::custom(format!("a v1 Pod manifest: {error}")))
+        } else {
+            ShortStaticPod::deserialize(value)
+                .map(StaticPod::Short)
+                .map_err(|error| {
+                    D::Error::custom(format!(
+                        "the short form {{name, image, command, args, env}} (or a v1 Pod \
+                         manifest, with apiVersion, kind, metadata and spec): {error}"
+                    ))
+                })
+        }
+    }
 }
 
 impl StaticPod {
@@ -635,7 +665,7 @@ impl StaticPod {
 
 /// A v1 Pod manifest in the config; the kubelet checks it as the API server would.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodManifest {
     /// `v1`.
     pub api_version: String,
@@ -646,6 +676,10 @@ pub struct PodManifest {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The pod's spec, as Kubernetes' v1 PodSpec.
     pub spec: serde_json::Map<String, serde_json::Value>,
+    /// A status, as `kubectl get -o yaml` writes one: ignored, as the kubelet ignores it.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub status: Option<serde_json::Value>,
 }
 
 /// The short form of a static pod: one container, named after the pod.

@@ -602,6 +602,20 @@ fn static_pods_are_whole_manifests_or_the_short_form() {
             "staticPods[1].name",
             "another static pod is also called \"web\"",
         ),
+        // A typo is told in the form the entry is written in, with what is allowed.
+        (
+            "- name: web\n  imagee: busybox\n",
+            "staticPods[0]",
+            "the short form {name, image, command, args, env} (or a v1 Pod manifest, with \
+             apiVersion, kind, metadata and spec): unknown field `imagee`, expected one of \
+             `name`, `image`",
+        ),
+        (
+            "- apiVersion: v1\n  kind: Pod\n  metadata: {name: web}\n  spek: {}\n",
+            "staticPods[0]",
+            "a v1 Pod manifest: unknown field `spek`, expected one of `apiVersion`, `kind`, \
+             `metadata`, `spec`",
+        ),
     ] {
         assert_refused_at(&format!("{base}{pods}"), field, words);
     }

@@ -265,8 +265,15 @@ async fn watch(
         )
     };
     let now = || time::OffsetDateTime::now_utc().unix_timestamp();
-    // What a row shows, but its age (which changes every second).
-    let shown = |pod: &Value| columns(pod, now())[..3].to_vec();
+    // What a row shows, but what only time changes: the age and how long ago the last
+    // restart was.
+    let shown = |pod: &Value| {
+        let mut row = columns(pod, now())[..3].to_vec();
+        if let Some((count, _ago)) = row[2].split_once(' ') {
+            row[2] = count.to_owned();
+        }
+        row
+    };
     let mut seen: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
     print!("{}", pod_table(session, &pods, arguments.all_namespaces));
     loop {

@@ -6,9 +6,11 @@
 //! pod ends with nothing running.
 //!
 //! Pods of up to four containers of any roles, under every restart policy, driven by
-//! sequences of exits, ticks, reboots (after a graceful shutdown, or not) and a stop, the way the shell drives
-//! them: a start is answered at once by `Started` or `CreateFailed`, and a signal by an
-//! exit some steps later. Sampled by bolero (proved by Kani), and enumerated exhaustively
+//! sequences of exits, ticks, reboots (after a graceful shutdown, or not), startup probes
+//! passing and a stop, the way the shell drives them: a start is answered at once by
+//! `Started` or `CreateFailed`, and a signal by an exit some steps later. In half the
+//! pods the sidecars have startup probes: such a sidecar counts as started only once its
+//! probe has passed on a run. Sampled by bolero (proved by Kani), and enumerated exhaustively
 //! for short sequences.
 
 use std::collections::BTreeMap;
@@ -21,7 +23,8 @@ use keelson_runtime::lifecycle::{Container, Event, RestartPolicy, State};
 struct Seen {
     /// Its last run ended with exit 0 (and no OOM kill) since the sandbox was made.
     completed: bool,
-    /// It was started since the sandbox was made.
+    /// It was started since the sandbox was made (a sidecar with a startup probe: and the
+    /// probe passed).
     started: bool,
     /// Its running process.
     pid: Option<i32>,
@@ -36,17 +39,24 @@ struct Harness {
     now: u64,
     next_pid: i32,
     create_fails: bool,
+    /// The sidecars have startup probes.
+    gated: bool,
 }
 
 impl Harness {
-    fn new(roles: Vec<Role>, policy: RestartPolicy, create_fails: bool) -> Harness {
-        let names = roles
+    fn new(roles: Vec<Role>, policy: RestartPolicy, create_fails: bool, gated: bool) -> Harness {
+        let members = roles
             .iter()
             .enumerate()
-            .map(|(index, role)| (format!("c{index}"), *role))
+            .map(|(index, role)| {
+                let container = Container::new(role.container_policy(policy));
+                let startup_probe = gated && *role == Role::Sidecar;
+                Member::resume(format!("c{index}"), *role, container, false, startup_probe)
+            })
             .collect();
-        let (pod, actions) = PodLifecycle::new(names, policy, 5, 0);
+        let (pod, actions) = PodLifecycle::resume(members, 5, 0);
         let mut harness = Harness {
+            gated,
             pod,
             seen: vec![Seen::default(); roles.len()],
             roles,
@@ -116,7 +126,9 @@ impl Harness {
                     } else {
                         self.next_pid += 1;
                         self.seen[index].pid = Some(self.next_pid);
-                        self.seen[index].started = true;
+                        if !(self.gated && self.roles[index] == Role::Sidecar) {
+                            self.seen[index].started = true;
+                        }
                         Event::Started {
                             pid: self.next_pid,
                             at,
@@ -158,6 +170,20 @@ impl Harness {
         });
     }
 
+    /// The startup probe of one of the running containers passes.
+    fn startup_probe_passes(&mut self, which: u8) {
+        let running: Vec<usize> = (0..self.roles.len())
+            .filter(|index| self.seen[*index].pid.is_some())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let index = running[usize::from(which) % running.len()];
+        self.seen[index].started = true;
+        let at = self.now;
+        self.step(PodEvent::StartupProbePassed { index, at });
+    }
+
     /// A reboot: the node's shutdown stops the pod gracefully (or the machine just goes
     /// down and everything that ran is lost), the next boot reads the pod back from what
     /// was kept, and makes its sandbox again.
@@ -181,6 +207,7 @@ impl Harness {
                         member.role,
                         container,
                         member.started_once,
+                        member.startup_probe,
                     )
                 })
                 .collect();
@@ -254,11 +281,13 @@ fn policy(index: u8) -> RestartPolicy {
     ][usize::from(index % 3)]
 }
 
-fn check(shape: u8, count: u8, policy_index: u8, create_fails: bool, steps: &[u8]) {
-    let mut harness = Harness::new(roles_of(shape, count), policy(policy_index), create_fails);
+fn check(shape: u8, count: u8, policy_index: u8, create_fails: bool, gated: bool, steps: &[u8]) {
+    let roles = roles_of(shape, count);
+    let mut harness = Harness::new(roles, policy(policy_index), create_fails, gated);
     let mut recreated = 0;
     for step in steps {
         match step % 4 {
+            3 if step & 0x40 != 0 => harness.startup_probe_passes(step >> 3),
             0 => {
                 harness.now += u64::from(step >> 2) * 4;
                 let now = harness.now;
@@ -279,19 +308,23 @@ fn check(shape: u8, count: u8, policy_index: u8, create_fails: bool, steps: &[u8
 #[test]
 fn sampled_pods_keep_the_lifecycles_promises() {
     bolero::check!()
-        .with_type::<(u8, u8, u8, bool, Vec<u8>)>()
-        .for_each(|(shape, count, policy_index, create_fails, steps)| {
-            let steps = &steps[..steps.len().min(24)];
-            check(*shape, *count, *policy_index, *create_fails, steps)
-        });
+        .with_type::<(u8, u8, u8, (bool, bool), Vec<u8>)>()
+        .for_each(
+            |(shape, count, policy_index, (create_fails, gated), steps)| {
+                let steps = &steps[..steps.len().min(24)];
+                check(*shape, *count, *policy_index, *create_fails, *gated, steps)
+            },
+        );
 }
 
 #[test]
 fn every_short_history_of_small_pods_keeps_them() {
     // Every pod of up to three containers, every policy, every sequence of four steps
     // from a set that covers ticks past the backoff, completions, failures, OOM kills
-    // and a reboot, graceful or not.
-    let alphabet: [u8; 7] = [0b0001_0100, 1, 0b0000_1001, 2, 0b0010_0010, 3, 7];
+    // and a reboot, graceful or not; in pods whose sidecars have startup probes, a probe
+    // passing takes the graceful reboot's place.
+    let plain: [u8; 7] = [0b0001_0100, 1, 0b0000_1001, 2, 0b0010_0010, 3, 7];
+    let gated: [u8; 7] = [0b0001_0100, 1, 0b0000_1001, 2, 0b0010_0010, 3, 0b0100_0011];
     let mut shapes: BTreeMap<String, (u8, u8)> = BTreeMap::new();
     for shape in 0..=255u8 {
         for count in 0..3u8 {
@@ -301,15 +334,21 @@ fn every_short_history_of_small_pods_keeps_them() {
         }
     }
     for (shape, count) in shapes.values() {
+        let has_sidecar = roles_of(*shape, *count).contains(&Role::Sidecar);
         for policy_index in 0..3 {
             for create_fails in [false, true] {
-                for mut sequence in 0..7usize.pow(4) {
-                    let mut steps = Vec::new();
-                    for _ in 0..4 {
-                        steps.push(alphabet[sequence % 7]);
-                        sequence /= 7;
+                for (is_gated, alphabet) in [(false, plain), (true, gated)] {
+                    if is_gated && !has_sidecar {
+                        continue;
                     }
-                    check(*shape, *count, policy_index, create_fails, &steps);
+                    for mut sequence in 0..7usize.pow(4) {
+                        let mut steps = Vec::new();
+                        for _ in 0..4 {
+                            steps.push(alphabet[sequence % 7]);
+                            sequence /= 7;
+                        }
+                        check(*shape, *count, policy_index, create_fails, is_gated, &steps);
+                    }
                 }
             }
         }
@@ -323,6 +362,7 @@ fn a_pod_of_three_keeps_its_promises() {
     let shape: u8 = kani::any();
     let policy_index: u8 = kani::any();
     let create_fails: bool = kani::any();
+    let gated: bool = kani::any();
     let steps: [u8; 3] = kani::any();
-    check(shape, 2, policy_index, create_fails, &steps);
+    check(shape, 2, policy_index, create_fails, gated, &steps);
 }

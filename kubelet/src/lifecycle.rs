@@ -4,7 +4,8 @@
 //!
 //! - Init containers run one at a time, in order, each to success; the next starts only
 //!   when the one before has completed. A sidecar (an init container with
-//!   `restartPolicy: Always`) lets the next one go once it has started, and keeps running.
+//!   `restartPolicy: Always`) lets the next one go once it has started (and, when it has a
+//!   startup probe, once that probe has passed), and keeps running.
 //! - App containers start together once every init container has completed and every
 //!   sidecar has started.
 //! - An init container that fails under `restartPolicy: Never` fails the pod: nothing
@@ -66,20 +67,36 @@ pub struct Member {
     pub container: Container,
     /// Its machine asked to start it, and the pod holds it back until its turn.
     pub held: bool,
-    /// It has started at least once since the pod's sandbox was made.
+    /// It has started at least once since the pod's sandbox was made (a sidecar with a
+    /// startup probe: and that probe has passed).
     pub started_once: bool,
+    /// It has a startup probe: as a sidecar, it lets the next container go only once
+    /// [`PodEvent::StartupProbePassed`] says so.
+    pub startup_probe: bool,
 }
 
 impl Member {
     /// A member met again: a container still being created waits for its turn again.
-    pub fn resume(name: String, role: Role, container: Container, started_once: bool) -> Member {
+    pub fn resume(
+        name: String,
+        role: Role,
+        container: Container,
+        started_once: bool,
+        startup_probe: bool,
+    ) -> Member {
         Member {
             held: container.state == State::Creating,
             name,
             role,
             container,
             started_once,
+            startup_probe,
         }
+    }
+
+    /// A sidecar with a startup probe counts as started only when the probe passes.
+    fn waits_for_its_startup_probe(&self) -> bool {
+        self.role == Role::Sidecar && self.startup_probe
     }
 
     /// True when the containers after it may go: an init container that completed, a
@@ -109,6 +126,13 @@ pub enum PodEvent {
         index: usize,
         /// What.
         event: Event,
+    },
+    /// Container `index`'s startup probe passed on its current run.
+    StartupProbePassed {
+        /// Which.
+        index: usize,
+        /// When.
+        at: u64,
     },
     /// Stop the pod.
     StopRequested {
@@ -186,6 +210,7 @@ impl PodLifecycle {
                 container: Container::new(role.container_policy(pod_policy)),
                 held: true,
                 started_once: false,
+                startup_probe: false,
             })
             .collect();
         PodLifecycle::resume(members, grace_seconds, at)
@@ -284,6 +309,17 @@ impl PodLifecycle {
                 self.step_member(index, event, &mut actions)?;
                 event_time(event)
             }
+            PodEvent::StartupProbePassed { index, at } => {
+                let member = self
+                    .members
+                    .get_mut(index)
+                    .ok_or(PodRefused::NoSuchContainer(index))?;
+                // A report that outlived its run changes nothing.
+                if matches!(member.container.state, State::Running { .. }) {
+                    member.started_once = true;
+                }
+                at
+            }
             PodEvent::StopRequested { at, grace_seconds } => {
                 if self.stop_deadline.is_none() {
                     self.stop_deadline = Some(at.saturating_add(grace_seconds));
@@ -365,7 +401,7 @@ impl PodLifecycle {
                 name: member.name.clone(),
                 refused,
             })?;
-        if matches!(event, Event::Started { .. }) {
+        if matches!(event, Event::Started { .. }) && !member.waits_for_its_startup_probe() {
             member.started_once = true;
         }
         for action in steps {
@@ -495,6 +531,47 @@ mod tests {
                 at,
             },
         }
+    }
+
+    #[test]
+    fn a_sidecar_with_a_startup_probe_holds_the_next_until_the_probe_passes() {
+        let members = [
+            ("proxy", Role::Sidecar, true),
+            ("setup", Role::Init, false),
+            ("web", Role::App, false),
+        ]
+        .into_iter()
+        .map(|(name, role, startup_probe)| {
+            Member::resume(
+                name.into(),
+                role,
+                Container::new(role.container_policy(RestartPolicy::Always)),
+                false,
+                startup_probe,
+            )
+        })
+        .collect();
+        let (mut pod, actions) = PodLifecycle::resume(members, 30, 0);
+        assert_eq!(actions, [PodAction::Start(0)]);
+        // Running is not enough.
+        assert_eq!(pod.step(started(0, 10, 1)).unwrap(), []);
+        assert!(!pod.initialized());
+        // The probe passes: the init container goes, then the app.
+        assert_eq!(
+            pod.step(PodEvent::StartupProbePassed { index: 0, at: 5 })
+                .unwrap(),
+            [PodAction::Start(1)]
+        );
+        assert_eq!(pod.step(started(1, 11, 6)).unwrap(), []);
+        assert_eq!(pod.step(exited(1, 0, 7)).unwrap(), [PodAction::Start(2)]);
+        assert!(pod.initialized());
+        // A pass reported for a run that has ended changes nothing.
+        assert_eq!(pod.step(exited(0, 1, 8)).unwrap(), [PodAction::WakeAt(18)]);
+        assert_eq!(
+            pod.step(PodEvent::StartupProbePassed { index: 0, at: 9 })
+                .unwrap(),
+            []
+        );
     }
 
     #[test]
@@ -633,7 +710,13 @@ mod tests {
                         member.container.last,
                         member.container.restart_count,
                     );
-                    Member::resume(member.name.clone(), member.role, container, true)
+                    Member::resume(
+                        member.name.clone(),
+                        member.role,
+                        container,
+                        true,
+                        member.startup_probe,
+                    )
                 })
                 .collect();
             let (mut pod, actions) = PodLifecycle::resume(members, 30, 200);

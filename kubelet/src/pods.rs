@@ -919,7 +919,15 @@ impl Kubelet {
         let mut pending = Vec::new();
         let mut ended_away = Vec::new();
         let mut ever_started = false;
-        for (index, (spec, role)) in crate::pod::members(&record.pod).into_iter().enumerate() {
+        let all_members = crate::pod::members(&record.pod);
+        // Whether a container after `index` ever started: then a sidecar's startup probe
+        // had passed (the probe is not kept, and runs again).
+        let followed = |index: usize| {
+            all_members[index + 1..]
+                .iter()
+                .any(|(later, _)| record.saved(&later.name).first_started_at.is_some())
+        };
+        for (index, (spec, role)) in all_members.iter().cloned().enumerate() {
             let saved = record.saved(&spec.name);
             ever_started |= saved.first_started_at.is_some();
             let state = match (&saved.running, saved.finished) {
@@ -952,11 +960,15 @@ impl Kubelet {
                 saved.last.map(Into::into),
                 saved.restart_count,
             );
+            let startup_probe = spec.startup_probe.is_some();
+            let started_once = saved.first_started_at.is_some()
+                && (role != crate::lifecycle::Role::Sidecar || !startup_probe || followed(index));
             members.push(Member::resume(
                 spec.name.clone(),
                 role,
                 container,
-                saved.first_started_at.is_some(),
+                started_once,
+                startup_probe,
             ));
             facts.push(ContainerFacts {
                 image: spec.image.clone().unwrap_or_default(),
@@ -1317,6 +1329,7 @@ impl Worker {
         }
         let at = now();
         let mut restart = false;
+        let mut startup_passed = false;
         if let Ok(mut shared) = self.shared.lock() {
             let name = shared.name(news.index);
             match news.report {
@@ -1333,7 +1346,10 @@ impl Worker {
                     }
                     let facts = &mut shared.facts[news.index];
                     match verdict {
-                        Some(Verdict::Started) => facts.unstarted_by_probe = false,
+                        Some(Verdict::Started) => {
+                            facts.unstarted_by_probe = false;
+                            startup_passed = true;
+                        }
                         Some(Verdict::Ready(ready)) => facts.unready_by_probe = !ready,
                         Some(Verdict::Restart(kind)) => {
                             restart = true;
@@ -1362,6 +1378,11 @@ impl Worker {
                     }
                 }
             }
+        }
+        if startup_passed {
+            // A sidecar waiting on it lets the next container go.
+            let index = news.index;
+            return self.step(PodEvent::StartupProbePassed { index, at }).await;
         }
         if !restart {
             return Vec::new();

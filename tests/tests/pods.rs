@@ -290,6 +290,18 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         proxy["state"]["running"].is_object() && proxy["ready"] == true,
         "{running:#}"
     );
+    // The sidecar's startup probe (4 s before its first try) held the app containers.
+    let seconds = |status: &Value| {
+        let text = status["state"]["running"]["startedAt"].as_str().unwrap();
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp()
+    };
+    let held = seconds(&running["status"]["containerStatuses"][0]) - seconds(proxy);
+    assert!(
+        held >= 3,
+        "the app started {held} s after the sidecar, before its startup probe: {running:#}"
+    );
     let conditions: Vec<(String, String)> = running["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -805,6 +817,19 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "-c",
         "echo run at $(busybox date +%s); exit 1",
     ]);
+    // `get -w` follows it meanwhile, as kubectl's watch does: a row per change.
+    let mut watch = node
+        .keelctl_command(Role::Reader, &["get", "pods", "crasher", "-w"])
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch_output = watch.stdout.take().unwrap();
+    let watched = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut watch_output, &mut text);
+        text
+    });
     // The kubelet's backoff: 10 s after the first exit, 20 s after the second. Each run
     // shows as lastState once it has ended (they end 10 s apart or more: none is missed).
     let run_of = |pod: &Value| {
@@ -832,6 +857,9 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    check_watch(&watched.join().unwrap());
     let (first_wait, second_wait) = (runs[1].0 - runs[0].1, runs[2].0 - runs[1].1);
     assert!(
         (10..20).contains(&first_wait) && (20..40).contains(&second_wait),
@@ -1200,6 +1228,38 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
 /// The pods test's machine config: small log limits (so that rotation shows within the
 /// test), the pod CIDR, a short shutdown grace, a resolver the pods should inherit, and
 /// the static pods, whose short form prints `greeting`.
+/// What `get pods crasher -w` printed while the crasher ran three times: the header, then
+/// rows whose RESTARTS never go down and reach 2, with CrashLoopBackOff among them.
+fn check_watch(watched: &str) {
+    let mut lines = watched.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{watched}"
+    );
+    let rows: Vec<Vec<&str>> = lines
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.len() >= 3 && rows.iter().all(|row| row[0] == "crasher"),
+        "a row per change: {watched}"
+    );
+    let restarts: Vec<u32> = rows.iter().map(|row| row[3].parse().unwrap()).collect();
+    assert!(
+        restarts.windows(2).all(|pair| pair[0] <= pair[1]) && restarts.last() >= Some(&2),
+        "restarts as watched: {restarts:?}\n{watched}"
+    );
+    assert!(
+        rows.iter().any(|row| row[2] == "CrashLoopBackOff"),
+        "{watched}"
+    );
+}
+
 fn pods_config(config: &mut keelson_config::MachineConfig, greeting: &str) {
     with_static_pods(config, greeting);
     config.kubelet = Some(keelson_config::model::KubeletSettings {
