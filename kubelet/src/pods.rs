@@ -1346,8 +1346,9 @@ impl Worker {
                     }
                     let facts = &mut shared.facts[news.index];
                     match verdict {
-                        Some(Verdict::Started) => {
+                        Some(Verdict::Started { ready }) => {
                             facts.unstarted_by_probe = false;
+                            facts.unready_by_probe = !ready;
                             startup_passed = true;
                         }
                         Some(Verdict::Ready(ready)) => facts.unready_by_probe = !ready,

@@ -56,7 +56,15 @@ pub async fn probe_loop(
     host: String,
     news: mpsc::UnboundedSender<RunNews>,
 ) {
-    let started = Instant::now();
+    // Delays count from the container's start, as the kubelet's do: after an agent
+    // restart, a container that has run for a while is probed at once.
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let running_for = Duration::from_secs(unix_now.saturating_sub(running.started_at));
+    let now = Instant::now();
+    let started = now.checked_sub(running_for).unwrap_or(now);
     loop {
         let (due, next) = set.due(started.elapsed().as_secs());
         if due.is_empty() {

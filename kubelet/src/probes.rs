@@ -227,8 +227,12 @@ pub fn check_of(
 /// What a result changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The startup probe passed: the other probes begin.
-    Started,
+    /// The startup probe passed: the other probes begin. `ready` says whether the
+    /// container is now ready (it is when it has no readiness probe).
+    Started {
+        /// Ready at once.
+        ready: bool,
+    },
     /// The container became ready (true) or unready (false).
     Ready(bool),
     /// Kill the container and restart it as its policy says: the probe failed for good.
@@ -327,7 +331,7 @@ impl ProbeSet {
                         self.due[other] = elapsed + probe.initial_delay;
                     }
                 }
-                Some(Verdict::Started)
+                Some(Verdict::Started { ready: self.ready })
             }
             Kind::Startup | Kind::Liveness if tally.failures >= probe.failure_threshold => {
                 Some(Verdict::Restart(probe.kind))
@@ -475,6 +479,17 @@ mod tests {
     }
 
     #[test]
+    fn a_startup_probe_alone_makes_the_container_ready_when_it_passes() {
+        let mut set = ProbeSet::new(vec![tcp(Kind::Startup, 1, 1, 3, 0)]);
+        assert!(!set.started() && !set.ready());
+        assert_eq!(
+            set.record(0, true, 1),
+            Some(Verdict::Started { ready: true })
+        );
+        assert!(set.ready());
+    }
+
+    #[test]
     fn startup_gates_the_others_and_failures_in_a_row_decide() {
         let mut set = ProbeSet::new(vec![
             tcp(Kind::Startup, 1, 1, 3, 0),
@@ -485,7 +500,11 @@ mod tests {
         assert_eq!(set.due(0), (vec![0], None));
         assert_eq!(set.record(0, false, 0), None);
         assert_eq!(set.due(1), (vec![0], None));
-        assert_eq!(set.record(0, true, 1), Some(Verdict::Started));
+        assert_eq!(
+            set.record(0, true, 1),
+            Some(Verdict::Started { ready: false }),
+            "a readiness probe has yet to pass"
+        );
         // Liveness waits its delay from now; readiness begins at once.
         assert_eq!(set.due(1), (vec![2], Some(2)));
         assert_eq!(set.record(2, true, 1), None, "two successes needed");

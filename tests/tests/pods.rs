@@ -939,8 +939,13 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         keeper_after["containerStatuses"], keeper_before["containerStatuses"],
         "{keeper_after:#}"
     );
-    // The pod of several containers is met again as it was: same runs, same counts.
-    let stack_after = pods.get("stack").unwrap()["status"].clone();
+    // The pod of several containers is met again as it was: same runs, same counts (once
+    // the sidecar's startup probe, which runs again, has passed again).
+    let stack_after = pods.wait_for("stack", "to be started again", |pod| {
+        pod["status"]["initContainerStatuses"][1]["started"] == true
+            && pod["status"]["containerStatuses"][0]["ready"] == true
+    })["status"]
+        .clone();
     for statuses in ["initContainerStatuses", "containerStatuses"] {
         assert_eq!(
             stack_after[statuses], stack_before[statuses],
