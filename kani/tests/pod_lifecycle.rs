@@ -150,14 +150,18 @@ impl Harness {
         }
     }
 
-    fn exit(&mut self, which: u8, code: i32, oom_killed: bool) {
+    /// One of the running containers, chosen by `which`; None when none runs.
+    fn running_one(&self, which: u8) -> Option<usize> {
         let running: Vec<usize> = (0..self.roles.len())
             .filter(|index| self.seen[*index].pid.is_some())
             .collect();
-        if running.is_empty() {
+        (!running.is_empty()).then(|| running[usize::from(which) % running.len()])
+    }
+
+    fn exit(&mut self, which: u8, code: i32, oom_killed: bool) {
+        let Some(index) = self.running_one(which) else {
             return;
-        }
-        let index = running[usize::from(which) % running.len()];
+        };
         self.seen[index].pid = None;
         self.seen[index].completed = code == 0 && !oom_killed;
         self.step(PodEvent::Container {
@@ -172,13 +176,9 @@ impl Harness {
 
     /// The startup probe of one of the running containers passes.
     fn startup_probe_passes(&mut self, which: u8) {
-        let running: Vec<usize> = (0..self.roles.len())
-            .filter(|index| self.seen[*index].pid.is_some())
-            .collect();
-        if running.is_empty() {
+        let Some(index) = self.running_one(which) else {
             return;
-        }
-        let index = running[usize::from(which) % running.len()];
+        };
         self.seen[index].started = true;
         let at = self.now;
         self.step(PodEvent::StartupProbePassed { index, at });
