@@ -21,6 +21,7 @@
 
 pub mod acquire;
 pub mod change;
+pub mod cidr;
 pub mod cloud_init;
 pub mod diagnostic;
 pub mod ignition;

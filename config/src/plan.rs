@@ -1013,8 +1013,11 @@ fn check_kubelet(check: &mut Checker<'_>, kubelet: &model::KubeletSettings) {
         Ok(_) => {}
     }
     if let Some(cidr) = &kubelet.pod_cidr {
-        if let Err(reason) = check_pod_cidr(cidr) {
-            check.error("kubelet.podCIDR", reason);
+        if let Err(reason) = crate::cidr::parse_pod_cidr(cidr) {
+            check.error(
+                "kubelet.podCIDR",
+                format!("{cidr:?} is no pod CIDR: {reason}"),
+            );
         }
     }
     match kubelet.shutdown_grace_seconds() {
@@ -1039,32 +1042,6 @@ fn check_kubelet(check: &mut Checker<'_>, kubelet: &model::KubeletSettings) {
             );
         }
     }
-}
-
-/// An IPv4 network of /16 to /30 given by its first address (`10.244.0.0/24`).
-fn check_pod_cidr(text: &str) -> Result<(), String> {
-    let (address, prefix) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?} is not a CIDR such as 10.244.0.0/24"))?;
-    let address: std::net::Ipv4Addr = address
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with an IPv4 address"))?;
-    let prefix: u32 = prefix
-        .parse()
-        .map_err(|_| format!("{text:?} has no prefix length after '/'"))?;
-    if !(16..=30).contains(&prefix) {
-        return Err(format!(
-            "/{prefix} is outside /16 to /30 (a node's pods need 2 to 65534 addresses)"
-        ));
-    }
-    let host_bits = u32::from(address) & (u32::MAX >> prefix);
-    if host_bits != 0 {
-        let network = std::net::Ipv4Addr::from(u32::from(address) & !(u32::MAX >> prefix));
-        return Err(format!(
-            "{text:?} is not a network's first address: did you mean {network}/{prefix}?"
-        ));
-    }
-    Ok(())
 }
 
 fn check_time(check: &mut Checker<'_>, time: &model::Time) {

@@ -490,7 +490,7 @@ fn kubelet_log_limits_are_read_as_quantities_and_checked() {
         (
             "  podCIDR: fd00::/64\n",
             "kubelet.podCIDR",
-            "does not start with an IPv4 address",
+            "\"fd00::/64\" is no pod CIDR: its address is not an IPv4 address",
         ),
     ] {
         assert_refused_at(&format!("{base}{section}"), field, words);

@@ -25,11 +25,6 @@ pub struct PodCidr {
     prefix: u8,
 }
 
-/// The widest pod CIDR a node takes (a /16: 65534 pods is past any node's pod limit).
-pub const WIDEST_PREFIX: u8 = 16;
-/// The narrowest: a /30 holds the network, the bridge, one pod and the broadcast.
-pub const NARROWEST_PREFIX: u8 = 30;
-
 impl Default for PodCidr {
     /// The config's default (`keelson_config::model::DEFAULT_POD_CIDR`), 10.244.0.0/24.
     fn default() -> PodCidr {
@@ -43,33 +38,15 @@ impl Default for PodCidr {
 impl PodCidr {
     /// Reads `a.b.c.d/n`, refusing host bits and prefixes outside /16../30.
     pub fn parse(text: &str) -> Result<PodCidr, IpamError> {
-        let bad = |reason: &str| IpamError::BadCidr {
-            text: text.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (address, prefix) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| bad("it has no /prefix (write it as 10.244.0.0/24)"))?;
-        let address: Ipv4Addr = address
-            .parse()
-            .map_err(|_| bad("its address is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| bad("its prefix is not a number"))?;
-        if !(WIDEST_PREFIX..=NARROWEST_PREFIX).contains(&prefix) {
-            return Err(bad(&format!(
-                "a pod CIDR's prefix must be /{WIDEST_PREFIX} to /{NARROWEST_PREFIX}"
-            )));
-        }
-        let network = u32::from(address);
-        if network & !mask(prefix) != 0 {
-            let start = Ipv4Addr::from(network & mask(prefix));
-            return Err(bad(&format!(
-                "it has host bits set (did you mean {start}/{prefix}?)"
-            )));
-        }
-        Ok(PodCidr { network, prefix })
+        let (address, prefix) =
+            keelson_config::cidr::parse_pod_cidr(text).map_err(|reason| IpamError::BadCidr {
+                text: text.to_owned(),
+                reason,
+            })?;
+        Ok(PodCidr {
+            network: u32::from(address),
+            prefix,
+        })
     }
 
     /// The network address.
