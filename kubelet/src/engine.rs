@@ -190,16 +190,9 @@ impl Engine {
             .join(pod.metadata.uid.as_deref().unwrap_or_default())
     }
 
-    fn has_own_network(pod: &Pod) -> bool {
-        !pod.spec
-            .as_ref()
-            .and_then(|spec| spec.host_network)
-            .unwrap_or(false)
-    }
-
     /// True when the pod's sandbox is there (a reboot removes it).
     pub fn sandbox_exists(&self, pod: &Pod) -> bool {
-        sandbox::exists(&self.sandbox_dir(pod), Self::has_own_network(pod))
+        sandbox::exists(&self.sandbox_dir(pod), crate::network::has_own_network(pod))
     }
 
     /// The pod's sandbox: the namespaces its containers share, made when missing; its
@@ -213,7 +206,7 @@ impl Engine {
     ) -> Result<SharedNamespaces, StartFailure> {
         let error = failure("CreateContainerError");
         let directory = self.sandbox_dir(pod);
-        let own_network = Self::has_own_network(pod);
+        let own_network = crate::network::has_own_network(pod);
         let shared = if sandbox::exists(&directory, own_network) {
             sandbox::namespaces(&directory, own_network)
         } else {
@@ -268,7 +261,7 @@ impl Engine {
             .unwrap_or_default();
         let name = crate::dns::hostname(pod);
         let mut files = vec![("resolv.conf", crate::dns::resolv_conf(pod, &node_resolver))];
-        if let Some(address) = address.filter(|_| Self::has_own_network(pod)) {
+        if let Some(address) = address.filter(|_| crate::network::has_own_network(pod)) {
             files.push(("hosts", crate::dns::hosts(pod, &address.to_string())));
             files.push(("hostname", format!("{name}\n")));
         }

@@ -48,12 +48,13 @@ pub fn hook_of(container: &Container, hook: Hook) -> Result<Option<Check>, Strin
 }
 
 fn check_handler(container: &Container, handler: &LifecycleHandler) -> Result<Check, String> {
+    const CHOICES: &str = "exec, httpGet and sleep";
     if handler.tcp_socket.is_some() {
         return Err("tcpSocket is not a hook handler (Kubernetes keeps it only to read old objects): use exec, httpGet or sleep".into());
     }
     if let Some(sleep) = &handler.sleep {
         if handler.exec.is_some() || handler.http_get.is_some() {
-            return Err("needs exactly one of exec, httpGet and sleep".into());
+            return Err(format!("needs exactly one of {CHOICES}"));
         }
         return u64::try_from(sleep.seconds)
             .map(Check::Sleep)
@@ -64,8 +65,8 @@ fn check_handler(container: &Container, handler: &LifecycleHandler) -> Result<Ch
         handler.exec.as_ref(),
         handler.http_get.as_ref(),
         None,
+        CHOICES,
     )
-    .map_err(|error| error.replace("exec, httpGet and tcpSocket", "exec, httpGet and sleep"))
 }
 
 /// Checks both hooks of a container.

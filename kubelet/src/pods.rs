@@ -161,6 +161,9 @@ pub struct Kubelet {
     admitting: Mutex<()>,
     /// The pods' addresses, by pod uid.
     addresses: Mutex<Ipam<String>>,
+    /// The NAT last put in force, so that pods without hostPorts coming and going do not
+    /// rewrite the table each time.
+    nat_in_force: Mutex<Option<keelson_net::nat::NatPlan>>,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -177,6 +180,18 @@ fn static_refusal(key: &(String, String), origin: &str, how: &str) -> String {
          change or remove it there (keelctl apply-config for the machine config)",
         key.0, key.1
     )
+}
+
+/// The node's memory (`MemTotal`), read once: it does not change while the node runs, and
+/// every container start asks for it (`resourceFieldRef` of a limit left unset).
+fn node_memory_bytes() -> u64 {
+    static CAPACITY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CAPACITY.get_or_init(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|meminfo| crate::eviction::memory_of(&meminfo))
+            .map_or(0, |memory| memory.capacity)
+    })
 }
 
 /// This node's name (its hostname), as pods' `spec.nodeName` holds it.
@@ -209,6 +224,7 @@ impl Kubelet {
             host_ip: Mutex::new(None),
             admitting: Mutex::new(()),
             addresses: Mutex::new(addresses),
+            nat_in_force: Mutex::new(None),
         });
         for record in records {
             kubelet.resume(record);
@@ -255,7 +271,8 @@ impl Kubelet {
         ipam
     }
 
-    /// Puts the pods' NAT in force: masquerade, and every pod's hostPorts.
+    /// Puts the pods' NAT in force: masquerade, and every pod's hostPorts (when they
+    /// differ from what is in force).
     fn refresh_nat(&self) {
         let ports = self
             .pods
@@ -275,8 +292,19 @@ impl Kubelet {
             pod_cidr: self.engine.pod_cidr(),
             ports,
         };
-        if let Err(error) = keelson_net::nft::apply(&plan) {
-            tracing::warn!("the pods' NAT is not in force: {error}");
+        let Ok(mut in_force) = self.nat_in_force.lock() else {
+            return;
+        };
+        if in_force.as_ref() == Some(&plan) {
+            return;
+        }
+        match keelson_net::nft::apply(&plan) {
+            Ok(()) => *in_force = Some(plan),
+            Err(error) => {
+                // Tried again at the next change.
+                *in_force = None;
+                tracing::warn!("the pods' NAT is not in force: {error}");
+            }
         }
     }
 
@@ -866,13 +894,6 @@ impl Kubelet {
     ) -> crate::downward::NodeFacts {
         let host_ip = self.host_ip.lock().ok().and_then(|host_ip| host_ip.clone());
         let host_network = !crate::network::has_own_network(pod);
-        let memory_kib = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|meminfo| {
-                let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .unwrap_or(0);
         let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u64);
         crate::downward::NodeFacts {
             name: node_name(),
@@ -881,7 +902,7 @@ impl Kubelet {
                 .or_else(|| host_ip.clone().filter(|_| host_network)),
             host_ip,
             cpu_millis: cpus * 1000,
-            memory_bytes: memory_kib * 1024,
+            memory_bytes: node_memory_bytes(),
         }
     }
 
@@ -1515,8 +1536,13 @@ impl Worker {
         let at = now();
         let mut notes = Vec::new();
         let node = self.kubelet.node_facts(&pod, pod_ip);
+        // How long the sandbox and the container take, for the log: what a pod's start
+        // costs beyond the runtime's own work.
+        let began = std::time::Instant::now();
+        let mut sandbox_took = std::time::Duration::ZERO;
         let outcome = match engine.sandbox(&pod, user_namespace, pod_ip).await {
             Ok(shared) => {
+                sandbox_took = began.elapsed();
                 engine
                     .start(
                         &pod,
@@ -1545,6 +1571,14 @@ impl Worker {
         }
         match outcome {
             Ok(started) => {
+                let (namespace, pod_name) = crate::key(&pod);
+                tracing::info!(
+                    pod = %format!("{namespace}/{pod_name}"),
+                    container = %name,
+                    sandbox_ms = sandbox_took.as_millis() as u64,
+                    container_ms = (began.elapsed() - sandbox_took).as_millis() as u64,
+                    "container started"
+                );
                 if let Ok(mut shared) = self.shared.lock() {
                     let facts = &mut shared.facts[index];
                     facts.waiting = None;

@@ -127,10 +127,11 @@ fn probe(container: &Container, kind: Kind, spec: &ProbeSpec) -> Result<Probe, S
     if kind != Kind::Readiness && success_threshold != 1 {
         return Err("successThreshold must be 1 for liveness and startup probes".into());
     }
+    const CHOICES: &str = "exec, httpGet, tcpSocket and grpc";
     let check = match &spec.grpc {
         Some(grpc) => {
             if spec.exec.is_some() || spec.http_get.is_some() || spec.tcp_socket.is_some() {
-                return Err("needs exactly one of exec, httpGet, tcpSocket and grpc".into());
+                return Err(format!("needs exactly one of {CHOICES}"));
             }
             Check::Grpc {
                 port: u16::try_from(grpc.port)
@@ -145,6 +146,7 @@ fn probe(container: &Container, kind: Kind, spec: &ProbeSpec) -> Result<Probe, S
             spec.exec.as_ref(),
             spec.http_get.as_ref(),
             spec.tcp_socket.as_ref(),
+            CHOICES,
         )?,
     };
     Ok(Probe {
@@ -159,12 +161,14 @@ fn probe(container: &Container, kind: Kind, spec: &ProbeSpec) -> Result<Probe, S
 }
 
 /// The check an action names (a probe's or a hook's): exactly one of `exec`, `httpGet`
-/// and `tcpSocket`, its port resolved among the container's.
+/// and `tcpSocket`, its port resolved among the container's. `choices` names every
+/// handler the caller's field takes, for the error when it names none or several.
 pub fn check_of(
     container: &Container,
     exec: Option<&ExecAction>,
     http: Option<&HTTPGetAction>,
     tcp: Option<&TCPSocketAction>,
+    choices: &str,
 ) -> Result<Check, String> {
     let port = |port: &IntOrString| -> Result<u16, String> {
         match port {
@@ -220,7 +224,7 @@ pub fn check_of(
             host: tcp.host.clone().filter(|host| !host.is_empty()),
             port: port(&tcp.port).map_err(|error| format!("tcpSocket.{error}"))?,
         }),
-        _ => Err("needs exactly one of exec, httpGet and tcpSocket".into()),
+        _ => Err(format!("needs exactly one of {choices}")),
     }
 }
 
@@ -439,6 +443,10 @@ mod tests {
             (
                 serde_json::json!({"livenessProbe": {"grpc": {"port": 9000}, "tcpSocket": {"port": 80}}}),
                 "livenessProbe: needs exactly one of exec, httpGet, tcpSocket and grpc",
+            ),
+            (
+                serde_json::json!({"startupProbe": {"periodSeconds": 5}}),
+                "startupProbe: needs exactly one of exec, httpGet, tcpSocket and grpc",
             ),
             (
                 serde_json::json!({"readinessProbe": {"httpGet": {"port": 80, "scheme": "FTP"}}}),
