@@ -214,7 +214,7 @@ async fn apply_pods(session: &Session, pods: &[Value]) -> anyhow::Result<bool> {
 /// `keelctl get pods [NAME]`.
 pub async fn get(session: &Session, arguments: &GetArgs) -> anyhow::Result<bool> {
     let (pods, all_good, namespace) = fetch(session, arguments).await?;
-    if arguments.watch && session.format.is_table() {
+    if arguments.watch {
         return watch(session, arguments, pods).await;
     }
     match session.format {
@@ -242,59 +242,119 @@ pub async fn get(session: &Session, arguments: &GetArgs) -> anyhow::Result<bool>
     Ok(all_good)
 }
 
-/// `get -w`: the table, then a row each time a pod's READY, STATUS or RESTARTS changes
-/// (polled every second), as kubectl prints a watch; it runs until interrupted.
+/// `get -w`, as kubectl prints a watch: the pods as `get` shows them, then each pod again
+/// whenever it changes (polled every second), until interrupted. A table gains a row when
+/// a pod's READY, STATUS or RESTARTS change; `-o json` and `-o yaml` print the whole pod
+/// object whenever any of it changes (YAML documents separated by `---`).
 async fn watch(
     session: &Session,
     arguments: &GetArgs,
     mut pods: Vec<(String, Value)>,
 ) -> anyhow::Result<bool> {
-    use std::collections::BTreeMap;
     use std::io::Write;
-    let key = |(node, pod): &(String, Value)| {
-        (
-            node.clone(),
-            pod["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )
-    };
-    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
-    // What a row shows, but what only time changes: the age and how long ago the last
-    // restart was.
-    let shown = |pod: &Value| {
-        let mut row = columns(pod, now())[..3].to_vec();
+    let mut changes = WatchedPods::new(session.format);
+    let first = changes.changed(&pods);
+    match session.format {
+        Format::Table | Format::Wide => {
+            print!("{}", pod_table(session, &first, arguments.all_namespaces))
+        }
+        format => print!("{}", watched_text(format, &first, true)?),
+    }
+    loop {
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        pods = fetch(session, arguments).await?.0;
+        let changed = changes.changed(&pods);
+        if changed.is_empty() {
+            continue;
+        }
+        match session.format {
+            Format::Table | Format::Wide => {
+                // The rows without their header, aligned as the first table was.
+                let table = pod_table(session, &changed, arguments.all_namespaces);
+                for line in table.lines().skip(1) {
+                    println!("{line}");
+                }
+            }
+            format => print!("{}", watched_text(format, &changed, false)?),
+        }
+    }
+}
+
+/// Watched pod objects as printed: pretty JSON objects one after another, or YAML
+/// documents with `---` before each one after the stream's very first, so that the
+/// stream parses as a sequence of documents.
+fn watched_text(format: Format, pods: &[(String, Value)], first: bool) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for (index, (_, pod)) in pods.iter().enumerate() {
+        match format {
+            Format::Yaml => {
+                if !(first && index == 0) {
+                    text.push_str("---\n");
+                }
+                text.push_str(&serde_yaml::to_string(pod)?);
+            }
+            _ => {
+                text.push_str(&serde_json::to_string_pretty(pod)?);
+                text.push('\n');
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// What a watch has printed of each pod (by node, namespace and name), so that it prints a
+/// pod again only when what its format shows has changed.
+struct WatchedPods {
+    format: Format,
+    seen: std::collections::BTreeMap<(String, String, String), Vec<String>>,
+}
+
+impl WatchedPods {
+    fn new(format: Format) -> WatchedPods {
+        WatchedPods {
+            format,
+            seen: Default::default(),
+        }
+    }
+
+    /// The pods of this poll whose shown form differs from the last one printed; they
+    /// become the printed ones.
+    fn changed(&mut self, pods: &[(String, Value)]) -> Vec<(String, Value)> {
+        let mut changed = Vec::new();
+        for (node, pod) in pods {
+            let key = (
+                node.clone(),
+                pod["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                pod["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            let shown = self.shown(pod);
+            if self.seen.get(&key) != Some(&shown) {
+                self.seen.insert(key, shown);
+                changed.push((node.clone(), pod.clone()));
+            }
+        }
+        changed
+    }
+
+    /// What the format shows of a pod, without what only the passing of time changes (a
+    /// table's AGE and how long ago the last restart was).
+    fn shown(&self, pod: &Value) -> Vec<String> {
+        if !self.format.is_table() {
+            return vec![pod.to_string()];
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut row = columns(pod, now)[..3].to_vec();
         if let Some((count, _ago)) = row[2].split_once(' ') {
             row[2] = count.to_owned();
         }
         row
-    };
-    let mut seen: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
-    print!("{}", pod_table(session, &pods, arguments.all_namespaces));
-    loop {
-        for entry in &pods {
-            seen.insert(key(entry), shown(&entry.1));
-        }
-        let _ = std::io::stdout().flush();
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        pods = fetch(session, arguments).await?.0;
-        let changed: Vec<(String, Value)> = pods
-            .iter()
-            .filter(|entry| seen.get(&key(entry)) != Some(&shown(&entry.1)))
-            .cloned()
-            .collect();
-        if !changed.is_empty() {
-            // The rows without their header, aligned as the first table was.
-            let table = pod_table(session, &changed, arguments.all_namespaces);
-            for line in table.lines().skip(1) {
-                println!("{line}");
-            }
-        }
     }
 }
 
@@ -644,6 +704,68 @@ pub async fn logs(session: &Session, arguments: &LogsArgs) -> anyhow::Result<boo
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_prints_a_pod_again_only_when_what_its_format_shows_changes() {
+        let pod = |status: &str, restarts: u64, finished: &str, probed: &str| {
+            json!({
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"containers": [{"name": "web"}]},
+                "status": {"phase": "Running", "containerStatuses": [{
+                    "ready": false, "restartCount": restarts,
+                    "state": {"waiting": {"reason": status}},
+                    "lastState": {"terminated": {"exitCode": 1, "finishedAt": finished}},
+                    "probedAt": probed
+                }]}
+            })
+        };
+        let on_node = |pod: Value| vec![("node-1".to_owned(), pod)];
+        let first = on_node(pod("CrashLoopBackOff", 1, "2026-12-02T06:59:50Z", "a"));
+        let mut table = WatchedPods::new(Format::Table);
+        let mut json = WatchedPods::new(Format::Json);
+        assert_eq!(
+            table.changed(&first).len(),
+            1,
+            "the first poll prints every pod"
+        );
+        assert_eq!(json.changed(&first).len(), 1);
+        assert!(table.changed(&first).is_empty(), "nothing changed");
+        assert!(json.changed(&first).is_empty());
+        // A field no column shows: the table stays quiet, the object stream does not.
+        let probed = on_node(pod("CrashLoopBackOff", 1, "2026-12-02T06:59:50Z", "b"));
+        assert!(table.changed(&probed).is_empty());
+        assert_eq!(json.changed(&probed), probed);
+        // A restart: both print it.
+        let restarted = on_node(pod("Error", 2, "2026-12-02T07:00:30Z", "b"));
+        assert_eq!(table.changed(&restarted), restarted);
+        assert_eq!(json.changed(&restarted), restarted);
+        // Another node's pod of the same name is another pod.
+        let elsewhere = vec![("node-2".to_owned(), restarted[0].1.clone())];
+        assert_eq!(table.changed(&elsewhere), elsewhere);
+    }
+
+    #[test]
+    fn a_watched_yaml_stream_parses_as_one_document_per_printed_pod() {
+        use serde::Deserialize;
+        let pod = |name: &str| {
+            (
+                "node-1".to_owned(),
+                json!({"kind": "Pod", "metadata": {"name": name}}),
+            )
+        };
+        let mut stream = watched_text(Format::Yaml, &[pod("a"), pod("b")], true).unwrap();
+        stream.push_str(&watched_text(Format::Yaml, &[pod("a")], false).unwrap());
+        let names: Vec<String> = serde_yaml::Deserializer::from_str(&stream)
+            .map(|document| Value::deserialize(document).unwrap()["metadata"]["name"].to_string())
+            .collect();
+        assert_eq!(names, ["\"a\"", "\"b\"", "\"a\""], "{stream}");
+        let stream = watched_text(Format::Json, &[pod("a"), pod("b")], true).unwrap();
+        let names: Vec<Value> = serde_json::Deserializer::from_str(&stream)
+            .into_iter::<Value>()
+            .map(|object| object.unwrap()["metadata"]["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("a"), json!("b")], "{stream}");
+    }
 
     #[test]
     fn columns_follow_kubectl() {

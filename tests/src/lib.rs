@@ -480,6 +480,26 @@ impl TestNode {
         Ok(command)
     }
 
+    /// Archives the OCI layout in `layout` (as `keelson_testkit::oci::busybox_layout`
+    /// builds it) and imports it into the node as `name`, as an operator would.
+    pub fn import_layout(&self, layout: &Path, name: &str) -> anyhow::Result<()> {
+        let archive = keelson_testkit::oci::archive(
+            layout,
+            keelson_testkit::oci::ArchiveKind::Oci,
+            "image.tar",
+            name,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let (ok, _, stderr) = self.keelctl(
+            Role::Operator,
+            &["image", "import", archive.to_str().context("a path")?],
+        )?;
+        if !ok {
+            bail!("keelctl image import {}: {stderr}", archive.display());
+        }
+        Ok(())
+    }
+
     /// Runs the real `keelctl` against this node (through the forwarded port) with the
     /// keelctl config of `role`; returns its exit success, stdout and stderr.
     pub fn keelctl(

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use keelson_api::roles::Role;
-use keelson_testkit::oci::{self, ArchiveKind};
+use keelson_testkit::oci;
 use keelson_tests::http::{HttpServer, Reply};
 use keelson_tests::{expect_failure, expect_success, TestCluster, TestNode};
 use serde_json::Value;
@@ -31,7 +31,6 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     }
     let work = tempfile::tempdir().unwrap();
     oci::busybox_layout(work.path()).unwrap();
-    let archive = oci::archive(work.path(), ArchiveKind::Oci, "busybox.tar", IMAGE).unwrap();
     // The config: see pods_config.
     let config =
         TestCluster::get().node_config_with("pods.yaml", |config| pods_config(config, "hello"));
@@ -48,14 +47,7 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     })
     .unwrap();
     let pods = Pods { node: &node };
-    expect_success(
-        node.keelctl(
-            Role::Operator,
-            &["image", "import", archive.to_str().unwrap()],
-        )
-        .unwrap(),
-        "image import",
-    );
+    node.import_layout(work.path(), IMAGE).unwrap();
 
     // A container that writes to both streams and fails.
     pods.run(&[
@@ -817,19 +809,10 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         "-c",
         "echo run at $(busybox date +%s); exit 1",
     ]);
-    // `get -w` follows it meanwhile, as kubectl's watch does: a row per change.
-    let mut watch = node
-        .keelctl_command(Role::Reader, &["get", "pods", "crasher", "-w"])
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut watch_output = watch.stdout.take().unwrap();
-    let watched = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut watch_output, &mut text);
-        text
-    });
+    // `get -w` follows it meanwhile, as kubectl's watch does: a row per change, and
+    // with `-o json` the whole object each time it changes.
+    let table_watch = Watch::start(&node, &["get", "pods", "crasher", "-w"]);
+    let json_watch = Watch::start(&node, &["get", "pods", "crasher", "-w", "-o", "json"]);
     // The kubelet's backoff: 10 s after the first exit, 20 s after the second. Each run
     // shows as lastState once it has ended (they end 10 s apart or more: none is missed).
     let run_of = |pod: &Value| {
@@ -857,9 +840,8 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    watch.kill().unwrap();
-    watch.wait().unwrap();
-    check_watch(&watched.join().unwrap());
+    check_watch(&table_watch.stop());
+    check_json_watch(&json_watch.stop());
     let (first_wait, second_wait) = (runs[1].0 - runs[0].1, runs[2].0 - runs[1].1);
     assert!(
         (10..20).contains(&first_wait) && (20..40).contains(&second_wait),
@@ -1230,9 +1212,65 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     eprintln!("powered off {:?} after the power button", pressed.elapsed());
 }
 
-/// The pods test's machine config: small log limits (so that rotation shows within the
-/// test), the pod CIDR, a short shutdown grace, a resolver the pods should inherit, and
-/// the static pods, whose short form prints `greeting`.
+/// A `keelctl get … -w` running beside the test, its output gathered until it is stopped.
+struct Watch {
+    child: std::process::Child,
+    output: std::thread::JoinHandle<String>,
+}
+
+impl Watch {
+    fn start(node: &TestNode, arguments: &[&str]) -> Watch {
+        let mut child = node
+            .keelctl_command(Role::Reader, arguments)
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let output = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        });
+        Watch { child, output }
+    }
+
+    /// Interrupts the watch; what it printed.
+    fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.output.join().unwrap()
+    }
+}
+
+/// What `get pods crasher -w -o json` printed meanwhile: whole Pod objects, one after
+/// another, a new one at least per run, whose restart count never goes down and reaches 2.
+fn check_json_watch(watched: &str) {
+    let objects: Vec<Value> = serde_json::Deserializer::from_str(watched)
+        .into_iter::<Value>()
+        .map(|object| object.unwrap_or_else(|error| panic!("{error}: {watched}")))
+        .collect();
+    assert!(
+        objects.len() >= 3
+            && objects
+                .iter()
+                .all(|pod| pod["kind"] == "Pod" && pod["metadata"]["name"] == "crasher"),
+        "a whole pod per change: {watched}"
+    );
+    let restarts: Vec<u64> = objects
+        .iter()
+        .map(|pod| {
+            pod["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        restarts.windows(2).all(|pair| pair[0] <= pair[1]) && restarts.last() >= Some(&2),
+        "restarts as watched: {restarts:?}"
+    );
+}
+
 /// What `get pods crasher -w` printed while the crasher ran three times: the header, then
 /// rows whose RESTARTS never go down and reach 2, with CrashLoopBackOff among them.
 fn check_watch(watched: &str) {
@@ -1265,6 +1303,9 @@ fn check_watch(watched: &str) {
     );
 }
 
+/// The pods test's machine config: small log limits (so that rotation shows within the
+/// test), the pod CIDR, a short shutdown grace, a resolver the pods should inherit, and
+/// the static pods, whose short form prints `greeting`.
 fn pods_config(config: &mut keelson_config::MachineConfig, greeting: &str) {
     with_static_pods(config, greeting);
     config.kubelet = Some(keelson_config::model::KubeletSettings {
@@ -1389,15 +1430,7 @@ fn check_eviction(pods: &Pods<'_>, keeper: &str, layout: &std::path::Path) {
     pods.succeed(&["delete", "pod", "guzzler"]);
 
     // Disk: an image no pod uses, and a pod with an emptyDir on STATE.
-    let spare = oci::archive(layout, ArchiveKind::Oci, "spare.tar", "example/spare:1").unwrap();
-    expect_success(
-        node.keelctl(
-            Role::Operator,
-            &["image", "import", spare.to_str().unwrap()],
-        )
-        .unwrap(),
-        "image import spare",
-    );
+    node.import_layout(layout, "example/spare:1").unwrap();
     assert_eq!(
         pods.apply(
             "filler.yaml",
