@@ -13,7 +13,11 @@
 //! gets the next release written and activated, and a byte of ROOT-B flipped while it is
 //! off: dm-verity refuses B and the node returns to A.
 //!
-//! A third node loses power three times while it fetches and writes a bundle (inside the
+//! A node that runs a static pod whose readiness probe passes only on the version it runs
+//! is sent the next release: it boots and serves the API, but the pod never becomes
+//! Ready, so the health gate rolls it back to A, naming the pod.
+//!
+//! A fourth node loses power three times while it fetches and writes a bundle (inside the
 //! kernel on the ESP, midway through the root image and near its end; the server stops
 //! sending at each cut so the point is exact): each restart boots slot A, with B empty and
 //! the interruption named, and a retry by upload then installs the release.
@@ -25,9 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keelson_api::roles::Role;
-use keelson_config::model::{FleetLock as FleetLockConfig, RebootPolicy, UpdatePolicy};
+use keelson_config::model::{FleetLock as FleetLockConfig, RebootPolicy, StaticPod, UpdatePolicy};
 use keelson_disk::layout;
 use keelson_qemu::GUEST_SERVICE_ADDRESS;
+use keelson_testkit::oci;
 use keelson_tests::http::{FleetLock, HttpServer, Reply};
 use keelson_tests::{
     broken_bundle, expect_failure, expect_success, next_bundle, partition_table, test_image,
@@ -57,6 +62,31 @@ fn slot<'a>(status: &'a serde_json::Value, letter: &str) -> &'a serde_json::Valu
         .iter()
         .find(|slot| slot["slot"] == letter)
         .unwrap()
+}
+
+/// After an upgrade that failed with `error`: the node came back on slot A with
+/// `first_version`, slot B is marked bad for `failed_version`, and both the error and the
+/// status give `reason`.
+fn assert_rolled_back_to_a(
+    node: &TestNode,
+    error: &str,
+    first_version: &str,
+    failed_version: &str,
+    reason: &str,
+) {
+    assert!(
+        error.contains(&format!("came back on slot a ({first_version})")),
+        "{error}"
+    );
+    assert!(error.contains(reason), "{error}");
+    let status = wait_running_good(node, "a", Duration::from_secs(60));
+    assert_eq!(status["default_slot"], "a", "{status:#}");
+    assert_eq!(slot(&status, "b")["state"], "bad", "{status:#}");
+    assert_eq!(status["failed_version"], failed_version, "{status:#}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains(reason),
+        "{status:#}"
+    );
 }
 
 /// `keelctl upgrade --bundle FILE --wait`: uploads, then follows the node through its
@@ -367,25 +397,12 @@ fn a_release_that_cannot_run_and_a_tampered_slot_both_fall_back_to_a() {
         upgrade_and_wait(&node, &bundle),
         "upgrade to a broken release",
     );
-    assert!(
-        error.contains(&format!("came back on slot a ({first_version})")),
-        "{error}"
-    );
-    assert!(error.contains("did not prove healthy"), "{error}");
-    let status = wait_running_good(&node, "a", Duration::from_secs(60));
-    assert_eq!(status["default_slot"], "a", "{status:#}");
-    assert_eq!(slot(&status, "b")["state"], "bad", "{status:#}");
-    assert_eq!(
-        status["failed_version"],
-        broken_version.as_str(),
-        "{status:#}"
-    );
-    assert!(
-        status["last_error"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("{broken_version} on slot b did not prove healthy")),
-        "{status:#}"
+    assert_rolled_back_to_a(
+        &node,
+        &error,
+        &first_version,
+        &broken_version,
+        &format!("{broken_version} on slot b did not prove healthy"),
     );
     let console = node.vm.console_text();
     assert!(
@@ -435,6 +452,120 @@ fn a_release_that_cannot_run_and_a_tampered_slot_both_fall_back_to_a() {
         "{status:#}"
     );
     node.power_off().unwrap();
+}
+
+/// The image of the health gate test's static pod.
+const IMAGE: &str = "example/busybox:1";
+/// The health gate test's `update.healthTimeoutSeconds`: enough for a boot under TCG and
+/// the pod's first probes, short enough to keep the test's wait down.
+const HEALTH_TIMEOUT_SECONDS: u64 = 150;
+
+#[test]
+fn a_release_that_breaks_a_static_pod_is_rolled_back_by_the_health_gate() {
+    if !oci::ready_for(
+        "a_release_that_breaks_a_static_pod_is_rolled_back_by_the_health_gate",
+        false,
+    ) {
+        return;
+    }
+    let (bundle, next_version) = next_bundle();
+    let config_with = |file: &str, static_pods: Vec<StaticPod>| {
+        TestCluster::get().node_config_with(file, |config| {
+            config.update = Some(UpdatePolicy {
+                health_timeout_seconds: Some(HEALTH_TIMEOUT_SECONDS),
+                ..UpdatePolicy::default()
+            });
+            config.static_pods = static_pods;
+        })
+    };
+    let (mut node, _) = TestNode::boot_with(|options| {
+        options.config = Some(config_with("health-gate.yaml", Vec::new()));
+    })
+    .unwrap();
+    let status = wait_blessed(&node);
+    let first_version = slot(&status, "a")["version"].as_str().unwrap().to_owned();
+    let layout = tempfile::tempdir().unwrap();
+    oci::busybox_layout(layout.path()).unwrap();
+    node.import_layout(layout.path(), IMAGE).unwrap();
+
+    // A workload that only this release can run: its readiness probe reads the node's
+    // os-release and passes on the version running now.
+    let pinned: StaticPod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pinned"},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "pinned",
+                "image": IMAGE,
+                "command": ["busybox", "sleep", "100000"],
+                "readinessProbe": {
+                    "exec": {"command": ["busybox", "grep", "-qx",
+                        format!("VERSION_ID={first_version}"), "/host/os-release"]},
+                    "periodSeconds": 2,
+                },
+                "volumeMounts": [{"name": "os-release", "mountPath": "/host/os-release",
+                    "readOnly": true}],
+            }],
+            "volumes": [{"name": "os-release",
+                "hostPath": {"path": "/etc/os-release", "type": "File"}}],
+        },
+    }))
+    .unwrap();
+    let config = config_with("health-gate-pinned.yaml", vec![pinned]);
+    expect_success(
+        node.keelctl(
+            Role::Admin,
+            &["apply-config", "-f", config.to_str().unwrap()],
+        )
+        .unwrap(),
+        "apply-config with the pinned static pod",
+    );
+    let pod = format!("pinned-{}", node.status().unwrap().hostname);
+    wait_pod_ready(&node, &pod);
+
+    // The next release boots and serves the API, but the pod never becomes Ready there:
+    // the health gate rolls the node back to A when its time is up, naming the pod.
+    let error = expect_failure(
+        upgrade_and_wait(&node, &bundle),
+        "upgrade to a release that breaks the pinned pod",
+    );
+    let reason = format!(
+        "{next_version} on slot b failed its health checks: static pod default/{pod} is not Ready"
+    );
+    assert_rolled_back_to_a(&node, &error, &first_version, &next_version, &reason);
+    assert!(
+        node.vm
+            .console_text()
+            .contains(&format!("keelson: update: {reason}")),
+        "the rollback's reason is not on the console"
+    );
+    // Back on A, the workload runs again.
+    wait_pod_ready(&node, &pod);
+    node.power_off().unwrap();
+}
+
+/// Waits until the pod's container is ready (three minutes at most).
+fn wait_pod_ready(node: &TestNode, pod: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (ok, text, _) = node
+            .keelctl(Role::Reader, &["get", "pod", pod, "-o", "json"])
+            .unwrap();
+        let last: serde_json::Value = match ok {
+            true => serde_json::from_str(&text).unwrap(),
+            false => serde_json::Value::Null,
+        };
+        if last["status"]["containerStatuses"][0]["ready"] == true {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {pod} never became ready: {last:#}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Everything written to a file shared with a child process.
