@@ -82,21 +82,28 @@ target/debug/keelson-image build --out "$updates_dir/broken" --version "$broken_
 export KEELSON_TEST_BUNDLES="$updates_dir"
 sgdisk -p "$image_dir/keelson.raw" | tail -5
 
-step "cargo test (unit, property, proofs' property runs, QEMU end-to-end)"
-KEELSON_TEST_IMAGE="$image_dir/keelson.raw" cargo test --workspace --no-fail-fast -- --test-threads 2
+step "tests (unit, property, proofs' property runs, QEMU end-to-end)"
+export KEELSON_TEST_IMAGE="$image_dir/keelson.raw"
+if cargo nextest --version >/dev/null 2>&1; then
+  # One pool of two threads over every test binary (.config/nextest.toml): the QEMU tests
+  # of different files overlap, the longest first. nextest leaves out doc tests.
+  cargo nextest run --workspace --no-fail-fast --test-threads 2
+  cargo test -q --workspace --doc
+else
+  echo "cargo-nextest is not installed (cargo install --locked cargo-nextest): the test"
+  echo "binaries run one after another, which takes longer"
+  cargo test --workspace --no-fail-fast -- --test-threads 2
+fi
 
 step "update write benchmark, one run (prints figures; speed never fails the suite)"
 # The dev profile and the workspace's feature set reuse what the build above compiled;
 # the bench's own work is the VM's.
-KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_BENCH_RUNS=1 \
-  cargo bench -q --profile dev --workspace --bench update
+KEELSON_BENCH_RUNS=1 cargo bench -q --profile dev --workspace --bench update
 
-step "runtime benchmark, one run (prints figures beside crun and runc; never fails on speed)"
-KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_TEST_BUNDLES="$updates_dir" \
-  KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench runtime
-
-step "pods benchmark, one run (apply to Ready beside the bare runtime; never fails on speed)"
-KEELSON_TEST_IMAGE="$image_dir/keelson.raw" KEELSON_TEST_BUNDLES="$updates_dir" \
-  KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench pods
+# One VM gives both the runtime benchmark's figures (beside crun and runc) and the pods
+# benchmark's (apply to Ready beside the bare runtime): the pods bench prints them all.
+# `cargo bench --bench runtime` still runs the runtime half alone.
+step "runtime and pods benchmarks, one VM, one run (prints figures; never fails on speed)"
+KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench pods
 
 step "test suite finished"

@@ -24,7 +24,7 @@ use anyhow::bail;
 use keelson_tests::TestNode;
 
 mod common;
-use common::{agent_rss, figure, keelctl, ready_pods, IMAGE};
+use common::{keelctl, ready_pods, IMAGE};
 
 const IDLE_CONTAINERS: usize = 20;
 
@@ -41,32 +41,15 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let (mut node, figures) = common::boot_bench_node(|_| {})?;
-    let keelson = figure(&figures, "keelson median ")?;
-    let crun = figure(&figures, "crun median ")?;
-    let runc = figure(&figures, "runc median ")?;
-
     let (idle, loaded) = agent_memory(&node, work.path())?;
-    let per_container = (loaded as f64 - idle as f64) / IDLE_CONTAINERS as f64 / (1 << 20) as f64;
     node.power_off()?;
-
-    println!("create to exit of /bin/true, median: keelson {keelson:.1} ms, crun {crun:.1} ms, runc {runc:.1} ms");
-    println!(
-        "agent RSS: {:.1} MiB with no container, {:.1} MiB with {IDLE_CONTAINERS} idle containers",
-        idle as f64 / (1 << 20) as f64,
-        loaded as f64 / (1 << 20) as f64
-    );
-    println!("keelson/crun {:.2}", keelson / crun);
-    println!("keelson/runc {:.2}", keelson / runc);
-    println!("agent MiB per idle container {per_container:.3}");
-    Ok(())
+    common::print_runtime_figures(&figures, idle, loaded, IDLE_CONTAINERS)
 }
 
 /// The agent's resident memory with no container, then with [`IDLE_CONTAINERS`] idle
 /// pods running.
 fn agent_memory(node: &TestNode, work: &Path) -> anyhow::Result<(u64, u64)> {
-    // Let start-up settle before the first reading.
-    std::thread::sleep(Duration::from_secs(5));
-    let idle = agent_rss(node)?;
+    let idle = common::settled_agent_rss(node)?;
     common::import_busybox(node, work)?;
     for index in 0..IDLE_CONTAINERS {
         let name = format!("idle-{index}");
@@ -95,6 +78,5 @@ fn agent_memory(node: &TestNode, work: &Path) -> anyhow::Result<(u64, u64)> {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    std::thread::sleep(Duration::from_secs(5));
-    Ok((idle, agent_rss(node)?))
+    Ok((idle, common::settled_agent_rss(node)?))
 }

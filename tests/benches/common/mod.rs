@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use keelson_api::roles::Role;
-use keelson_testkit::oci::{self, ArchiveKind};
+use keelson_testkit::oci;
 use keelson_tests::{update_key, TestNode, BOOT_TIMEOUT};
 
 /// The image the benchmarks' pods run.
@@ -70,6 +70,39 @@ pub fn boot_bench_node(
     Ok((node, figures))
 }
 
+/// The runtime benchmark's figures: the guest's create-to-exit medians beside crun and
+/// runc, and the agent's resident memory with no container and with `containers` idle
+/// ones. Its last three lines read `keelson/crun R`, `keelson/runc R` and `agent MiB per
+/// idle container M`.
+pub fn print_runtime_figures(
+    figures: &[String],
+    idle_rss: u64,
+    loaded_rss: u64,
+    containers: usize,
+) -> anyhow::Result<()> {
+    let keelson = figure(figures, "keelson median ")?;
+    let crun = figure(figures, "crun median ")?;
+    let runc = figure(figures, "runc median ")?;
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let per_container = (mib(loaded_rss) - mib(idle_rss)) / containers as f64;
+    println!("create to exit of /bin/true, median: keelson {keelson:.1} ms, crun {crun:.1} ms, runc {runc:.1} ms");
+    println!(
+        "agent RSS: {:.1} MiB with no container, {:.1} MiB with {containers} idle containers",
+        mib(idle_rss),
+        mib(loaded_rss)
+    );
+    println!("keelson/crun {:.2}", keelson / crun);
+    println!("keelson/runc {:.2}", keelson / runc);
+    println!("agent MiB per idle container {per_container:.3}");
+    Ok(())
+}
+
+/// The agent's resident memory once its start-up has settled.
+pub fn settled_agent_rss(node: &TestNode) -> anyhow::Result<u64> {
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    agent_rss(node)
+}
+
 /// The number that follows `prefix` in the guest's figures.
 pub fn figure(figures: &[String], prefix: &str) -> anyhow::Result<f64> {
     let line = figures
@@ -89,7 +122,7 @@ pub fn keelctl(node: &TestNode, arguments: &[&str]) -> anyhow::Result<String> {
 }
 
 /// The agent's resident memory, from `Machine.Status`.
-pub fn agent_rss(node: &TestNode) -> anyhow::Result<u64> {
+fn agent_rss(node: &TestNode) -> anyhow::Result<u64> {
     Ok(node
         .status()?
         .agent
@@ -102,13 +135,7 @@ pub fn import_busybox(node: &TestNode, work: &Path) -> anyhow::Result<()> {
     let layout = work.join("image");
     std::fs::create_dir_all(&layout)?;
     oci::busybox_layout(&layout).map_err(anyhow::Error::msg)?;
-    let archive = oci::archive(&layout, ArchiveKind::Oci, "busybox.tar", IMAGE)
-        .map_err(anyhow::Error::msg)?;
-    keelctl(
-        node,
-        &["image", "import", archive.to_str().context("path")?],
-    )?;
-    Ok(())
+    node.import_layout(&layout, IMAGE)
 }
 
 /// How many of the pods `keelctl get pods -o json` lists have a ready first container.
