@@ -65,13 +65,23 @@ fn main() {
             missing_program,
         ),
     ];
+    let asked = Asked::parse(&arguments);
+    if asked.list {
+        // libtest's listing, which test runners (cargo nextest) read: none of these tests
+        // is #[ignore]d, so the listing of ignored tests is empty.
+        if !asked.ignored {
+            for (name, _) in &tests {
+                println!("{name}: test");
+            }
+        }
+        return;
+    }
     let Some(host) = Host::ready() else {
         return;
     };
-    let filter = name_filter(&arguments);
     let (mut passed, mut failed, mut filtered) = (0, 0, 0);
     for (name, test) in tests {
-        if filter.is_some_and(|filter| !name.contains(filter)) {
+        if !asked.selects(name) {
             filtered += 1;
             continue;
         }
@@ -91,20 +101,47 @@ fn main() {
     std::process::exit(i32::from(failed > 0));
 }
 
-/// The name filter among libtest's arguments (`cargo test -- NAME --test-threads 2`): the
-/// first word that is neither a flag nor a flag's value.
-fn name_filter(arguments: &[String]) -> Option<&str> {
-    let mut words = arguments.iter().skip(1);
-    while let Some(word) = words.next() {
-        match word.as_str() {
-            "--test-threads" | "--skip" | "--format" | "--color" | "--logfile" | "-Z" => {
-                words.next();
+/// What libtest's arguments ask of this harness: `cargo test -- NAME --test-threads 2` runs
+/// the tests whose names hold NAME; `--exact NAME` runs that one test (nextest runs each test
+/// so); `--list --format terse [--ignored]` lists them.
+struct Asked<'a> {
+    filter: Option<&'a str>,
+    exact: bool,
+    list: bool,
+    ignored: bool,
+}
+
+impl<'a> Asked<'a> {
+    fn parse(arguments: &'a [String]) -> Asked<'a> {
+        let mut asked = Asked {
+            filter: None,
+            exact: false,
+            list: false,
+            ignored: false,
+        };
+        let mut words = arguments.iter().skip(1);
+        while let Some(word) = words.next() {
+            match word.as_str() {
+                "--test-threads" | "--skip" | "--format" | "--color" | "--logfile" | "-Z" => {
+                    words.next();
+                }
+                "--exact" => asked.exact = true,
+                "--list" => asked.list = true,
+                "--ignored" => asked.ignored = true,
+                flag if flag.starts_with('-') => {}
+                name => asked.filter = asked.filter.or(Some(name)),
             }
-            flag if flag.starts_with('-') => {}
-            name => return Some(name),
+        }
+        asked
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        match self.filter {
+            None => true,
+            Some(filter) if self.exact => name == filter,
+            Some(filter) => name.contains(filter),
         }
     }
-    None
 }
 
 /// What the tests need of the host: root, busybox, overlayfs and a cgroup2 hierarchy.
