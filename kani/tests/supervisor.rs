@@ -42,7 +42,7 @@ fn event(kind: u8, value: u8) -> Event {
         3 => Event::Notify {
             pid,
             message: NotifyMessage {
-                ready: value % 2 == 0,
+                ready: value.is_multiple_of(2),
                 watchdog: true,
                 status: None,
                 ..NotifyMessage::default()

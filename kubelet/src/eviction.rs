@@ -283,7 +283,7 @@ fn message(pressure: Pressure, threshold: u64, available: u64, pod: &PodUse) -> 
 pub fn quantity(bytes: u64) -> String {
     if bytes == 0 {
         "0".to_owned()
-    } else if bytes % (1 << 20) == 0 {
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{}Mi", bytes >> 20)
     } else if bytes >= 1 << 10 {
         format!("{}Ki", bytes.div_ceil(1 << 10))
