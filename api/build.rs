@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keelson/update/v1/update.proto",
         "proto/keelson/images/v1/images.proto",
         "proto/keelson/pods/v1/pods.proto",
+        "proto/keelson/cluster/v1/cluster.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -11,7 +11,8 @@
 //! translate and validate it, and applies it through [`network`] (rtnetlink, with a
 //! [`dhcp`] client per interface), [`files`] and the hostname; [`seed`] finds NoCloud seeds
 //! and [`fetch`] gets `http://` documents. [`system`] gathers what `Machine.Status` reports;
-//! [`boot_history`] keeps the list of boots on STATE; [`static_pods`] keeps the node's
+//! [`boot_history`] keeps the list of boots on STATE; [`cluster`] starts membership
+//! gossip; [`static_pods`] keeps the node's
 //! static pods running and [`eviction`] evicts pods when memory or STATE runs short;
 //! [`logs`] keeps the agent's log for
 //! the API (`keelson_linux::kmsg` reads the kernel's); [`api`] is the gRPC server, a thin layer over
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod boot_history;
+pub mod cluster;
 pub mod eviction;
 pub mod static_pods;
 pub mod system;
@@ -65,6 +67,11 @@ pub async fn run(
         serve_api(&options, environment, configured, engine.clone(), images).await?;
     start_kubelet(&options, &context, inherited_pipes).await;
     if options.manage_machine {
+        // In the background: gossip may wait for the network (a DHCP lease).
+        let context = context.clone();
+        tokio::spawn(async move { join_cluster(&context).await });
+    }
+    if options.manage_machine {
         start_health_gate(&context, engine, &update_policy).await;
     }
     announce(&identity, &context);
@@ -73,12 +80,36 @@ pub async fn run(
         result = served => result.map_err(anyhow::Error::from).and_then(|served| served),
         _ = terminate_signal() => {
             info!("SIGTERM from PID 1: the node is shutting down");
+            if let Some(Ok(gossip)) = context.gossip.get() {
+                // The members hear it now, rather than suspecting the node for seconds.
+                gossip.leave().await;
+            }
             stop_pods(&context).await;
             Ok(())
         }
     };
     watchdog.abort();
     outcome
+}
+
+/// Phase: gossip with the cluster the config names (nothing without a `cluster` section,
+/// nothing more once gossip runs). Also run when a node leaves maintenance mode.
+pub(crate) async fn join_cluster(context: &Arc<api::ApiContext>) {
+    if context.gossip.get().is_some() {
+        return;
+    }
+    let config = context.in_force.lock().await.clone();
+    let identity = system::Identity::read();
+    let started = cluster::start(
+        config.as_ref(),
+        &identity,
+        &context.state_dir,
+        context.listen.port(),
+    )
+    .await;
+    if let Some(started) = started {
+        let _ = context.gossip.set(started);
+    }
 }
 
 /// The way down: PID 1 sends SIGTERM only when the node reboots or powers off (a restart
@@ -196,6 +227,7 @@ async fn serve_api(
         images,
         pods: std::sync::OnceLock::new(),
         static_pods: Default::default(),
+        gossip: Default::default(),
     });
     let served = tokio::spawn(api::serve(listener, context.clone()));
     Ok((served, context))

@@ -10,6 +10,8 @@ use std::time::Duration;
 use keelson_agent::api::security::ApiSecurity;
 use keelson_agent::api::ApiContext;
 use keelson_api::client::{self, ClientTls};
+use keelson_api::cluster::cluster_client::ClusterClient;
+use keelson_api::cluster::MembersRequest;
 use keelson_api::files::files_client::FilesClient;
 use keelson_api::files::{ListRequest, ReadRequest};
 use keelson_api::images::images_client::ImagesClient;
@@ -136,6 +138,7 @@ async fn serve(security: ApiSecurity) -> Server {
         // A development host runs no pods; the service says so.
         pods: std::sync::OnceLock::from(Err("the agent does not manage this machine".to_owned())),
         static_pods: Default::default(),
+        gossip: Default::default(),
     });
     tokio::spawn(keelson_agent::api::serve(listener, context.clone()));
     Server {
@@ -179,7 +182,7 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
     let mut files = FilesClient::new(channel.clone());
     let mut update = UpdateClient::new(channel.clone());
     let mut images = ImagesClient::new(channel.clone());
-    let mut pods = keelson_api::pods::pods_client::PodsClient::new(channel);
+    let mut pods = keelson_api::pods::pods_client::PodsClient::new(channel.clone());
     let name = method.rsplit('/').next().unwrap();
     if method.starts_with("/keelson.pods.v1.") {
         use keelson_api::pods as api;
@@ -261,6 +264,12 @@ async fn call(channel: Channel, method: &str, config: &[u8]) -> Result<(), tonic
                 .map(drop),
             other => panic!("the test does not know how to call {other}: add it"),
         };
+    }
+    if method == "/keelson.cluster.v1.Cluster/Members" {
+        return ClusterClient::new(channel.clone())
+            .members(MembersRequest {})
+            .await
+            .map(drop);
     }
     if method.starts_with("/keelson.update.v1.") {
         return match name {
@@ -379,6 +388,20 @@ async fn every_role_against_every_rpc() {
         }
     }
     println!("{}", table.join("\n"));
+}
+
+#[tokio::test]
+async fn a_node_whose_config_names_no_cluster_says_it_gossips_with_no_one() {
+    let pki = Pki::new();
+    let server = serve(ApiSecurity::mutual(&pki.api()).unwrap()).await;
+    let channel = channel(&server, &pki.tls(Role::Reader)).await.unwrap();
+    let answer = ClusterClient::new(channel)
+        .members(MembersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.enabled, "{answer:?}");
+    assert!(answer.members.is_empty(), "{answer:?}");
 }
 
 #[tokio::test]

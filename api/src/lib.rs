@@ -50,6 +50,12 @@ pub mod pods {
     tonic::include_proto!("keelson.pods.v1");
 }
 
+/// `keelson.cluster.v1`: the cluster as the node sees it.
+#[allow(missing_docs)] // generated code; the .proto files carry the documentation
+pub mod cluster {
+    tonic::include_proto!("keelson.cluster.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every service above.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/keelson_descriptors.bin"));

@@ -106,6 +106,7 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     // Running commands in containers changes them: operators only, as kubectl's
     // pods/exec is a create.
     ("/keelson.pods.v1.Pods/Exec", Role::Operator),
+    ("/keelson.cluster.v1.Cluster/Members", Role::Reader),
 ];
 
 /// The least role `method` (a gRPC path) needs; `None` for a method the API lacks.

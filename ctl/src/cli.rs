@@ -86,6 +86,9 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Run a command in a running container of a pod; exits with the command's exit code.
     Exec(ExecArgs),
+    /// The cluster as a node sees it: `cluster members`.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
     /// the node's own parser and validation; exits 1 when a node would refuse it.
     Validate(ValidateArgs),
@@ -533,6 +536,14 @@ pub struct GenClientArgs {
 pub struct CompletionArgs {
     /// bash, zsh, fish, elvish or powershell.
     pub shell: clap_complete::Shell,
+}
+
+/// `cluster`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The members the node's gossip knows: name, address, state (alive, suspect or
+    /// down), role, version and slot; `-o wide` adds the generation, pod CIDR and API.
+    Members,
 }
 
 /// `image`.

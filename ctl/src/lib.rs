@@ -15,6 +15,7 @@
 //! - [`run`] dispatches; `main` only parses arguments and sets the exit code.
 
 pub mod cli;
+pub mod cluster;
 pub mod describe;
 pub mod exec;
 pub mod files;
@@ -112,6 +113,7 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
         Command::Image(cli::ImageCommand::Rm(arguments)) => {
             images::remove(session, arguments).await
         }
+        Command::Cluster(cli::ClusterCommand::Members) => cluster::members(session).await,
         Command::Ls(arguments) => files::ls(session, arguments).await,
         Command::Read(arguments) => files::read(session, &arguments.path).await,
         // Dispatched by `run` before a session is opened.

@@ -116,6 +116,43 @@ fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
         logs.contains("keelson: ready hostname=applied-node"),
         "{logs}"
     );
+    // The config names a cluster (keelctl gen config writes one, without seeds): leaving
+    // maintenance mode, the node starts gossiping and lists itself, alive, with what it
+    // tells the others.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let members = loop {
+        let (ok, text, errors) = node
+            .keelctl(Role::Reader, &["cluster", "members", "-o", "json"])
+            .unwrap();
+        if ok {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster members kept failing: {errors}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let parsed: serde_json::Value = serde_json::from_str(&members).unwrap();
+    let listed = parsed[0]["members"].as_array().expect("a members list");
+    assert_eq!(listed.len(), 1, "{members}");
+    let me = &listed[0];
+    assert_eq!(me["name"], "applied-node", "{members}");
+    assert_eq!(me["state"], "alive", "{members}");
+    assert_eq!(me["slot"], "a", "{members}");
+    assert_eq!(me["role"], "auto", "{members}");
+    assert_eq!(me["local"], true, "{members}");
+    assert!(
+        me["address"].as_str().unwrap().ends_with(":7946"),
+        "{members}"
+    );
+    assert_eq!(me["version"], status_version(&json), "{members}");
+    let table = expect_success(
+        node.keelctl(Role::Reader, &["cluster", "members"]).unwrap(),
+        "cluster members",
+    );
+    assert!(table.starts_with("NAME "), "{table}");
+    assert!(table.contains("applied-node"), "{table}");
     let init_logs = expect_success(
         node.keelctl(Role::Reader, &["logs", "init"]).unwrap(),
         "logs init",
@@ -216,4 +253,13 @@ fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
         1,
         "only the boot after the reset is recorded"
     );
+}
+
+/// The OS version in `keelctl status -o json`'s answer.
+fn status_version(status_json: &str) -> String {
+    let parsed: serde_json::Value = serde_json::from_str(status_json).unwrap();
+    parsed[0]["os_version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no os_version in {status_json}"))
+        .to_string()
 }

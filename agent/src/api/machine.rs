@@ -578,6 +578,11 @@ impl MachineService {
         })?;
         if was_maintenance && api.is_some() {
             crate::announce_ready(&self.context.report);
+            if self.context.manage_machine {
+                // The config in force is set by now; joining waits for its lock.
+                let context = self.context.clone();
+                tokio::spawn(async move { crate::join_cluster(&context).await });
+            }
         }
         Ok(())
     }

@@ -6,14 +6,15 @@
 //! - [`Authorize`]: a tower layer in front of every service. It reads the caller's
 //!   certificate and the maintenance token and asks [`keelson_api::access::decide`];
 //!   refusals never reach service code.
-//! - [`machine`], [`files`], [`update`], [`images`] and [`pods`]: the services, thin
-//!   layers over the agent's state, the update engine, the image store and the kubelet; [`upload`] reads a client
-//!   stream as a file for them.
+//! - [`machine`], [`files`], [`update`], [`images`], [`pods`] and [`cluster`]: the
+//!   services, thin layers over the agent's state, the update engine, the image store, the
+//!   kubelet and the gossip; [`upload`] reads a client stream as a file for them.
 //!
 //! Limits against bad requests: messages over [`keelson_api::MAX_REQUEST_BYTES`] are
 //! refused, header lists are capped, a connection runs at most 32 calls at once, and every
 //! unary call ends after two minutes or the client's deadline, whichever is sooner.
 
+pub mod cluster;
 pub mod exec;
 pub mod files;
 pub mod images;
@@ -30,6 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use keelson_api::access::{self, Caller};
+use keelson_api::cluster::cluster_server::ClusterServer;
 use keelson_api::files::files_server::FilesServer;
 use keelson_api::images::images_server::ImagesServer;
 use keelson_api::machine::machine_server::MachineServer;
@@ -76,6 +78,8 @@ pub struct ApiContext {
     pub pods: pods::SharedKubelet,
     /// The static pods' keeper's wake-up and problems.
     pub static_pods: crate::static_pods::StaticPodsState,
+    /// Membership gossip, once started, or why it is not running.
+    pub gossip: crate::cluster::SharedGossip,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -120,6 +124,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let pods = PodsServer::new(pods::PodsService::new(context.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(context.clone()));
     let served = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(32)
         .max_concurrent_streams(64)
@@ -132,6 +137,7 @@ pub async fn serve(
         .add_service(update)
         .add_service(images)
         .add_service(pods)
+        .add_service(cluster)
         .serve_with_incoming(incoming)
         .await;
     acceptor.abort();
