@@ -194,47 +194,28 @@ pub fn members_response(
                 .members()
                 .into_iter()
                 .map(|member| {
-                    let info = member.info.unwrap_or_else(|| NodeInfo {
-                        name: member.id.name.clone(),
-                        generation: member.id.generation,
-                        revision: 0,
-                        addresses: Vec::new(),
-                        role: keelson_config::model::Role::Auto,
-                        os_version: String::new(),
-                        slot: String::new(),
-                        pod_cidr: None,
-                        api_endpoint: String::new(),
-                    });
-                    Member {
+                    let mut listed = Member {
                         local: member.id.name == gossip.name(),
                         name: member.id.name,
                         address: member.id.addr.to_string(),
                         state: member.state.as_str().into(),
-                        role: if info.os_version.is_empty() {
-                            String::new()
-                        } else {
-                            role_name(info.role).into()
-                        },
-                        version: info.os_version,
-                        slot: info.slot,
                         generation: member.id.generation,
-                        pod_cidr: info.pod_cidr.unwrap_or_default(),
-                        api_endpoint: info.api_endpoint,
+                        ..Member::default()
+                    };
+                    // What the member tells about itself may not have arrived yet.
+                    if let Some(info) = member.info {
+                        listed.role = info.role.name().into();
+                        listed.version = info.os_version;
+                        listed.slot = info.slot;
+                        listed.pod_cidr = info.pod_cidr.unwrap_or_default();
+                        listed.api_endpoint = info.api_endpoint;
                     }
+                    listed
                 })
                 .collect();
         }
     }
     response
-}
-
-fn role_name(role: keelson_config::model::Role) -> &'static str {
-    use keelson_config::model::Role;
-    match role {
-        Role::ControlPlane => "control-plane",
-        Role::Worker => "worker",
-        Role::Auto => "auto",
-    }
 }
 
 #[cfg(test)]

@@ -464,6 +464,17 @@ pub enum Role {
     Auto,
 }
 
+impl Role {
+    /// The name used in the config and in `keelctl cluster members`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+            Role::Auto => "auto",
+        }
+    }
+}
+
 /// How a node takes updates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
