@@ -222,12 +222,7 @@ mod tests {
     #[test]
     fn in_maintenance_mode_only_the_network_needs_a_reboot() {
         let mut new = MachineConfig::empty();
-        new.cluster = Some(crate::model::Cluster {
-            name: "lab".into(),
-            secret: "s".repeat(32),
-            seeds: Vec::new(),
-            role: Default::default(),
-        });
+        new.cluster = Some(crate::model::Cluster::new("lab", "s".repeat(32)));
         assert!(compare(None, &new).reboot_needed_for.is_empty());
         assert_eq!(
             compare(Some(&MachineConfig::empty()), &new).reboot_needed_for,

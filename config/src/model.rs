@@ -449,10 +449,102 @@ pub struct Cluster {
     /// What this node may become.
     #[serde(default)]
     pub role: Role,
+    /// How many voters the control plane keeps: 1, 3 or 5 (default 3). Fewer while fewer
+    /// control-plane-eligible nodes are alive, always an odd number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_planes: Option<u8>,
+    /// Seconds a voter may stay down in gossip before another node takes its place
+    /// (30 to 86400, default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_dead_voter_seconds: Option<u32>,
+    /// The cluster's pod network, from which each node leases its own pod CIDR (default
+    /// `10.244.0.0/16`).
+    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// The prefix length of each node's pod CIDR (16 to 30, default 24).
+    #[serde(
+        default,
+        rename = "nodeCIDRMaskSize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub node_cidr_mask_size: Option<u8>,
+    /// The built-in reboot lock's slots: how many nodes of a group may reboot at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_lock: Option<RebootLockSlots>,
+}
+
+/// The default number of control-plane voters.
+pub const DEFAULT_CONTROL_PLANES: u8 = 3;
+/// The default seconds before a dead voter is replaced.
+pub const DEFAULT_REPLACE_DEAD_VOTER_SECONDS: u32 = 300;
+/// The default cluster pod network.
+pub const DEFAULT_CLUSTER_POD_CIDR: &str = "10.244.0.0/16";
+/// The default prefix length of a node's pod CIDR.
+pub const DEFAULT_NODE_CIDR_MASK_SIZE: u8 = 24;
+
+impl Cluster {
+    /// A cluster section with this name and secret and every other field at its default.
+    pub fn new(name: impl Into<String>, secret: impl Into<String>) -> Cluster {
+        Cluster {
+            name: name.into(),
+            secret: secret.into(),
+            seeds: Vec::new(),
+            role: Role::default(),
+            control_planes: None,
+            replace_dead_voter_seconds: None,
+            pod_cidr: None,
+            node_cidr_mask_size: None,
+            reboot_lock: None,
+        }
+    }
+
+    /// The voters the control plane keeps at most.
+    pub fn control_planes(&self) -> u8 {
+        self.control_planes.unwrap_or(DEFAULT_CONTROL_PLANES)
+    }
+
+    /// How long a voter may be down before it is replaced.
+    pub fn replace_dead_voter_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(
+            self.replace_dead_voter_seconds
+                .unwrap_or(DEFAULT_REPLACE_DEAD_VOTER_SECONDS),
+        ))
+    }
+
+    /// The cluster's pod network in force.
+    pub fn pod_cidr(&self) -> &str {
+        self.pod_cidr.as_deref().unwrap_or(DEFAULT_CLUSTER_POD_CIDR)
+    }
+
+    /// The prefix length of each node's pod CIDR in force.
+    pub fn node_cidr_mask_size(&self) -> u8 {
+        self.node_cidr_mask_size
+            .unwrap_or(DEFAULT_NODE_CIDR_MASK_SIZE)
+    }
+
+    /// The reboot slots of `group`: its own count, else the default count, else 1.
+    pub fn reboot_slots(&self, group: &str) -> u32 {
+        let lock = self.reboot_lock.as_ref();
+        lock.and_then(|lock| lock.groups.get(group).copied())
+            .or_else(|| lock.and_then(|lock| lock.slots))
+            .unwrap_or(1)
+    }
+}
+
+/// Reboot slots of the cluster's built-in FleetLock server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RebootLockSlots {
+    /// Slots of every group not named in `groups` (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Slots by FleetLock group (`update.fleetLock.group`, `default` unless set).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub groups: std::collections::BTreeMap<String, u32>,
 }
 
 /// A node's role in the cluster.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Takes part in the control-plane election.

@@ -1084,6 +1084,65 @@ fn check_cluster(check: &mut Checker<'_>, cluster: &model::Cluster) {
             "the secret must have at least 32 characters (keelctl gen config makes one)",
         );
     }
+    if let Some(count) = cluster.control_planes {
+        if ![1, 3, 5].contains(&count) {
+            check.error(
+                "cluster.controlPlanes",
+                format!("{count} voters is not 1, 3 or 5 (an odd count keeps a majority)"),
+            );
+        }
+    }
+    if let Some(seconds) = cluster.replace_dead_voter_seconds {
+        if !(30..=86_400).contains(&seconds) {
+            check.error(
+                "cluster.replaceDeadVoterSeconds",
+                format!("{seconds} is outside 30 to 86400 seconds"),
+            );
+        }
+    }
+    let pool = cluster
+        .pod_cidr
+        .as_deref()
+        .map(crate::cidr::parse_cluster_cidr);
+    if let Some(Err(reason)) = &pool {
+        check.error("cluster.podCIDR", reason.clone());
+    }
+    let mask = cluster.node_cidr_mask_size();
+    let pool_prefix = match pool {
+        Some(Ok((_, prefix))) => prefix,
+        Some(Err(_)) => 0,
+        None => 16,
+    };
+    if !(crate::cidr::WIDEST_POD_PREFIX..=crate::cidr::NARROWEST_POD_PREFIX).contains(&mask) {
+        check.error(
+            "cluster.nodeCIDRMaskSize",
+            format!("/{mask} is outside /16 to /30 (a node's pods need 2 to 65534 addresses)"),
+        );
+    } else if mask < pool_prefix {
+        check.error(
+            "cluster.nodeCIDRMaskSize",
+            format!(
+                "a node's /{mask} is wider than the cluster's {} (make it /{pool_prefix} or longer)",
+                cluster.pod_cidr()
+            ),
+        );
+    }
+    if let Some(lock) = &cluster.reboot_lock {
+        if lock.slots == Some(0) {
+            check.error(
+                "cluster.rebootLock.slots",
+                "0 slots would let no node reboot (use 1 or more)",
+            );
+        }
+        for (group, slots) in &lock.groups {
+            if *slots == 0 {
+                check.error(
+                    &format!("cluster.rebootLock.groups.{group}"),
+                    "0 slots would let no node of this group reboot (use 1 or more)",
+                );
+            }
+        }
+    }
     for (index, seed) in cluster.seeds.iter().enumerate() {
         let valid = seed.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0)

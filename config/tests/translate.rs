@@ -314,6 +314,77 @@ fn native_rejects_other_versions_and_short_secrets() {
 }
 
 #[test]
+fn cluster_control_plane_settings_are_read_and_checked() {
+    let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\n";
+    let secret = "0123456789abcdef0123456789abcdef";
+    let accepted = load(
+        "test",
+        format!(
+            "{base}cluster:\n  name: lab\n  secret: {secret}\n  controlPlanes: 5\n  \
+             replaceDeadVoterSeconds: 60\n  podCIDR: 10.96.0.0/12\n  nodeCIDRMaskSize: 26\n  \
+             rebootLock: {{slots: 2, groups: {{workers: 3}}}}\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let cluster = accepted.config.cluster.unwrap();
+    assert_eq!(cluster.control_planes(), 5);
+    assert_eq!(cluster.replace_dead_voter_after().as_secs(), 60);
+    assert_eq!(cluster.pod_cidr(), "10.96.0.0/12");
+    assert_eq!(cluster.node_cidr_mask_size(), 26);
+    assert_eq!(cluster.reboot_slots("workers"), 3);
+    assert_eq!(cluster.reboot_slots("default"), 2);
+
+    let defaults = keelson_config::model::Cluster::new("lab", secret);
+    assert_eq!(defaults.control_planes(), 3);
+    assert_eq!(defaults.replace_dead_voter_after().as_secs(), 300);
+    assert_eq!(defaults.pod_cidr(), "10.244.0.0/16");
+    assert_eq!(defaults.node_cidr_mask_size(), 24);
+    assert_eq!(defaults.reboot_slots("default"), 1);
+
+    let rejected = load(
+        "test",
+        format!(
+            "{base}cluster:\n  name: lab\n  secret: {secret}\n  controlPlanes: 2\n  \
+             replaceDeadVoterSeconds: 5\n  podCIDR: 10.244.1.0/16\n  \
+             rebootLock: {{slots: 0, groups: {{db: 0}}}}\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap_err();
+    let fields: Vec<&str> = rejected.errors().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "cluster.controlPlanes",
+            "cluster.replaceDeadVoterSeconds",
+            "cluster.podCIDR",
+            "cluster.rebootLock.slots",
+            "cluster.rebootLock.groups.db"
+        ]
+    );
+    let text = rejected.to_string();
+    assert!(text.contains("2 voters is not 1, 3 or 5"), "{text}");
+    assert!(text.contains("did you mean 10.244.0.0/16?"), "{text}");
+
+    let too_wide = load(
+        "test",
+        format!(
+            "{base}cluster:\n  name: lab\n  secret: {secret}\n  podCIDR: 10.244.0.0/20\n  \
+             nodeCIDRMaskSize: 18\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap_err();
+    let text = too_wide.to_string();
+    assert!(
+        text.contains("cluster.nodeCIDRMaskSize")
+            && text.contains("wider than the cluster's 10.244.0.0/20"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_committed_schema_matches_the_types() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/machineconfig.v1alpha1.json");
     let generated = keelson_config::json_schema();

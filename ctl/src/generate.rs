@@ -179,12 +179,7 @@ pub fn gen_config(request: &GenConfig, now: OffsetDateTime) -> anyhow::Result<Ve
     )?;
 
     let mut config = MachineConfig::empty();
-    config.cluster = Some(Cluster {
-        name: request.cluster.clone(),
-        secret: random_secret()?,
-        seeds: Vec::new(),
-        role: Default::default(),
-    });
+    config.cluster = Some(Cluster::new(request.cluster.clone(), random_secret()?));
     config.api = Some(ApiPki {
         ca: ca.certified().cert_pem.clone(),
         cert: node.cert_pem,

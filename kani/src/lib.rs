@@ -12,7 +12,11 @@
 //!   writes;
 //! * `config_source`: the choice of machine-config source;
 //! * `access`: the API lets a call through exactly when the caller's role (mutual TLS) or
-//!   the maintenance token (maintenance mode, ApplyConfig only) allows it.
+//!   the maintenance token (maintenance mode, ApplyConfig only) allows it;
+//! * `control_plane`: the control plane's voter plan (never a change without a majority in
+//!   the old and new voters, only caught-up learners promoted, independent of the view's
+//!   order, settling on the desired voters), pod CIDR leases (never overlapping, stable,
+//!   refused only when full) and the reboot lock (never more holders than slots).
 //!
 //! The A/B slot state machine and the update bundle parser join with the update issue.
 
