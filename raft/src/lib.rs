@@ -1,0 +1,19 @@
+//! The control plane's Raft, on openraft 0.9.
+//!
+//! - [`types`]: the type configuration (node ids, node addresses, what the log carries and
+//!   what applying it answers).
+//! - [`log`]: the log on STATE: every append is synced before openraft hears it is done,
+//!   the vote and the commit index are replaced atomically, a torn tail left by a power cut
+//!   is cut off at start, and purged entries are compacted away.
+//! - [`machine`]: the state machine, `keelson_store::Store`, with its snapshots kept on
+//!   STATE so that a restarted node resumes from the last one and replays the rest.
+//!
+//! openraft's storage conformance suite runs over both in `tests/storage.rs`. The network
+//! (over the node API's mutual TLS) and the control loop that forms the cluster sit above.
+
+mod durable;
+pub mod log;
+pub mod machine;
+pub mod types;
+
+pub use types::{ControlPlane, NodeAddr};
