@@ -8,12 +8,18 @@
 //! - [`machine`]: the state machine, `keelson_store::Store`, with its snapshots kept on
 //!   STATE so that a restarted node resumes from the last one and replays the rest.
 //!
-//! openraft's storage conformance suite runs over both in `tests/storage.rs`. The network
-//! (over the node API's mutual TLS) and the control loop that forms the cluster sit above.
+//! - [`network`]: openraft's calls as JSON over any transport that carries bytes to a
+//!   named node, and the answering side.
+//!
+//! openraft's storage conformance suite runs over the log and the machine in
+//! `tests/storage.rs`; `tests/cluster.rs` runs three nodes in one process (formation,
+//! replication, failover, a partitioned minority, a restart). The mutual-TLS transport and
+//! the control loop that forms the cluster sit above, in the agent.
 
 mod durable;
 pub mod log;
 pub mod machine;
+pub mod network;
 pub mod types;
 
 pub use types::{ControlPlane, NodeAddr};
