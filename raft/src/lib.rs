@@ -10,6 +10,8 @@
 //!
 //! - [`network`]: openraft's calls as JSON over any transport that carries bytes to a
 //!   named node, and the answering side.
+//! - [`reconcile`]: the leader's voter upkeep, `keelson_control::voters::plan` applied to
+//!   openraft's membership one change at a time.
 //!
 //! openraft's storage conformance suite runs over the log and the machine in
 //! `tests/storage.rs`; `tests/cluster.rs` runs three nodes in one process (formation,
@@ -20,6 +22,7 @@ mod durable;
 pub mod log;
 pub mod machine;
 pub mod network;
+pub mod reconcile;
 pub mod types;
 
 pub use types::{ControlPlane, NodeAddr};

@@ -6,9 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keelson_config::model::Role;
+use keelson_control::voters::Change;
+use keelson_control::Peer;
 use keelson_raft::log::DiskLog;
 use keelson_raft::machine::Machine;
 use keelson_raft::network::{serve, Call, Network, Transport, TransportError};
+use keelson_raft::reconcile::{self, Upkeep};
 use keelson_raft::types::{self, node_id, Applied, ControlPlane, NodeAddr};
 use keelson_store::{Command, KindRef, Op, Outcome};
 use openraft::Raft;
@@ -67,20 +71,21 @@ fn addr(name: &str) -> NodeAddr {
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
+    /// Boots `names`; the first initialises the cluster with `voters`.
+    async fn start(names: &[&str], voters: &[&str]) -> Cluster {
         let mut cluster = Cluster {
             hub: Arc::default(),
             dir: tempfile::tempdir().unwrap(),
             machines: HashMap::new(),
         };
-        for name in NAMES {
+        for name in names {
             cluster.boot(name).await;
         }
-        let voters: BTreeMap<u64, NodeAddr> = NAMES
+        let voters: BTreeMap<u64, NodeAddr> = voters
             .iter()
             .map(|name| (node_id(name), addr(name)))
             .collect();
-        cluster.raft("a").initialize(voters).await.unwrap();
+        cluster.raft(names[0]).initialize(voters).await.unwrap();
         cluster
     }
 
@@ -184,7 +189,7 @@ async fn write(raft: &Raft<ControlPlane>, name: &str) -> Result<u64, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_fail_over_and_refuse_writes_in_a_minority() {
-    let mut cluster = Cluster::start().await;
+    let mut cluster = Cluster::start(&NAMES, &NAMES).await;
     let leader = cluster.leader(&NAMES).await;
     let version = write(&cluster.raft(&leader), "first").await.unwrap();
     for name in NAMES {
@@ -239,4 +244,85 @@ async fn three_nodes_replicate_fail_over_and_refuse_writes_in_a_minority() {
             "{name}"
         );
     }
+}
+
+/// Runs the leader's upkeep until it has nothing left to do; returns the changes made.
+async fn settle(cluster: &Cluster, among: &[&str], view: &[Peer]) -> Vec<Change> {
+    let addresses: BTreeMap<String, NodeAddr> = view
+        .iter()
+        .map(|peer| (peer.name.clone(), addr(&peer.name)))
+        .collect();
+    let upkeep = Upkeep {
+        members: view,
+        addresses: &addresses,
+        wanted: 3,
+        replace_after: Duration::from_secs(60),
+    };
+    let mut changes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = cluster.leader(among).await;
+        match reconcile::step(&cluster.raft(&leader), upkeep).await {
+            Ok(Some(change)) => changes.push(change),
+            Ok(None) => {
+                let seen = reconcile::seen(&cluster.raft(&leader));
+                let waiting = voters_wanted_but_not_caught_up(&seen);
+                if !waiting {
+                    return changes;
+                }
+            }
+            // A change still in flight: try again shortly.
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "no settling: {changes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn voters_wanted_but_not_caught_up(seen: &reconcile::Seen) -> bool {
+    seen.membership
+        .learners
+        .iter()
+        .any(|learner| !seen.caught_up.contains(learner))
+}
+
+fn voters_of(cluster: &Cluster, on: &str) -> Vec<String> {
+    let seen = reconcile::seen(&cluster.raft(on));
+    seen.membership.voters.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_voter_grows_to_three_and_a_dead_voter_is_replaced() {
+    let names = ["a", "b", "c", "d"];
+    let mut cluster = Cluster::start(&names, &["a"]).await;
+    let mut view: Vec<Peer> = names.iter().map(|n| Peer::alive(*n, Role::Auto)).collect();
+    settle(&cluster, &["a"], &view).await;
+    assert_eq!(voters_of(&cluster, "a"), ["a", "b", "c"]);
+    write(
+        &cluster.raft(&cluster.leader(&["a", "b", "c"]).await),
+        "grown",
+    )
+    .await
+    .unwrap();
+    for name in ["a", "b", "c"] {
+        cluster.wait_for_node(name, "grown").await;
+    }
+    // d is no member: three voters are wanted, and learners only join to be promoted.
+    assert!(cluster.node_names("d").await.is_empty());
+
+    // b dies; while gossip has seen it down for less than the replacement time it keeps
+    // its seat, after that d takes it.
+    cluster.power_off("b").await;
+    view[1].down_for = Some(Duration::from_secs(30));
+    let changes = settle(&cluster, &["a", "c"], &view).await;
+    assert!(
+        !changes.iter().any(|c| matches!(c, Change::SetVoters(_))),
+        "{changes:?}"
+    );
+    view[1].down_for = Some(Duration::from_secs(61));
+    settle(&cluster, &["a", "c"], &view).await;
+    let leader = cluster.leader(&["a", "c", "d"]).await;
+    assert_eq!(voters_of(&cluster, &leader), ["a", "c", "d"]);
+    write(&cluster.raft(&leader), "replaced").await.unwrap();
+    cluster.wait_for_node("d", "replaced").await;
 }
