@@ -322,25 +322,22 @@ impl Formation {
         ask(self.role, attempt)
     }
 
-    /// Stops being a candidate and frees every node that granted.
+    /// Stops being a candidate and frees every node that granted. The promise to itself
+    /// goes too, also one left from before a restart, unless this node initialised (then
+    /// the grants it counted are spent for good).
     fn withdraw(&mut self, sends: &mut Vec<Output>) {
-        let Some(candidacy) = self.candidacy.take() else {
-            return;
-        };
-        for name in candidacy.grants.iter().filter(|name| **name != self.me) {
-            sends.push(send(
-                name,
-                Message::Release {
-                    attempt: candidacy.attempt,
-                },
-            ));
+        if let Some(candidacy) = self.candidacy.take() {
+            for name in candidacy.grants.iter().filter(|name| **name != self.me) {
+                let attempt = candidacy.attempt;
+                sends.push(send(name, Message::Release { attempt }));
+            }
         }
-        if self
+        let promised_itself = self
             .record
             .promise
             .as_ref()
-            .is_some_and(|p| p.candidate == self.me)
-        {
+            .is_some_and(|p| p.candidate == self.me);
+        if promised_itself && self.record.initialised.is_none() {
             self.record.promise = None;
         }
     }
@@ -622,6 +619,33 @@ mod tests {
         assert!(c.handle(release(1)).is_empty());
         assert_eq!(c.record().promise.as_ref().unwrap().attempt, 2);
         assert_eq!(c.handle(release(2)), [Output::Save(Record::default())]);
+    }
+
+    #[test]
+    fn a_candidate_restarted_before_it_met_the_better_node_lets_its_own_promise_go() {
+        // b stood (promising itself) and restarted; now it sees a, which ranks first.
+        let record = Record {
+            promise: Some(Promise {
+                candidate: "b".into(),
+                attempt: 1,
+            }),
+            attempts: 1,
+            initialised: None,
+        };
+        let mut b = Formation::new("b", Role::Auto, 3, record);
+        let view = ["a", "b", "c"].map(|n| Peer::alive(n, Role::Auto)).to_vec();
+        let outputs = b.handle(Input::View(view));
+        assert_eq!(
+            outputs,
+            [Output::Save(Record {
+                attempts: 1,
+                ..Record::default()
+            })]
+        );
+        assert_eq!(
+            b.handle(asked_by("a", 1))[1],
+            send("a", Message::Grant { attempt: 1 })
+        );
     }
 
     #[test]

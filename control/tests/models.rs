@@ -12,6 +12,9 @@ use keelson_control::Peer;
 use stateright::{Checker, Model, Property};
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+/// Retries each node may take once the network is quiet, between two changes of view:
+/// enough for a lost message and a withdrawn candidate's grants to be asked for again.
+const RETRIES: u8 = 3;
 
 /// Formation among `nodes` nodes on a network that reorders, loses (up to `drops`
 /// messages) and duplicates nothing; up to `restarts` node restarts (a restart keeps the
@@ -39,6 +42,11 @@ struct FormationState {
     initialised: Vec<(usize, Vec<String>)>,
     drops_left: u8,
     restarts_left: u8,
+    /// Retries left: bounded, so that a run that cannot finish without endless retries
+    /// ends, and the `eventually` property sees it (stateright does not judge cycles).
+    /// Refilled when a node learns of another, restarts or changes its record (a grant
+    /// given or freed), since those are what retries wait for.
+    retries_left: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -103,6 +111,7 @@ impl Model for FormationModel {
             initialised: Vec::new(),
             drops_left: self.drops,
             restarts_left: self.restarts,
+            retries_left: vec![RETRIES; self.nodes],
         };
         for node in 0..self.nodes {
             let view = self.view(&state, node);
@@ -130,7 +139,7 @@ impl Model for FormationModel {
             }
             // Retries only on a quiet network, and only when they would send something,
             // so that a path comes to rest once nothing is left to do.
-            if state.network.is_empty() {
+            if state.network.is_empty() && state.retries_left[node] > 0 {
                 let mut probe = state.machines[node].clone();
                 if !probe.handle(Input::Retry).is_empty() {
                     actions.push(FormationAction::Retry(node));
@@ -149,6 +158,7 @@ impl Model for FormationModel {
         let mut state = last.clone();
         match action {
             FormationAction::Learn(node, peer) => {
+                state.retries_left = vec![RETRIES; self.nodes];
                 state.known[node].insert(peer);
                 let view = self.view(&state, node);
                 Self::feed(&mut state, node, view);
@@ -159,15 +169,23 @@ impl Model for FormationModel {
             }
             FormationAction::Deliver(from, to, message) => {
                 state.network.remove(&(from, to, message.clone()));
+                let before = state.machines[to].record().clone();
                 let from = NAMES[from].to_owned();
                 Self::feed(&mut state, to, Input::Received { from, message });
+                if *state.machines[to].record() != before {
+                    state.retries_left = vec![RETRIES; self.nodes];
+                }
             }
             FormationAction::Drop(from, to, message) => {
                 state.network.remove(&(from, to, message));
                 state.drops_left -= 1;
             }
-            FormationAction::Retry(node) => Self::feed(&mut state, node, Input::Retry),
+            FormationAction::Retry(node) => {
+                state.retries_left[node] -= 1;
+                Self::feed(&mut state, node, Input::Retry)
+            }
             FormationAction::Restart(node) => {
+                state.retries_left = vec![RETRIES; self.nodes];
                 state.restarts_left -= 1;
                 let record = state.machines[node].record().clone();
                 state.machines[node] = self.fresh(node, record);
