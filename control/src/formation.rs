@@ -318,10 +318,6 @@ impl Formation {
         None
     }
 
-    fn ask(&self, attempt: u64) -> Message {
-        ask(self.role, attempt)
-    }
-
     /// Stops being a candidate and frees every node that granted. The promise to itself
     /// goes too, also one left from before a restart, unless this node initialised (then
     /// the grants it counted are spent for good).
@@ -347,7 +343,7 @@ impl Formation {
         if let Some(candidacy) = &self.candidacy {
             for name in &candidacy.voters {
                 if !candidacy.grants.contains(name) {
-                    sends.push(send(name, self.ask(candidacy.attempt)));
+                    sends.push(send(name, ask(self.role, candidacy.attempt)));
                 }
             }
         } else if let Some(promise) = &self.record.promise {
