@@ -23,6 +23,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Serialize lets keelctl print any response as JSON or YAML with protobuf's field names.
     tonic_prost_build::configure()
         .type_attribute(".keelson", "#[derive(serde::Serialize)]")
+        // `cluster status -o json` promises Kubernetes-style names (commitIndex).
+        .type_attribute(
+            ".keelson.cluster.v1.StatusResponse",
+            "#[serde(rename_all = \"camelCase\")]",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

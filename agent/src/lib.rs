@@ -12,7 +12,7 @@
 //! [`dhcp`] client per interface), [`files`] and the hostname; [`seed`] finds NoCloud seeds
 //! and [`fetch`] gets `http://` documents. [`system`] gathers what `Machine.Status` reports;
 //! [`boot_history`] keeps the list of boots on STATE; [`cluster`] starts membership
-//! gossip; [`static_pods`] keeps the node's
+//! gossip and [`control_plane`] Raft, formation and the leader's upkeep over it; [`static_pods`] keeps the node's
 //! static pods running and [`eviction`] evicts pods when memory or STATE runs short;
 //! [`logs`] keeps the agent's log for
 //! the API (`keelson_linux::kmsg` reads the kernel's); [`api`] is the gRPC server, a thin layer over
@@ -21,7 +21,10 @@
 pub mod api;
 pub mod boot_history;
 pub mod cluster;
+pub mod control_plane;
 pub mod eviction;
+pub mod fleet_lock;
+pub mod node_object;
 pub mod static_pods;
 pub mod system;
 
@@ -60,7 +63,7 @@ pub async fn run(
     let update_policy = configured
         .in_force
         .as_ref()
-        .and_then(|config| config.update.clone());
+        .and_then(|config| config.update_policy(&fleet_lock::built_in_url()));
     let engine = Arc::new(update_engine(&options, &identity));
     let images = open_image_store(&options).await;
     let (served, context) =
@@ -107,8 +110,17 @@ pub(crate) async fn join_cluster(context: &Arc<api::ApiContext>) {
         context.listen.port(),
     )
     .await;
-    if let Some(started) = started {
-        let _ = context.gossip.set(started);
+    let Some(started) = started else {
+        return;
+    };
+    let gossip = started.as_ref().ok().cloned();
+    let _ = context.gossip.set(started);
+    if let (Some(gossip), Some(config)) = (gossip, config) {
+        let control = control_plane::start(&config, gossip, &context.state_dir).await;
+        if let Err(problem) = &control {
+            warn!("cluster: no control plane on this node: {problem}");
+        }
+        let _ = context.control.set(control);
     }
 }
 
@@ -228,6 +240,7 @@ async fn serve_api(
         pods: std::sync::OnceLock::new(),
         static_pods: Default::default(),
         gossip: Default::default(),
+        control: Default::default(),
     });
     let served = tokio::spawn(api::serve(listener, context.clone()));
     Ok((served, context))
@@ -244,7 +257,10 @@ async fn start_kubelet(
     use keelson_kubelet::engine::{Engine, EnginePaths};
     let (log_limits, pod_cidr) = {
         let config = context.in_force.lock().await;
-        (log_limits(config.as_ref()), pod_cidr(config.as_ref()))
+        (
+            log_limits(config.as_ref()),
+            pod_cidr(config.as_ref(), &options.state_dir),
+        )
     };
     let started = (|| {
         if !options.manage_machine {
@@ -298,14 +314,30 @@ async fn start_kubelet(
 }
 
 /// The node's pod CIDR: the config's `kubelet.podCIDR` (checked when the config was
-/// loaded), else the default.
-fn pod_cidr(config: Option<&keelson_config::model::MachineConfig>) -> keelson_net::ipam::PodCidr {
+/// loaded); else, in a cluster, the block the control plane leased to this node (kept on
+/// STATE from an earlier registration); else the default.
+fn pod_cidr(
+    config: Option<&keelson_config::model::MachineConfig>,
+    state_dir: &std::path::Path,
+) -> keelson_net::ipam::PodCidr {
     let settings = config
         .and_then(|config| config.kubelet.clone())
         .unwrap_or_default();
-    keelson_net::ipam::PodCidr::parse(settings.pod_cidr()).unwrap_or_else(|error| {
+    let leased = std::fs::read_to_string(control_plane::leased_pod_cidr_path(state_dir))
+        .ok()
+        .map(|text| text.trim().to_owned())
+        .filter(|_| config.is_some_and(|config| config.cluster.is_some()));
+    let (chosen, source) = match (&settings.pod_cidr, leased) {
+        (Some(given), _) => (given.clone(), "kubelet.podCIDR"),
+        (None, Some(leased)) => (leased, "the cluster's lease"),
+        (None, None) => (
+            keelson_config::model::DEFAULT_POD_CIDR.to_owned(),
+            "the default",
+        ),
+    };
+    keelson_net::ipam::PodCidr::parse(&chosen).unwrap_or_else(|error| {
         warn!(
-            "kubelet.podCIDR: {error}; pods take the default {}",
+            "pod CIDR {chosen} from {source}: {error}; pods take the default {}",
             keelson_config::model::DEFAULT_POD_CIDR
         );
         keelson_net::ipam::PodCidr::default()

@@ -201,15 +201,20 @@ impl ClusterCa {
     ) -> Result<CertifiedKey, PkiError> {
         let key = new_key("generate a node key")?;
         let common_name = names.first().map(String::as_str).unwrap_or("keelson node");
+        // Nodes present the same certificate when they call each other (Raft, formation),
+        // so it is a client certificate too, with the node role.
         let mut params = base_params(
             names.to_vec(),
             common_name,
-            None,
+            Some(&Role::Node.organization()),
             now - CLOCK_SKEW,
             now + NODE_VALIDITY,
         )?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.issuer)

@@ -17,10 +17,14 @@ pub enum Role {
     Operator,
     /// Everything, including replacing the config and wiping the node.
     Admin,
+    /// Another node of the cluster (its node certificate): the control plane's own calls
+    /// (Raft, formation, forwarded writes) and what a reader may read, nothing more. It
+    /// stands beside the client roles, not above or below them.
+    Node,
 }
 
 impl Role {
-    /// Every role, least first.
+    /// Every role a client certificate may carry, least first (nodes carry [`Role::Node`]).
     pub const ALL: [Role; 3] = [Role::Reader, Role::Operator, Role::Admin];
 
     /// The name used in certificates, configs and messages.
@@ -29,6 +33,7 @@ impl Role {
             Role::Reader => "reader",
             Role::Operator => "operator",
             Role::Admin => "admin",
+            Role::Node => "node",
         }
     }
 
@@ -44,9 +49,14 @@ impl Role {
             .and_then(|name| name.parse().ok())
     }
 
-    /// True when this role may do what `needed` allows.
+    /// True when this role may do what `needed` allows: client roles are ordered; the node
+    /// role may call node methods and read, and no client role may call node methods.
     pub fn allows(self, needed: Role) -> bool {
-        self >= needed
+        match (self, needed) {
+            (Role::Node, needed) => matches!(needed, Role::Node | Role::Reader),
+            (_, Role::Node) => false,
+            (held, needed) => held >= needed,
+        }
     }
 }
 
@@ -62,6 +72,7 @@ impl FromStr for Role {
     fn from_str(text: &str) -> Result<Role, String> {
         Role::ALL
             .into_iter()
+            .chain([Role::Node])
             .find(|role| role.name() == text)
             .ok_or_else(|| format!("{text:?} is not a role (reader, operator or admin)"))
     }
@@ -107,6 +118,15 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     // pods/exec is a create.
     ("/keelson.pods.v1.Pods/Exec", Role::Operator),
     ("/keelson.cluster.v1.Cluster/Members", Role::Reader),
+    ("/keelson.cluster.v1.Cluster/Status", Role::Reader),
+    ("/keelson.cluster.v1.Cluster/Raft", Role::Node),
+    ("/keelson.cluster.v1.Cluster/Formation", Role::Node),
+    ("/keelson.cluster.v1.Cluster/Register", Role::Node),
+    ("/keelson.cluster.v1.Cluster/Nodes", Role::Reader),
+    ("/keelson.cluster.v1.Cluster/DeleteNode", Role::Operator),
+    ("/keelson.cluster.v1.Cluster/Write", Role::Node),
+    ("/keelson.cluster.v1.Cluster/Lock", Role::Node),
+    ("/keelson.cluster.v1.Cluster/LockStatus", Role::Reader),
 ];
 
 /// The least role `method` (a gRPC path) needs; `None` for a method the API lacks.
@@ -133,6 +153,12 @@ mod tests {
         assert!(Role::Operator.allows(Role::Reader));
         assert!(!Role::Reader.allows(Role::Operator));
         assert!(!Role::Operator.allows(Role::Admin));
+        assert!(Role::Node.allows(Role::Node) && Role::Node.allows(Role::Reader));
+        assert!(!Role::Node.allows(Role::Operator) && !Role::Node.allows(Role::Admin));
+        for client in Role::ALL {
+            assert!(!client.allows(Role::Node), "{client} may not act as a node");
+        }
+        assert_eq!(Role::from_organization("keelson:node"), Some(Role::Node));
         for role in Role::ALL {
             assert_eq!(Role::from_organization(&role.organization()), Some(role));
         }

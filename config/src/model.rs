@@ -265,6 +265,22 @@ fn size_bytes(text: &str) -> Result<u64, String> {
 }
 
 impl MachineConfig {
+    /// The update policy in force: the `update` section, with the cluster's built-in
+    /// FleetLock server (`built_in_fleet_lock`, its URL) filled in where a node in a cluster
+    /// asks for `fleet-lock` without a URL.
+    pub fn update_policy(&self, built_in_fleet_lock: &str) -> Option<UpdatePolicy> {
+        let mut policy = self.update.clone()?;
+        if self.cluster.is_some() && policy.effective_reboot_policy() == RebootPolicy::FleetLock {
+            let lock = policy.fleet_lock.get_or_insert(FleetLock {
+                url: None,
+                group: None,
+            });
+            lock.url
+                .get_or_insert_with(|| built_in_fleet_lock.to_owned());
+        }
+        Some(policy)
+    }
+
     /// An empty configuration of the current version: every default.
     pub fn empty() -> MachineConfig {
         MachineConfig {
@@ -668,8 +684,10 @@ impl RebootWindow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FleetLock {
-    /// Base URL (`http://` or `https://`).
-    pub url: String,
+    /// Base URL (`http://` or `https://`). In a cluster it may be left out: the nodes then
+    /// use the cluster's built-in FleetLock server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// Lock group (default `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,

@@ -442,7 +442,7 @@ pub fn plan(config: &MachineConfig, origins: &Origins, findings: &mut Findings) 
                 );
             }
         }
-        check_update(&mut check, update);
+        check_update(&mut check, update, config.cluster.is_some());
     }
     check_static_pods(&mut check, &config.static_pods);
     if let Some(kubelet) = &config.kubelet {
@@ -1156,14 +1156,18 @@ fn check_cluster(check: &mut Checker<'_>, cluster: &model::Cluster) {
     }
 }
 
-fn check_update(check: &mut Checker<'_>, update: &model::UpdatePolicy) {
+fn check_update(check: &mut Checker<'_>, update: &model::UpdatePolicy, in_cluster: bool) {
     use model::{RebootPolicy, UpdateStrategy};
     let is_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
-    if let Some(lock) = &update.fleet_lock {
-        if !is_url(&lock.url) {
+    if let Some(url) = update
+        .fleet_lock
+        .as_ref()
+        .and_then(|lock| lock.url.as_ref())
+    {
+        if !is_url(url) {
             check.error(
                 "update.fleetLock.url",
-                format!("{:?} is not an http:// or https:// URL", lock.url),
+                format!("{url:?} is not an http:// or https:// URL"),
             );
         }
     }
@@ -1199,10 +1203,19 @@ fn check_update(check: &mut Checker<'_>, update: &model::UpdatePolicy) {
             "update.rebootPolicy",
             "window needs update.window: {days, start, lengthMinutes}",
         ),
-        RebootPolicy::FleetLock if update.fleet_lock.is_none() => check.error(
-            "update.rebootPolicy",
-            "fleet-lock needs update.fleetLock: {url, group}",
-        ),
+        RebootPolicy::FleetLock
+            if !in_cluster
+                && update
+                    .fleet_lock
+                    .as_ref()
+                    .is_none_or(|lock| lock.url.is_none()) =>
+        {
+            check.error(
+                "update.rebootPolicy",
+                "fleet-lock needs update.fleetLock.url outside a cluster (in a cluster, the \
+                 cluster's built-in FleetLock server is used when no URL is given)",
+            )
+        }
         _ => {}
     }
     if update.reboot_policy.is_none() && update.fleet_lock.is_some() && update.window.is_some() {

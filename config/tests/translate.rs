@@ -444,6 +444,38 @@ fn update_policies_are_checked_whole() {
     }
 }
 
+#[test]
+fn in_a_cluster_fleet_lock_needs_no_url_and_uses_the_built_in_server() {
+    let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\n";
+    let cluster = "cluster:\n  name: lab\n  secret: 0123456789abcdef0123456789abcdef\n";
+    let update = "update:\n  rebootPolicy: fleet-lock\n  fleetLock: {group: workers}\n";
+    let accepted = load("test", format!("{base}{cluster}{update}").as_bytes()).unwrap();
+    let policy = accepted
+        .config
+        .update_policy("http://127.0.0.1:4242")
+        .unwrap();
+    let lock = policy.fleet_lock.unwrap();
+    assert_eq!(lock.url.as_deref(), Some("http://127.0.0.1:4242"));
+    assert_eq!(lock.group.as_deref(), Some("workers"));
+    // A URL given wins over the built-in server.
+    let given = "update:\n  fleetLock: {url: http://airlock.lab:3333}\n";
+    let accepted = load("test", format!("{base}{cluster}{given}").as_bytes()).unwrap();
+    let policy = accepted
+        .config
+        .update_policy("http://127.0.0.1:4242")
+        .unwrap();
+    assert_eq!(
+        policy.fleet_lock.unwrap().url.as_deref(),
+        Some("http://airlock.lab:3333")
+    );
+    // Outside a cluster there is no built-in server to fall back on.
+    assert_refused_at(
+        &format!("{base}{update}"),
+        "update.rebootPolicy",
+        "outside a cluster",
+    );
+}
+
 /// `document` is refused with an error at `field` whose reason holds `words`.
 fn assert_refused_at(document: &str, field: &str, words: &str) {
     let rejected = load("test", document.as_bytes()).unwrap_err();

@@ -162,6 +162,26 @@ impl Leases {
         Ok(self.network.block(free).expect("a free index is in range"))
     }
 
+    /// Takes back a lease read from the store (block number `index` held by `node`);
+    /// refuses (false) a block outside the network or held by another node, which a
+    /// changed `cluster.podCIDR` can leave behind.
+    pub fn hold(&mut self, node: &str, index: u32) -> bool {
+        let taken = self
+            .by_node
+            .iter()
+            .any(|(holder, held)| *held == index && holder != node);
+        if taken || self.network.block(index).is_none() {
+            return false;
+        }
+        self.by_node.insert(node.to_owned(), index);
+        true
+    }
+
+    /// The block number of `node`'s lease.
+    pub fn index_of(&self, node: &str) -> Option<u32> {
+        self.by_node.get(node).copied()
+    }
+
     /// Frees the block of a deleted node; returns it.
     pub fn release(&mut self, node: &str) -> Option<Block> {
         let block = self.of(node);
@@ -182,6 +202,18 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leases_read_back_are_held_and_a_clash_is_refused() {
+        let network = PodNetwork::new(Ipv4Addr::new(10, 244, 0, 0), 16, 24).unwrap();
+        let mut leases = Leases::new(network);
+        assert!(leases.hold("b", 1));
+        assert!(!leases.hold("c", 1), "block 1 is b's");
+        assert!(!leases.hold("c", 256), "outside a /16 of /24s");
+        assert_eq!(leases.lease("a").unwrap().to_string(), "10.244.0.0/24");
+        assert_eq!(leases.lease("c").unwrap().to_string(), "10.244.2.0/24");
+        assert_eq!(leases.index_of("b"), Some(1));
+    }
 
     fn default_network() -> PodNetwork {
         PodNetwork::new(Ipv4Addr::new(10, 244, 0, 0), 16, 24).unwrap()

@@ -111,6 +111,17 @@ impl RebootLock {
         RebootLock::default()
     }
 
+    /// The lock as the store keeps it: each group's holders.
+    pub fn restore(groups: impl IntoIterator<Item = (String, Vec<String>)>) -> RebootLock {
+        let mut lock = RebootLock::new();
+        for (group, holders) in groups {
+            if !holders.is_empty() {
+                lock.holders.entry(group).or_default().extend(holders);
+            }
+        }
+        lock
+    }
+
     /// Who holds `group`'s slots.
     pub fn holders(&self, group: &str) -> impl Iterator<Item = &str> + '_ {
         self.holders

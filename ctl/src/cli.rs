@@ -86,7 +86,7 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Run a command in a running container of a pod; exits with the command's exit code.
     Exec(ExecArgs),
-    /// The cluster as a node sees it: `cluster members`.
+    /// The cluster as a node sees it: `cluster members`, `cluster status`, `cluster lock`.
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Check a machine config offline (native YAML, Ignition JSON or #cloud-config) with
@@ -269,10 +269,10 @@ pub struct ApplyArgs {
 /// `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// What to get: pods (also pod, po).
-    #[arg(value_parser = ["pods", "pod", "po"])]
+    /// What to get: pods (also pod, po), or the cluster's nodes (nodes, node, no).
+    #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no"])]
     pub resource: String,
-    /// One pod's name.
+    /// One pod's (or node's) name.
     pub name: Option<String>,
     /// The namespace (default: default).
     #[arg(long)]
@@ -320,10 +320,11 @@ pub struct DescribeArgs {
 /// `delete`.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// What to delete: pods (also pod, po).
-    #[arg(value_parser = ["pods", "pod", "po"])]
+    /// What to delete: pods (also pod, po), or nodes that are gone for good (nodes, node,
+    /// no: their object and pod CIDR lease).
+    #[arg(value_parser = ["pods", "pod", "po", "nodes", "node", "no"])]
     pub resource: String,
-    /// The pods' names.
+    /// The pods' (or nodes') names.
     #[arg(required = true)]
     pub names: Vec<String>,
     /// The namespace.
@@ -544,6 +545,11 @@ pub enum ClusterCommand {
     /// The members the node's gossip knows: name, address, state (alive, suspect or
     /// down), role, version and slot; `-o wide` adds the generation, pod CIDR and API.
     Members,
+    /// The control plane: leader, term, voters, learners, and the commit and applied
+    /// indexes (the leader's answer, whichever node is asked).
+    Status,
+    /// The built-in FleetLock server's reboot lock: each group's slots and holders.
+    Lock,
 }
 
 /// `image`.

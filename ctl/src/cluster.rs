@@ -1,29 +1,52 @@
-//! `cluster members`: the `keelson.cluster.v1` verbs.
+//! `cluster members` and `cluster status`: the `keelson.cluster.v1` verbs.
 //!
-//! Each node answers with its own gossip's view, so asking one node is enough; asked
-//! several, the table says which node saw what (`SEEN BY`), which is how a partition
-//! shows.
+//! For members, each node answers with its own gossip's view, so asking one node is
+//! enough; asked several, the table says which node saw what (`SEEN BY`), which is how a
+//! partition shows. For status, a node asks the leader, so every node gives the leader's
+//! answer while it can reach it.
 
 use keelson_api::cluster::cluster_client::ClusterClient;
-use keelson_api::cluster::{MembersRequest, MembersResponse};
+use keelson_api::cluster::{
+    LockStatusRequest, LockStatusResponse, MembersRequest, MembersResponse, StatusRequest,
+    StatusResponse,
+};
 
 use crate::output::{Format, Table};
 use crate::session::{describe_status, report, Answers, Session};
 
+/// One unary call of the cluster service to `node`: its answer, or what went wrong in
+/// keelctl's words.
+pub async fn call<T, F, Fut>(session: &Session, node: &str, call: F) -> Result<T, String>
+where
+    F: FnOnce(ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let channel = session.channel(node).await?;
+    call(ClusterClient::new(channel))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| describe_status(&status))
+}
+
+/// The same call to every node of the session at once.
+async fn call_all<T, F, Fut>(session: &Session, make: F) -> Answers<T>
+where
+    F: Fn(ClusterClient<tonic::transport::Channel>) -> Fut + Clone,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let calls = session.nodes.iter().map(|node| {
+        let make = make.clone();
+        async move { (node.clone(), call(session, node, make).await) }
+    });
+    futures::future::join_all(calls).await
+}
+
 /// `keelctl cluster members [-o wide|json|yaml]`.
 pub async fn members(session: &Session) -> anyhow::Result<bool> {
-    let calls = session.nodes.iter().map(|node| async move {
-        let outcome = match session.channel(node).await {
-            Ok(channel) => ClusterClient::new(channel)
-                .members(MembersRequest {})
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|status| describe_status(&status)),
-            Err(error) => Err(error),
-        };
-        (node.clone(), outcome)
-    });
-    let answers: Answers<MembersResponse> = futures::future::join_all(calls).await;
+    let answers: Answers<MembersResponse> = call_all(session, |mut client| async move {
+        client.members(MembersRequest {}).await
+    })
+    .await;
     let mut all_good = true;
     for (node, answer) in &answers {
         match answer {
@@ -46,6 +69,110 @@ pub async fn members(session: &Session) -> anyhow::Result<bool> {
         table(answers, several, wide)
     })?;
     Ok(printed && all_good)
+}
+
+/// `keelctl cluster status [-o json|yaml]`: exits 1 when a node has no leader to report.
+pub async fn status(session: &Session) -> anyhow::Result<bool> {
+    let answers: Answers<StatusResponse> = call_all(session, |mut client| async move {
+        client.status(StatusRequest {}).await
+    })
+    .await;
+    let mut all_good = true;
+    for (node, answer) in &answers {
+        match answer {
+            Ok(answer) if !answer.enabled => {
+                eprintln!("error: {node}: its config has no cluster section");
+                all_good = false;
+            }
+            Ok(answer) if answer.leader.is_empty() => {
+                eprintln!("error: {node}: no leader: {}", answer.problem);
+                all_good = false;
+            }
+            _ => {}
+        }
+    }
+    let printed = report(session.format, answers, status_table)?;
+    Ok(printed && all_good)
+}
+
+/// `keelctl cluster lock [-o json|yaml]`: the leader's answer, through the first node that
+/// gives it.
+pub async fn lock(session: &Session) -> anyhow::Result<bool> {
+    let mut problems = Vec::new();
+    for node in &session.nodes {
+        let answer = call(session, node, |mut client| async move {
+            client.lock_status(LockStatusRequest {}).await
+        })
+        .await;
+        match answer {
+            Ok(answer) => {
+                let answers = vec![(node.clone(), Ok(answer))];
+                return report(session.format, answers, lock_table);
+            }
+            Err(problem) => problems.push(format!("{node}: {problem}")),
+        }
+    }
+    for problem in problems {
+        eprintln!("error: {problem}");
+    }
+    Ok(false)
+}
+
+/// GROUP SLOTS HOLDERS.
+fn lock_table(answers: &[(String, LockStatusResponse)]) -> String {
+    let mut table = Table::new(&["GROUP", "SLOTS", "HOLDERS"]);
+    for (_, answer) in answers {
+        for group in &answer.groups {
+            table.row(vec![
+                group.group.clone(),
+                group.slots.to_string(),
+                if group.holders.is_empty() {
+                    "-".into()
+                } else {
+                    group.holders.join(",")
+                },
+            ]);
+        }
+    }
+    table.render()
+}
+
+/// The status table: one row per node asked.
+fn status_table(answers: &[(String, StatusResponse)]) -> String {
+    let mut table = Table::new(&[
+        "NODE",
+        "LEADER",
+        "TERM",
+        "VOTERS",
+        "LEARNERS",
+        "COMMIT",
+        "APPLIED",
+        "ANSWERED BY",
+    ]);
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "-".to_string()
+        } else {
+            names.join(",")
+        }
+    };
+    for (node, answer) in answers {
+        table.row(vec![
+            node.clone(),
+            if answer.leader.is_empty() {
+                "-".into()
+            } else {
+                answer.leader.clone()
+            },
+            answer.term.to_string(),
+            list(&answer.voters),
+            list(&answer.learners),
+            answer.commit_index.to_string(),
+            answer.applied_index.to_string(),
+            answer.answered_by.clone(),
+        ]);
+    }
+    table.render()
 }
 
 /// The members table: one row per member and answering node.
@@ -95,6 +222,35 @@ fn table(answers: &[(String, MembersResponse)], several: bool, wide: bool) -> St
 mod tests {
     use super::*;
     use keelson_api::cluster::Member;
+
+    #[test]
+    fn status_json_uses_the_documented_field_names() {
+        let answer = StatusResponse {
+            enabled: true,
+            cluster: "lab".into(),
+            leader: "lab-1".into(),
+            term: 3,
+            voters: vec!["lab-1".into(), "lab-2".into(), "lab-3".into()],
+            learners: vec![],
+            commit_index: 12,
+            applied_index: 11,
+            answered_by: "lab-1".into(),
+            problem: String::new(),
+        };
+        let json = serde_json::to_value(&answer).unwrap();
+        for field in [
+            "leader",
+            "term",
+            "voters",
+            "learners",
+            "commitIndex",
+            "appliedIndex",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        let table = status_table(&[("10.0.0.1:50000".into(), answer)]);
+        assert!(table.contains("lab-1,lab-2,lab-3"), "{table}");
+    }
 
     fn member(name: &str, state: &str, version: &str) -> Member {
         Member {

@@ -23,6 +23,7 @@ pub mod generate;
 pub mod images;
 pub mod keelconfig;
 pub mod machine;
+pub mod nodes;
 pub mod output;
 pub mod pods;
 pub mod session;
@@ -84,7 +85,13 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
         Command::Top(arguments) => top::top(session, arguments).await,
         Command::Run(arguments) => pods::run(session, arguments).await,
         Command::Apply(arguments) => pods::apply(session, arguments).await,
+        Command::Get(arguments) if nodes::is_nodes(&arguments.resource) => {
+            nodes::get(session, arguments).await
+        }
         Command::Get(arguments) => pods::get(session, arguments).await,
+        Command::Delete(arguments) if nodes::is_nodes(&arguments.resource) => {
+            nodes::delete(session, &arguments.names).await
+        }
         Command::Delete(arguments) => pods::delete(session, arguments).await,
         Command::Exec(arguments) => {
             let code = exec::exec(session, arguments).await?;
@@ -114,6 +121,8 @@ async fn on_nodes(session: &Session, command: &Command) -> anyhow::Result<bool> 
             images::remove(session, arguments).await
         }
         Command::Cluster(cli::ClusterCommand::Members) => cluster::members(session).await,
+        Command::Cluster(cli::ClusterCommand::Status) => cluster::status(session).await,
+        Command::Cluster(cli::ClusterCommand::Lock) => cluster::lock(session).await,
         Command::Ls(arguments) => files::ls(session, arguments).await,
         Command::Read(arguments) => files::read(session, &arguments.path).await,
         // Dispatched by `run` before a session is opened.

@@ -422,7 +422,7 @@ pub(crate) fn namespace_scope(all_namespaces: bool, namespace: &Option<String>) 
     }
 }
 
-fn print_objects(format: Format, objects: &[Value]) -> anyhow::Result<()> {
+pub(crate) fn print_objects(format: Format, objects: &[Value]) -> anyhow::Result<()> {
     for object in objects {
         match format {
             Format::Yaml => print!("{}", serde_yaml::to_string(object)?),
@@ -432,7 +432,7 @@ fn print_objects(format: Format, objects: &[Value]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_list(format: Format, items: Vec<Value>) -> anyhow::Result<()> {
+pub(crate) fn print_list(format: Format, items: Vec<Value>) -> anyhow::Result<()> {
     let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
     print_objects(format, &[list])
 }
@@ -487,7 +487,7 @@ pub fn pod_table(session: &Session, pods: &[(String, Value)], namespaces: bool) 
     table.render()
 }
 
-fn seconds_since(text: &str, now: i64) -> Option<u64> {
+pub(crate) fn seconds_since(text: &str, now: i64) -> Option<u64> {
     let at =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(now - at.unix_timestamp()).ok()

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+pub mod cluster;
+pub mod relay;
+
 /// The address at which a guest on user networking reaches [`VmOptions::host_services`].
 pub const GUEST_SERVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
@@ -95,6 +98,22 @@ pub struct VmOptions {
     /// instead of the disk's boot loader; the disk stays attached. For baselines that
     /// must run in the same VM as Keelson.
     pub kernel_boot: Option<KernelBoot>,
+    /// A second NIC on a local cluster's segment (see [`relay`]).
+    pub segment: Option<SegmentNic>,
+    /// Boot the overlay and firmware variables already in the work directory (a node of a
+    /// local cluster started again) instead of fresh ones.
+    pub reuse_disk: bool,
+}
+
+/// A NIC whose Ethernet frames travel as UDP datagrams through a [`relay::Relay`].
+#[derive(Debug, Clone)]
+pub struct SegmentNic {
+    /// The relay's address.
+    pub relay: std::net::SocketAddr,
+    /// The address this NIC sends from and listens on.
+    pub local: std::net::SocketAddr,
+    /// Its MAC address, which the node's config matches.
+    pub mac: String,
 }
 
 /// A kernel booted directly by the firmware, see [`VmOptions::kernel_boot`].
@@ -128,6 +147,8 @@ impl VmOptions {
             tap: None,
             netns: None,
             kernel_boot: None,
+            segment: None,
+            reuse_disk: false,
         }
     }
 }
@@ -214,22 +235,26 @@ impl Vm {
             }
         };
         let overlay = dir.join("disk.qcow2");
-        let mut create = Command::new("qemu-img");
-        create
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&image)
-            .arg(&overlay);
-        if let Some(bytes) = options.disk_bytes {
-            create.arg(bytes.to_string());
-        }
-        run_quietly(&mut create)?;
-        std::fs::copy(&firmware.vars, dir.join("vars.fd"))
-            .context("copying the UEFI variable store")?;
         let console = options
             .console
             .clone()
             .unwrap_or_else(|| dir.join("console.log"));
-        std::fs::write(&console, b"").with_context(|| format!("creating {}", console.display()))?;
+        let reuse = options.reuse_disk && overlay.exists() && dir.join("vars.fd").exists();
+        if !reuse {
+            let mut create = Command::new("qemu-img");
+            create
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&image)
+                .arg(&overlay);
+            if let Some(bytes) = options.disk_bytes {
+                create.arg(bytes.to_string());
+            }
+            run_quietly(&mut create)?;
+            std::fs::copy(&firmware.vars, dir.join("vars.fd"))
+                .context("copying the UEFI variable store")?;
+            std::fs::write(&console, b"")
+                .with_context(|| format!("creating {}", console.display()))?;
+        }
         if let Some(seed) = &options.seed {
             build_seed(seed, &dir.join(SEED_IMAGE))?;
         }
@@ -348,7 +373,22 @@ impl Vm {
                 self.dir.join("disk.qcow2").display()
             ))
             .args(seed_drive(&self.dir, self.options.seed.is_some()))
-            .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"])
+            .args(["-netdev", &netdev, "-device"])
+            .arg(format!(
+                "virtio-net-pci,netdev=net0,mac={}",
+                cluster::USER_NIC_MAC
+            ))
+            .args(self.options.segment.iter().flat_map(|segment| {
+                [
+                    "-netdev".to_owned(),
+                    format!(
+                        "socket,id=segment,udp={},localaddr={}",
+                        segment.relay, segment.local
+                    ),
+                    "-device".to_owned(),
+                    format!("virtio-net-pci,netdev=segment,mac={}", segment.mac),
+                ]
+            }))
             .args(["-device", "virtio-rng-pci"])
             .arg("-chardev")
             .arg(format!(
@@ -362,6 +402,8 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("qemu.stderr"))?);
         let child = command.spawn().context("cannot start qemu-system-x86_64")?;
+        // For the tools that find a kept VM again (`keelson-qemu cluster stop`).
+        std::fs::write(self.dir.join("qemu.pid"), format!("{}\n", child.id()))?;
         self.child = Some(child);
         self.qmp = None;
         Ok(())

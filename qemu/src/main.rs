@@ -65,6 +65,83 @@ enum Verb {
         #[arg(long = "host-service", value_name = "GUESTPORT=HOSTPORT", value_parser = parse_host_service)]
         host_services: Vec<(u16, u16)>,
     },
+    /// Local clusters: several VMs on one L2 segment, with their PKI and configs.
+    #[command(subcommand)]
+    Cluster(ClusterVerb),
+}
+
+/// Where a local cluster lives: `--out DIR`, or `out/cluster-NAME` for `--name NAME`.
+#[derive(Debug, clap::Args)]
+struct ClusterPlace {
+    /// The cluster's name (nodes are NAME-1 … NAME-N).
+    #[arg(long, default_value = "keelson")]
+    name: String,
+    /// Its directory (default out/cluster-NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl ClusterPlace {
+    fn dir(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("out/cluster-{}", self.name)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterVerb {
+    /// Generate the PKI and configs, boot the VMs on one segment, and return once every
+    /// node is a member and a leader exists. The VMs keep running.
+    Create {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Voters wanted: 1, 3 or 5.
+        #[arg(long, default_value_t = 3)]
+        control_planes: u8,
+        /// The disk image (default out/keelson.raw, as scripts/run.sh builds it).
+        #[arg(long, default_value = "out/keelson.raw")]
+        image: PathBuf,
+        #[command(flatten)]
+        place: ClusterPlace,
+        /// Memory per VM in MiB.
+        #[arg(long, default_value_t = 768)]
+        memory: u32,
+        /// Seconds to wait for the cluster to form.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+    /// Each VM (running or stopped, address, API port) and the control plane's status.
+    Status {
+        #[command(flatten)]
+        place: ClusterPlace,
+    },
+    /// Cut a node's power (kill its VM), as pulling the plug would.
+    Stop {
+        /// The node (e.g. keelson-2).
+        node: String,
+        #[command(flatten)]
+        place: ClusterPlace,
+    },
+    /// Boot a stopped node again from its disk.
+    Start {
+        /// The node.
+        node: String,
+        #[command(flatten)]
+        place: ClusterPlace,
+    },
+    /// Kill every VM and remove the cluster's directory.
+    Destroy {
+        #[command(flatten)]
+        place: ClusterPlace,
+    },
+    /// The segment's relay (started by `create`; not for use by hand).
+    #[command(hide = true)]
+    Relay {
+        #[command(flatten)]
+        place: ClusterPlace,
+    },
 }
 
 fn port_pair(text: &str, separator: char, form: &str) -> Result<(u16, u16), String> {
@@ -117,6 +194,10 @@ fn main() {
 }
 
 fn run(arguments: Arguments) -> anyhow::Result<()> {
+    let command = match arguments.command {
+        Verb::Cluster(verb) => return cluster(verb),
+        run => run,
+    };
     let Verb::Run {
         image,
         wait_ready,
@@ -132,7 +213,10 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
         guest_address,
         forwards,
         host_services,
-    } = arguments.command;
+    } = command
+    else {
+        unreachable!("cluster verbs returned above")
+    };
     let mut options = VmOptions::new(image);
     options.console = console;
     options.api_port = Some(api_port);
@@ -194,6 +278,74 @@ fn run(arguments: Arguments) -> anyhow::Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `keelson-qemu cluster …`.
+fn cluster(verb: ClusterVerb) -> anyhow::Result<()> {
+    use keelson_qemu::cluster::{ClusterSpec, LocalCluster};
+    match verb {
+        ClusterVerb::Create {
+            nodes,
+            control_planes,
+            image,
+            place,
+            memory,
+            timeout,
+        } => {
+            let mut spec = ClusterSpec::new(&place.name, nodes, &image, &place.dir());
+            spec.control_planes = control_planes;
+            spec.memory_mib = memory;
+            let cluster = LocalCluster::create(&spec)?;
+            eprintln!(
+                "keelson-qemu: {nodes} nodes booting; consoles in {}/nodes/*/console.log",
+                cluster.dir.display()
+            );
+            let status = cluster.wait_formed(Duration::from_secs(timeout), |line| {
+                eprintln!("keelson-qemu: {line}")
+            })?;
+            println!(
+                "cluster {} formed: leader {}, voters {}",
+                place.name,
+                status.leader,
+                status.voters.join(", ")
+            );
+            println!(
+                "keelctl --keelconfig {} cluster members",
+                cluster.keelconfig().display()
+            );
+            Ok(())
+        }
+        ClusterVerb::Status { place } => {
+            let cluster = LocalCluster::open(&place.dir())?;
+            print!("{}", keelson_qemu::cluster::vm_table(&cluster));
+            match cluster.control_plane_status() {
+                Ok(status) => println!(
+                    "leader {} (term {}), voters {}, learners {}",
+                    if status.leader.is_empty() {
+                        "none"
+                    } else {
+                        &status.leader
+                    },
+                    status.term,
+                    status.voters.join(", "),
+                    if status.learners.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        status.learners.join(", ")
+                    }
+                ),
+                Err(error) => println!("control plane: {error:#}"),
+            }
+            Ok(())
+        }
+        ClusterVerb::Stop { node, place } => LocalCluster::open(&place.dir())?.stop(&node),
+        ClusterVerb::Start { node, place } => LocalCluster::open(&place.dir())?.boot(&node),
+        ClusterVerb::Destroy { place } => LocalCluster::open(&place.dir())?.destroy(),
+        ClusterVerb::Relay { place } => {
+            LocalCluster::open(&place.dir())?.relay()?.run()?;
+            Ok(())
+        }
     }
 }
 

@@ -124,6 +124,17 @@ impl DiskLog {
     }
 }
 
+impl DiskLog {
+    /// The last log index known committed (0 before any), for status reports.
+    pub async fn committed_index(&self) -> u64 {
+        self.inner
+            .lock()
+            .await
+            .committed
+            .map_or(0, |committed| committed.index)
+    }
+}
+
 /// A small JSON file the log saved, or `None` before it was first saved.
 fn read_saved<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
     let Some(bytes) = durable::read(dir, name)? else {

@@ -179,6 +179,64 @@ fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
         "the agent's state is hidden: {listing}"
     );
 
+    // Alone, the node forms a control plane of one once the formation wait has passed
+    // (three voters are wanted and it sees only itself), and leads it.
+    let formed = wait_for_leader(&node, Duration::from_secs(150));
+    assert_eq!(formed["leader"], "applied-node", "{formed}");
+    assert_eq!(
+        formed["voters"],
+        serde_json::json!(["applied-node"]),
+        "{formed}"
+    );
+    assert_eq!(formed["learners"], serde_json::json!([]), "{formed}");
+    assert_eq!(formed["answeredBy"], "applied-node", "{formed}");
+    let term = formed["term"].as_u64().unwrap();
+    let applied = formed["appliedIndex"].as_u64().unwrap();
+    assert!(term >= 1, "{formed}");
+    assert!(applied >= 1, "the membership entry is applied: {formed}");
+    assert!(
+        formed["commitIndex"].as_u64().unwrap() >= applied,
+        "{formed}"
+    );
+    let table = expect_success(
+        node.keelctl(Role::Reader, &["cluster", "status"]).unwrap(),
+        "cluster status",
+    );
+    assert!(table.starts_with("NODE "), "{table}");
+    // The node registers its v1/Node through the leader (itself) and is leased the first
+    // block of the cluster's pod network.
+    let registered = wait_for_node_object(&node);
+    assert_eq!(
+        registered["spec"]["podCIDR"], "10.244.0.0/24",
+        "{registered}"
+    );
+    assert_eq!(
+        registered["metadata"]["labels"]["keelson.dev/slot"], "a",
+        "{registered}"
+    );
+    assert_eq!(
+        registered["status"]["nodeInfo"]["osImage"],
+        format!("Keelson {}", status_version(&json)),
+        "{registered}"
+    );
+    assert_eq!(
+        registered["status"]["addresses"][0]["address"], "10.0.2.15",
+        "{registered}"
+    );
+    let uid = registered["metadata"]["uid"].as_str().unwrap().to_owned();
+    let nodes_table = expect_success(
+        node.keelctl(Role::Reader, &["get", "nodes", "-o", "wide"])
+            .unwrap(),
+        "get nodes -o wide",
+    );
+    assert!(nodes_table.starts_with("NAME "), "{nodes_table}");
+    let row = nodes_table.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with("applied-node ") && row.contains(" Ready "),
+        "{nodes_table}"
+    );
+    assert!(row.contains("10.244.0.0/24"), "{nodes_table}");
+
     // The agent restarts on request; PID 1 counts a second start.
     let restarted = expect_success(
         node.keelctl(Role::Operator, &["services", "restart", "keelsond"])
@@ -231,6 +289,26 @@ fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
     assert_eq!(after.hostname, "applied-node");
     assert_eq!(after.boots.len(), 2);
     assert_eq!(after.config.unwrap().source, "saved");
+    // The cluster is on STATE: after the reboot the node leads it again at once, with its
+    // log (no second formation, which would start again at index 1 in a new term 1).
+    // (A formation anew would have made a new object with a new uid.)
+    let again = wait_for_leader(&node, Duration::from_secs(90));
+    assert_eq!(
+        again["voters"],
+        serde_json::json!(["applied-node"]),
+        "{again}"
+    );
+    assert!(again["term"].as_u64().unwrap() >= term, "{again}");
+    let kept = wait_for_node_object(&node);
+    assert_eq!(
+        kept["metadata"]["uid"],
+        uid.as_str(),
+        "the same object: {kept}"
+    );
+    assert_eq!(
+        kept["spec"]["podCIDR"], "10.244.0.0/24",
+        "the same lease: {kept}"
+    );
 
     // Reset wipes STATE and the node is back in maintenance mode.
     let mark = node.vm.console_mark();
@@ -256,6 +334,54 @@ fn a_node_goes_from_maintenance_to_ready_reboots_and_resets() {
 }
 
 /// The OS version in `keelctl status -o json`'s answer.
+/// `cluster status -o json`'s answer once it names a leader.
+fn wait_for_leader(node: &TestNode, timeout: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (ok, text, errors) = node
+            .keelctl(Role::Reader, &["cluster", "status", "-o", "json"])
+            .unwrap();
+        if ok {
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            return parsed[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader within {} s: {errors}{text}",
+            timeout.as_secs()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The node's own object from `get nodes -o json`, once it has registered.
+fn wait_for_node_object(node: &TestNode) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (ok, text, errors) = node
+            .keelctl(Role::Reader, &["get", "nodes", "-o", "json"])
+            .unwrap();
+        if ok {
+            let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(list["kind"], "List", "{text}");
+            let items = list["items"].as_array().unwrap();
+            if let Some(found) = items
+                .iter()
+                .find(|item| item["metadata"]["name"] == "applied-node")
+            {
+                if found["spec"]["podCIDR"].is_string() {
+                    return found.clone();
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never registered: {errors}{text}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 fn status_version(status_json: &str) -> String {
     let parsed: serde_json::Value = serde_json::from_str(status_json).unwrap();
     parsed[0]["os_version"]

@@ -180,7 +180,7 @@ fn bad_updates_are_refused_and_a_channel_release_upgrades_through_fleetlock_and_
             )),
             reboot_policy: Some(RebootPolicy::FleetLock),
             fleet_lock: Some(FleetLockConfig {
-                url: format!("http://{GUEST_SERVICE_ADDRESS}:{FLEETLOCK_PORT}"),
+                url: Some(format!("http://{GUEST_SERVICE_ADDRESS}:{FLEETLOCK_PORT}")),
                 group: Some("e2e".into()),
             }),
             ..UpdatePolicy::default()

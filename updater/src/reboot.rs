@@ -68,19 +68,25 @@ impl RebootGate {
                 Some(Err(error)) => fallback(format!("the window is invalid: {error}")),
                 None => fallback("rebootPolicy is window but no window is given".to_owned()),
             },
-            RebootPolicy::FleetLock => match &policy.fleet_lock {
-                Some(lock) => (
-                    RebootGate::FleetLock(FleetLockClient::new(
-                        &lock.url,
-                        lock.group.as_deref().unwrap_or("default"),
-                        node_id,
-                    )),
-                    None,
-                ),
-                None => {
-                    fallback("rebootPolicy is fleet-lock but no fleetLock URL is given".to_owned())
+            RebootPolicy::FleetLock => {
+                match policy
+                    .fleet_lock
+                    .as_ref()
+                    .and_then(|lock| Some((lock, lock.url.as_ref()?)))
+                {
+                    Some((lock, url)) => (
+                        RebootGate::FleetLock(FleetLockClient::new(
+                            url,
+                            lock.group.as_deref().unwrap_or("default"),
+                            node_id,
+                        )),
+                        None,
+                    ),
+                    None => fallback(
+                        "rebootPolicy is fleet-lock but no fleetLock URL is given".to_owned(),
+                    ),
                 }
-            },
+            }
         }
     }
 

@@ -80,6 +80,8 @@ pub struct ApiContext {
     pub static_pods: crate::static_pods::StaticPodsState,
     /// Membership gossip, once started, or why it is not running.
     pub gossip: crate::cluster::SharedGossip,
+    /// This node's part in the control plane, once started, or why it has none.
+    pub control: crate::control_plane::SharedControlPlane,
 }
 
 /// How long a TLS handshake may take before the connection is dropped.

@@ -49,7 +49,7 @@ impl UpdateService {
             .lock()
             .await
             .as_ref()
-            .and_then(|config| config.update.clone())
+            .and_then(|config| config.update_policy(&crate::fleet_lock::built_in_url()))
     }
 
     /// The channel a call names, else the configured one. Only an operator may point the
