@@ -11,7 +11,7 @@ use std::path::Path;
 
 use keelson_cluster::membership::{GossipConfig, GOSSIP_PORT};
 use keelson_cluster::shell::{Gossip, GossipSettings};
-use keelson_cluster::{ClusterKey, Keyring, NodeId, NodeInfo};
+use keelson_cluster::{Keyring, NodeId, NodeInfo};
 use keelson_config::model::MachineConfig;
 use ring::rand::{SecureRandom, SystemRandom};
 use tracing::{info, warn};
@@ -69,7 +69,7 @@ pub async fn start(
                     .map(|kubelet| kubelet.pod_cidr().to_string()),
                 api_endpoint: SocketAddr::new(address, api_port).to_string(),
             },
-            keyring: Keyring::new(ClusterKey::from_secret(&cluster.name, &cluster.secret)),
+            keyring: keyring_of(cluster),
             seeds,
             discover,
             config: GossipConfig::lan(EXPECTED_NODES),
@@ -95,6 +95,25 @@ pub async fn start(
         warn!("cluster: not gossiping: {problem}");
     }
     Some(started)
+}
+
+/// The gossip keys a cluster section names: `secret` seals, `acceptSecrets` also open.
+pub fn keyring_of(cluster: &keelson_config::model::Cluster) -> Keyring {
+    Keyring::of_secrets(&cluster.name, &cluster.secret, &cluster.accept_secrets)
+}
+
+/// After a live apply-config: gossip takes the config's keys at once (a secret rotation's
+/// step). Other cluster settings take effect at the next start.
+pub async fn follow_config(config: Option<&MachineConfig>, gossip: &SharedGossip) {
+    let (Some(cluster), Some(Ok(gossip))) = (config.and_then(|c| c.cluster.as_ref()), gossip.get())
+    else {
+        return;
+    };
+    gossip.set_keyring(keyring_of(cluster)).await;
+    info!(
+        "cluster: gossip keys in force: sealing with the secret, {} more accepted",
+        cluster.accept_secrets.len()
+    );
 }
 
 /// How long to wait for the network (a DHCP lease) before giving up on gossip.

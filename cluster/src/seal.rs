@@ -150,6 +150,16 @@ impl Keyring {
         }
     }
 
+    /// The ring a config names: `secret` seals, `accepted` (older or newer secrets, while
+    /// the cluster rotates) also open.
+    pub fn of_secrets(cluster: &str, secret: &str, accepted: &[String]) -> Keyring {
+        let mut ring = Keyring::new(ClusterKey::from_secret(cluster, secret));
+        for other in accepted {
+            ring.install(ClusterKey::from_secret(cluster, other));
+        }
+        ring
+    }
+
     /// The key that seals.
     pub fn primary(&self) -> &ClusterKey {
         &self.keys[0]

@@ -65,6 +65,7 @@ impl std::fmt::Debug for Gossip {
 
 enum Command {
     SetInfo(NodeInfo),
+    SetKeyring(Keyring),
     Leave(oneshot::Sender<()>),
 }
 
@@ -136,6 +137,11 @@ impl Gossip {
     /// Publishes new node information (a pod CIDR, a new slot).
     pub async fn set_info(&self, info: NodeInfo) {
         let _ = self.commands.send(Command::SetInfo(info)).await;
+    }
+
+    /// Seals and opens with these keys from now on (a secret being rotated).
+    pub async fn set_keyring(&self, keyring: Keyring) {
+        let _ = self.commands.send(Command::SetKeyring(keyring)).await;
     }
 
     /// Tells the cluster this node leaves (on shutdown), and stops gossiping.
@@ -214,6 +220,10 @@ impl Shell {
                 },
                 command = commands.recv() => match command {
                     Some(Command::SetInfo(info)) => self.core.set_info(info),
+                    Some(Command::SetKeyring(keyring)) => {
+                        self.core.set_keyring(keyring);
+                        Vec::new()
+                    }
                     Some(Command::Leave(done)) => {
                         let outputs = self.core.leave();
                         self.perform(outputs).await;

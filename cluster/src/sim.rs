@@ -234,6 +234,13 @@ impl Simulation {
         self.nodes.is_empty()
     }
 
+    /// Gives a running node new keys (one step of a secret rotation).
+    pub fn set_keyring(&mut self, node: usize, keyring: crate::seal::Keyring) {
+        if let Some(core) = self.nodes[node].core.as_mut() {
+            core.set_keyring(keyring);
+        }
+    }
+
     /// Whether a node is started and not killed.
     pub fn is_running(&self, node: usize) -> bool {
         self.nodes[node].core.is_some()
@@ -251,11 +258,11 @@ impl Simulation {
     /// How `observer` sees `node`, if it knows it at all.
     pub fn state_of(&self, observer: usize, node: usize) -> Option<MemberState> {
         let name = &self.nodes[node].name;
-        self.view(observer)
-            .into_iter()
-            .filter(|member| &member.id.name == name)
-            .max_by_key(|member| member.id.generation)
-            .map(|member| member.state)
+        self.nodes[observer]
+            .core
+            .as_ref()?
+            .state_of(name)
+            .map(|(_, state)| state)
     }
 
     /// A running node's core.
@@ -307,19 +314,14 @@ impl Simulation {
             .filter(|n| self.is_running(*n))
             .collect();
         running.iter().all(|observer| {
-            let view = self.view(*observer);
+            let core = self.nodes[*observer].core.as_ref().expect("running");
             running.iter().all(|node| {
                 // A node renews its identity when it learns it was declared down, so its
                 // generation is the core's, not the one it started with.
                 let identity = self.nodes[*node].core.as_ref().expect("running").identity();
-                view.iter().any(|member| {
-                    member.id == *identity
-                        && member.state == MemberState::Alive
-                        && member
-                            .info
-                            .as_ref()
-                            .is_some_and(|info| info.generation == identity.generation)
-                })
+                core.state_of(&identity.name)
+                    .is_some_and(|(id, state)| id == *identity && state == MemberState::Alive)
+                    && core.info_generation(&identity.name) == Some(identity.generation)
             })
         })
     }

@@ -163,6 +163,68 @@ fn a_node_with_the_wrong_secret_stays_out_and_is_counted() {
 }
 
 #[test]
+fn the_secret_rotates_in_three_rolling_steps_without_losing_a_member() {
+    use keelson_cluster::seal::Keyring;
+    let old = keelson_cluster::sim::SECRET.to_owned();
+    let new = "fedcba9876543210fedcba9876543210".to_owned();
+    let mut cluster = formed(3, 11, Network::default());
+    let before: u64 = (0..3)
+        .map(|node| {
+            cluster
+                .membership(node)
+                .unwrap()
+                .counters()
+                .refused
+                .values()
+                .sum::<u64>()
+        })
+        .sum();
+    // Install the new secret everywhere; then seal with it everywhere; then drop the old
+    // one. Each step goes node by node, as apply-config would, with gossip in between.
+    let steps = [
+        Keyring::of_secrets("lab", &old, std::slice::from_ref(&new)),
+        Keyring::of_secrets("lab", &new, std::slice::from_ref(&old)),
+        Keyring::of_secrets("lab", &new, &[]),
+    ];
+    for keyring in steps {
+        for node in 0..3 {
+            cluster.set_keyring(node, keyring.clone());
+            cluster.run_for(Duration::from_secs(5));
+            for watched in 0..3 {
+                assert!(
+                    everyone_else_sees(&cluster, watched, MemberState::Alive),
+                    "node-{} is not alive everywhere during the rotation",
+                    watched + 1
+                );
+            }
+        }
+    }
+    cluster.run_for(MINUTE);
+    assert!(cluster.converged(), "the cluster holds after the rotation");
+    let after: u64 = (0..3)
+        .map(|node| {
+            cluster
+                .membership(node)
+                .unwrap()
+                .counters()
+                .refused
+                .values()
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(after, before, "no packet was refused during the rotation");
+    // A node that still has only the old secret is a stranger now.
+    let late = cluster.add_node(&old);
+    cluster.start(late, &[0]);
+    cluster.run_for(MINUTE);
+    assert_eq!(
+        cluster.view(late).len(),
+        1,
+        "the old secret opens nothing any more"
+    );
+}
+
+#[test]
 fn a_rebooted_node_rejoins_under_its_next_generation() {
     let mut cluster = formed(4, 5, Network::default());
     cluster.kill(2);

@@ -87,6 +87,9 @@ pub fn redacted_yaml(config: &MachineConfig) -> String {
     }
     if let Some(cluster) = &mut config.cluster {
         cluster.secret = REDACTED.into();
+        for other in &mut cluster.accept_secrets {
+            *other = REDACTED.into();
+        }
     }
     for auth in config.registries.auth.values_mut() {
         auth.password = REDACTED.into();
@@ -129,7 +132,16 @@ pub fn compare(in_force: Option<&MachineConfig>, new: &MachineConfig) -> Change 
     if current.time != new.time {
         reboot_needed_for.push("time");
     }
-    if current.cluster != new.cluster {
+    // The gossip keys change live (a secret rotation is a rolling apply on every node);
+    // the rest of the section shapes how the node joins, at its next start.
+    let without_keys = |cluster: &Option<crate::model::Cluster>| {
+        cluster.clone().map(|mut cluster| {
+            cluster.secret.clear();
+            cluster.accept_secrets.clear();
+            cluster
+        })
+    };
+    if without_keys(&current.cluster) != without_keys(&new.cluster) {
         reboot_needed_for.push("cluster");
     }
     if current.update != new.update {
@@ -217,6 +229,25 @@ mod tests {
         settings.pod_cidr = Some("10.88.0.0/24".into());
         new.kubelet = Some(settings);
         assert_eq!(compare(Some(&old), &new).reboot_needed_for, ["kubelet"]);
+    }
+
+    #[test]
+    fn rotating_the_cluster_secret_is_live_and_other_cluster_changes_are_not() {
+        let mut old = MachineConfig::empty();
+        old.cluster = Some(crate::model::Cluster::new("lab", "a".repeat(32)));
+        let mut rotated = old.clone();
+        rotated.cluster.as_mut().unwrap().accept_secrets = vec!["b".repeat(32)];
+        assert!(compare(Some(&old), &rotated).reboot_needed_for.is_empty());
+        let cluster = rotated.cluster.as_mut().unwrap();
+        cluster.secret = "b".repeat(32);
+        cluster.accept_secrets = vec!["a".repeat(32)];
+        assert!(compare(Some(&old), &rotated).reboot_needed_for.is_empty());
+        assert!(
+            !redacted_yaml(&rotated).contains(&"a".repeat(32)),
+            "accepted secrets are secret too"
+        );
+        rotated.cluster.as_mut().unwrap().control_planes = Some(5);
+        assert_eq!(compare(Some(&old), &rotated).reboot_needed_for, ["cluster"]);
     }
 
     #[test]

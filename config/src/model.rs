@@ -457,8 +457,14 @@ pub struct Time {
 pub struct Cluster {
     /// Cluster name: a DNS label.
     pub name: String,
-    /// Shared secret that authenticates gossip: at least 32 characters.
+    /// Shared secret that authenticates gossip: at least 32 characters. It seals what this
+    /// node sends.
     pub secret: String,
+    /// Other secrets this node also opens gossip with, while the cluster's secret is
+    /// rotated: add the new one here on every node; then make it `secret` (with the old one
+    /// here) on every node; then remove the old one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_secrets: Vec<String>,
     /// Nodes to contact first, as `host:port`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<String>,
@@ -504,6 +510,7 @@ impl Cluster {
         Cluster {
             name: name.into(),
             secret: secret.into(),
+            accept_secrets: Vec::new(),
             seeds: Vec::new(),
             role: Role::default(),
             control_planes: None,

@@ -1084,6 +1084,17 @@ fn check_cluster(check: &mut Checker<'_>, cluster: &model::Cluster) {
             "the secret must have at least 32 characters (keelctl gen config makes one)",
         );
     }
+    for (index, other) in cluster.accept_secrets.iter().enumerate() {
+        let field = format!("cluster.acceptSecrets[{index}]");
+        if other.chars().count() < 32 {
+            check.error(&field, "a secret must have at least 32 characters");
+        } else if *other == cluster.secret {
+            check.error(
+                &field,
+                "this is `secret` itself; list only the other secrets",
+            );
+        }
+    }
     if let Some(count) = cluster.control_planes {
         if ![1, 3, 5].contains(&count) {
             check.error(

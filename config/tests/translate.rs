@@ -476,6 +476,27 @@ fn in_a_cluster_fleet_lock_needs_no_url_and_uses_the_built_in_server() {
     );
 }
 
+#[test]
+fn accepted_secrets_are_checked_like_the_secret() {
+    let base = "apiVersion: keelson.dev/v1alpha1\nkind: MachineConfig\n";
+    let secret = "0123456789abcdef0123456789abcdef";
+    let cluster = |accept: &str| {
+        format!("{base}cluster:\n  name: lab\n  secret: {secret}\n  acceptSecrets: [{accept}]\n")
+    };
+    let accepted = load(
+        "test",
+        cluster("fedcba9876543210fedcba9876543210").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(accepted.config.cluster.unwrap().accept_secrets.len(), 1);
+    assert_refused_at(&cluster("short"), "cluster.acceptSecrets[0]", "at least 32");
+    assert_refused_at(
+        &cluster(secret),
+        "cluster.acceptSecrets[0]",
+        "`secret` itself",
+    );
+}
+
 /// `document` is refused with an error at `field` whose reason holds `words`.
 fn assert_refused_at(document: &str, field: &str, words: &str) {
     let rejected = load("test", document.as_bytes()).unwrap_err();

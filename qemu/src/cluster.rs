@@ -63,6 +63,11 @@ pub struct ClusterSpec {
     pub relay_in_process: bool,
     /// The built-in FleetLock server's slots (`cluster.rebootLock`), if not the default.
     pub reboot_lock: Option<keelson_config::model::RebootLockSlots>,
+    /// Every node's update policy (`update`), if any.
+    pub update: Option<keelson_config::model::UpdatePolicy>,
+    /// Services on the host the nodes may reach, as [`VmOptions::host_services`] (a test's
+    /// update server, say).
+    pub host_services: Vec<(u16, u16)>,
 }
 
 impl ClusterSpec {
@@ -79,6 +84,8 @@ impl ClusterSpec {
             strangers: 0,
             relay_in_process: false,
             reboot_lock: None,
+            update: None,
+            host_services: Vec::new(),
         }
     }
 }
@@ -94,6 +101,9 @@ pub struct ClusterState {
     pub memory_mib: u32,
     /// CPUs per VM.
     pub cpus: u32,
+    /// Host services every VM may reach.
+    #[serde(default)]
+    pub host_services: Vec<(u16, u16)>,
     /// The relay's address.
     pub relay: SocketAddr,
     /// Every VM, members first.
@@ -252,6 +262,7 @@ impl LocalCluster {
         let mut options = VmOptions::new(&self.state.image);
         options.memory_mib = self.state.memory_mib;
         options.cpus = self.state.cpus;
+        options.host_services = self.state.host_services.clone();
         options.api_port = Some(node.api_port);
         if node.fleet_lock_port != 0 {
             options.forwards = vec![(node.fleet_lock_port, FLEET_LOCK_GUEST_PORT)];
@@ -558,6 +569,7 @@ fn allocate(spec: &ClusterSpec) -> anyhow::Result<ClusterState> {
             .with_context(|| format!("disk image {} not found", spec.image.display()))?,
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
+        host_services: spec.host_services.clone(),
         relay,
         nodes,
     })
@@ -604,6 +616,9 @@ fn write_node_configs(spec: &ClusterSpec, dir: &Path, state: &ClusterState) -> a
 fn node_config(base: &MachineConfig, spec: &ClusterSpec, node: &NodeState) -> MachineConfig {
     let mut config = base.clone();
     config.hostname = Some(node.name.clone());
+    if spec.update.is_some() {
+        config.update = spec.update.clone();
+    }
     if let Some(cluster) = config.cluster.as_mut() {
         cluster.control_planes = Some(spec.control_planes);
         if spec.reboot_lock.is_some() {

@@ -140,6 +140,10 @@ pub struct Store {
     applied: u64,
     history: VecDeque<Event>,
     history_limit: usize,
+    /// Every change after this version is in `history`: a watch may resume from here on.
+    /// It moves when an event is dropped, and a restored snapshot starts it at its index
+    /// (the changes before it are not known one by one).
+    complete_from: u64,
 }
 
 impl Default for Store {
@@ -156,6 +160,7 @@ impl Store {
             applied: 0,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
+            complete_from: 0,
         }
     }
 
@@ -244,7 +249,9 @@ impl Store {
 
     fn record(&mut self, event_type: EventType, object: Value, index: u64) {
         if self.history.len() == self.history_limit {
-            self.history.pop_front();
+            if let Some(dropped) = self.history.pop_front() {
+                self.complete_from = dropped.resource_version;
+            }
         }
         self.history.push_back(Event {
             event_type,
@@ -256,12 +263,10 @@ impl Store {
     /// The events after `since` of `kind`, oldest first, or [`Expired`] when events after
     /// `since` have already left the history.
     pub fn events_since(&self, kind: &KindRef, since: u64) -> Result<Vec<&Event>, Expired> {
-        let oldest_kept = self.history.front().map(|e| e.resource_version);
-        if let Some(oldest) = oldest_kept {
-            // Versions from `oldest - 1` on can resume: nothing after them was dropped.
-            if since + 1 < oldest && self.dropped_any() {
-                return Err(Expired { oldest: oldest - 1 });
-            }
+        if since < self.complete_from {
+            return Err(Expired {
+                oldest: self.complete_from,
+            });
         }
         Ok(self
             .history
@@ -269,10 +274,6 @@ impl Store {
             .filter(|event| event.resource_version > since)
             .filter(|event| Key::of(&event.object).is_ok_and(|key| &key.kind == kind))
             .collect())
-    }
-
-    fn dropped_any(&self) -> bool {
-        self.history.len() == self.history_limit
     }
 
     /// Everything a snapshot holds: the objects and the last index applied. Watches do
@@ -292,6 +293,7 @@ impl Store {
             .ok_or("snapshot has no applied index")?;
         let mut store = Store::new(history_limit);
         store.applied = applied;
+        store.complete_from = applied;
         for object in value["objects"]
             .as_array()
             .ok_or("snapshot has no objects")?
@@ -477,6 +479,28 @@ mod tests {
         let expired = store.events_since(&nodes(), 1).unwrap_err();
         assert_eq!(expired, Expired { oldest: 2 });
         assert!(expired.to_string().contains("list again"));
+        // A full history that dropped nothing still serves every version.
+        let mut full = Store::new(2);
+        full.apply(1, &command(Op::Apply(node("a"))));
+        full.apply(2, &command(Op::Apply(node("b"))));
+        assert_eq!(names(full.events_since(&nodes(), 0).unwrap()), ["a", "b"]);
+    }
+
+    #[test]
+    fn after_a_snapshot_restore_older_watches_list_again_and_newer_ones_resume() {
+        let mut store = Store::new(16);
+        for index in 1..=3 {
+            store.apply(index, &command(Op::Apply(node(&format!("n{index}")))));
+        }
+        let mut restored = Store::restore(&store.snapshot(), 16).unwrap();
+        // The changes up to 3 are in the objects, not in an event history.
+        assert_eq!(
+            restored.events_since(&nodes(), 2).unwrap_err(),
+            Expired { oldest: 3 }
+        );
+        assert!(restored.events_since(&nodes(), 3).unwrap().is_empty());
+        restored.apply(4, &command(Op::Apply(node("n4"))));
+        assert_eq!(restored.events_since(&nodes(), 3).unwrap().len(), 1);
     }
 
     #[test]

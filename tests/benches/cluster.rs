@@ -7,8 +7,10 @@
 //!   LAN settings use);
 //! - the bytes each node sends per second in a steady cluster (sealed datagrams, whole).
 //!
-//! The Raft half (failover to a new leader and a served write, in VMs) comes with the
-//! control plane; until then the bench says so rather than printing a figure.
+//! The Raft half boots a local cluster of three VMs (`keelson_qemu::cluster`), cuts the
+//! leader's power, and measures the time until a survivor knows a new leader and until the
+//! new leader commits a write (deleting the dead node's object), beside the configured
+//! election timeout. `KEELSON_BENCH_FAILOVER=0` leaves it out.
 //!
 //! Figures are printed, never asserted. Run: `cargo bench -p keelson-tests --bench cluster`
 //! (100 nodes). `KEELSON_GOSSIP_NODES=100,1000` picks the sizes; 1000 nodes does not finish
@@ -17,8 +19,11 @@
 
 use std::time::{Duration, Instant};
 
+use keelson_api::cluster::cluster_client::ClusterClient;
+use keelson_api::cluster::{DeleteNodeRequest, StatusRequest, StatusResponse};
 use keelson_cluster::membership::{GossipConfig, MemberState};
 use keelson_cluster::sim::{Network, Simulation};
+use keelson_qemu::cluster::{ClusterSpec, LocalCluster};
 
 fn main() {
     let sizes: Vec<usize> = match std::env::var("KEELSON_GOSSIP_NODES") {
@@ -44,7 +49,17 @@ fn main() {
         );
         last = Some((nodes, figures));
     }
-    println!("failover write: not measured yet (the Raft control plane has not landed)");
+    let failover = if std::env::var("KEELSON_BENCH_FAILOVER").as_deref() == Ok("0") {
+        None
+    } else {
+        match failover() {
+            Ok(failover) => Some(failover),
+            Err(error) => {
+                println!("failover: not measured: {error}");
+                None
+            }
+        }
+    };
     if let Some((nodes, figures)) = last {
         println!(
             "gossip {nodes} nodes detect {:.1} s, {:.0} bytes/s per node",
@@ -52,6 +67,104 @@ fn main() {
             figures.bytes_per_second
         );
     }
+    if let Some(write) = failover {
+        println!("failover write {:.1} s", write.as_secs_f64());
+    }
+}
+
+/// Three VMs; the leader's power is cut; a new leader, then a write it serves: the time
+/// from the cut to that write.
+fn failover() -> anyhow::Result<Duration> {
+    let image = keelson_tests::test_image();
+    let dir = tempfile::Builder::new()
+        .prefix("keelson-bench-")
+        .tempdir()?;
+    let mut spec = ClusterSpec::new("bench", 3, &image, dir.path());
+    spec.relay_in_process = true;
+    let cluster = LocalCluster::create(&spec)?;
+    cluster.wait_formed(Duration::from_secs(900), |_| {})?;
+    let tls = cluster.client()?;
+    let runtime = keelson_qemu::cluster::runtime()?;
+    let endpoint = |name: &str| cluster.node(name).map(|node| node.endpoint());
+    // Each node's own view (the forwarded mark keeps it from asking the leader).
+    let own_status = |name: &str| -> anyhow::Result<StatusResponse> {
+        let endpoint = endpoint(name)?;
+        runtime.block_on(async {
+            let channel = keelson_api::client::connect(&endpoint, &tls).await?;
+            let mut request = tonic::Request::new(StatusRequest {});
+            request
+                .metadata_mut()
+                .insert("keelson-forwarded", "1".parse()?);
+            request.set_timeout(Duration::from_secs(1));
+            Ok(ClusterClient::new(channel)
+                .status(request)
+                .await?
+                .into_inner())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let leader = loop {
+        let status = own_status("bench-1")?;
+        if status.voters.len() == 3 && !status.leader.is_empty() {
+            break status.leader;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "three voters never formed: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let survivors: Vec<String> = ["bench-1", "bench-2", "bench-3"]
+        .into_iter()
+        .filter(|name| *name != leader)
+        .map(str::to_owned)
+        .collect();
+    cluster.stop(&leader)?;
+    let cut = Instant::now();
+    let (new_leader, leader_after) = 'found: loop {
+        for survivor in &survivors {
+            if let Ok(status) = own_status(survivor) {
+                if !status.leader.is_empty() && status.leader != leader {
+                    break 'found (status.leader, cut.elapsed());
+                }
+            }
+        }
+        anyhow::ensure!(
+            cut.elapsed() < Duration::from_secs(60),
+            "no new leader within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let new_endpoint = endpoint(&new_leader)?;
+    let write_after = loop {
+        let deleted = runtime.block_on(async {
+            let channel = keelson_api::client::connect(&new_endpoint, &tls).await?;
+            let mut request = tonic::Request::new(DeleteNodeRequest {
+                name: leader.clone(),
+            });
+            request.set_timeout(Duration::from_secs(2));
+            anyhow::Ok(ClusterClient::new(channel).delete_node(request).await?)
+        });
+        if deleted.is_ok() {
+            break cut.elapsed();
+        }
+        anyhow::ensure!(
+            cut.elapsed() < Duration::from_secs(60),
+            "no write within 60 s: {deleted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let config = keelson_raft::types::config("bench");
+    println!(
+        "failover (3 VMs, TCG): leader {leader} cut; {new_leader} leads after {:.1} s, \
+         serves a write after {:.1} s (election timeout {:.1}–{:.1} s, heartbeat {:.2} s)",
+        leader_after.as_secs_f64(),
+        write_after.as_secs_f64(),
+        config.election_timeout_min as f64 / 1000.0,
+        config.election_timeout_max as f64 / 1000.0,
+        config.heartbeat_interval as f64 / 1000.0,
+    );
+    Ok(write_after)
 }
 
 struct Figures {

@@ -4,6 +4,9 @@
 //! leader's power is cut and the others go on; it comes back and rejoins; a leader cut off
 //! the segment loses the cluster to the majority and follows it after healing.
 //!
+//! Last, the fleet takes an update through the built-in FleetLock server, one node down at
+//! a time.
+//!
 //! One boot of four VMs (in parallel) serves every check, to keep the suite's time.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use keelson_qemu::cluster::{ClusterSpec, LocalCluster};
 use serde_json::Value;
+
+/// The guest port at which the nodes reach the test's update server.
+const BUNDLE_PORT: u16 = 8088;
 
 /// Four VMs boot at once under TCG on a small machine: formation has to wait for the
 /// slowest boot.
@@ -232,6 +238,15 @@ fn three_nodes_form_a_cluster_keep_it_through_a_power_cut_and_a_partition() {
         slots: Some(2),
         groups: BTreeMap::from([("solo".to_owned(), 1)]),
     });
+    // Updates reboot through the cluster's own FleetLock server: no URL is given.
+    spec.update = Some(keelson_config::model::UpdatePolicy {
+        reboot_policy: Some(keelson_config::model::RebootPolicy::FleetLock),
+        ..keelson_config::model::UpdatePolicy::default()
+    });
+    let (bundle, next_version) = keelson_tests::next_bundle();
+    let bundle_server =
+        keelson_tests::http::HttpServer::directory(bundle.parent().unwrap().to_owned());
+    spec.host_services = vec![(BUNDLE_PORT, bundle_server.port)];
     let cluster = LocalCluster::create(&spec).unwrap();
     let all = ["e2e-1", "e2e-2", "e2e-3"];
 
@@ -481,4 +496,88 @@ fn three_nodes_form_a_cluster_keep_it_through_a_power_cut_and_a_partition() {
     assert_eq!(pod_cidr(&back[victim]), leases[victim]);
     let missing = keelctl(&cluster, "e2e-3", &["delete", "node", "no-such-node"]).unwrap_err();
     assert!(missing.contains("no node no-such-node"), "{missing}");
+
+    // A fleet update: every node installs the next release at once and reboots into it
+    // only with a slot of the built-in lock. Two slots are configured, but all three are
+    // voters, so the quorum guard lets one reboot at a time; gossip (seen from a majority)
+    // never shows two nodes down together, and every node ends on the new release.
+    let url = format!(
+        "http://{}:{BUNDLE_PORT}/{}",
+        keelson_qemu::GUEST_SERVICE_ADDRESS,
+        bundle.file_name().unwrap().to_str().unwrap()
+    );
+    std::thread::scope(|scope| {
+        for node in all {
+            let (cluster, url) = (&cluster, &url);
+            scope.spawn(move || {
+                let installed = keelctl(cluster, node, &["upgrade", "--url", url]).unwrap();
+                eprintln!("{node}: {}", installed.trim());
+            });
+        }
+    });
+    let started = Instant::now();
+    let mut most_down = 0;
+    let mut most_holders = 0;
+    loop {
+        // Ask each node; the nodes rebooting do not answer, the others do.
+        let mut down_now = 0;
+        let mut versions = BTreeMap::new();
+        for node in all {
+            let Ok(text) = keelctl(&cluster, node, &["cluster", "members", "-o", "json"]) else {
+                continue;
+            };
+            let parsed: Value = serde_json::from_str(&text).unwrap();
+            let members = parsed[0]["members"].as_array().cloned().unwrap_or_default();
+            let down = members
+                .iter()
+                .filter(|member| member["state"] != "alive")
+                .count();
+            down_now = down_now.max(down);
+            for member in members {
+                if member["state"] == "alive" {
+                    versions.insert(
+                        member["name"].as_str().unwrap().to_owned(),
+                        (member["version"].clone(), member["slot"].clone()),
+                    );
+                }
+            }
+        }
+        most_down = most_down.max(down_now);
+        if let Ok(text) = keelctl(&cluster, "e2e-1", &["cluster", "lock", "-o", "json"]) {
+            let parsed: Value = serde_json::from_str(&text).unwrap();
+            let holders: usize = parsed[0]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|group| names(&group["holders"]).len())
+                .sum();
+            most_holders = most_holders.max(holders);
+        }
+        let updated = all.iter().all(|node| {
+            versions.get(*node) == Some(&(Value::from(next_version.as_str()), Value::from("b")))
+        });
+        if updated && most_holders > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the fleet did not finish its update: {versions:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "fleet updated to {next_version} in {} s; at most {most_down} node(s) down and {most_holders} slot(s) held at once",
+        started.elapsed().as_secs()
+    );
+    assert!(most_down <= 1, "two nodes were down at once");
+    assert!(most_holders <= 1, "two voters held reboot slots at once");
+    // Every slot goes back once the nodes run their blessed new release.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while lock_holders(&cluster, "e2e-1")
+        .values()
+        .any(|holders| !holders.is_empty())
+    {
+        assert!(Instant::now() < deadline, "a slot was never given back");
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

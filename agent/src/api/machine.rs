@@ -576,6 +576,14 @@ impl MachineService {
         switched.map_err(|error| {
             Status::internal(format!("the API cannot switch certificates: {error:#}"))
         })?;
+        if !was_maintenance && self.context.gossip.get().is_some() {
+            // A rotation step: the new keys apply at once, so the cluster never splits.
+            let context = self.context.clone();
+            tokio::spawn(async move {
+                let config = context.in_force.lock().await.clone();
+                crate::cluster::follow_config(config.as_ref(), &context.gossip).await;
+            });
+        }
         if was_maintenance && api.is_some() {
             crate::announce_ready(&self.context.report);
             if self.context.manage_machine {
