@@ -117,10 +117,48 @@ pub(crate) async fn join_cluster(context: &Arc<api::ApiContext>) {
     let _ = context.gossip.set(started);
     if let (Some(gossip), Some(config)) = (gossip, config) {
         let control = control_plane::start(&config, gossip, &context.state_dir).await;
-        if let Err(problem) = &control {
-            warn!("cluster: no control plane on this node: {problem}");
+        match &control {
+            Ok(control) => {
+                tokio::spawn(follow_lease(context.clone(), control.lease()));
+            }
+            Err(problem) => warn!("cluster: no control plane on this node: {problem}"),
         }
         let _ = context.control.set(control);
+    }
+}
+
+/// The kubelet's pods take the cluster's lease as their network as soon as it arrives
+/// (unless the config names `kubelet.podCIDR`), when no pod holds an address yet;
+/// otherwise at the next start.
+async fn follow_lease(
+    context: Arc<api::ApiContext>,
+    mut lease: tokio::sync::watch::Receiver<Option<String>>,
+) {
+    while lease.changed().await.is_ok() {
+        let Some(cidr) = lease.borrow_and_update().clone() else {
+            continue;
+        };
+        let given = context
+            .in_force
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|config| config.kubelet.as_ref()?.pod_cidr.clone());
+        if let Some(given) = given {
+            info!("pods: kubelet.podCIDR {given} wins over the cluster's lease {cidr}");
+            continue;
+        }
+        let Some(Ok(kubelet)) = context.pods.get() else {
+            continue;
+        };
+        match keelson_net::ipam::PodCidr::parse(&cidr) {
+            Ok(parsed) => match kubelet.adopt_pod_cidr(parsed) {
+                Ok(true) => info!("pods: the pod network is now {cidr}, the cluster's lease"),
+                Ok(false) => {}
+                Err(why) => info!("pods: {why}"),
+            },
+            Err(error) => warn!("pods: the lease {cidr} is not a pod CIDR: {error}"),
+        }
     }
 }
 

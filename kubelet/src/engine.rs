@@ -111,8 +111,11 @@ pub struct Engine {
     logs: PathBuf,
     sandboxes: PathBuf,
     volumes: PathBuf,
-    pod_cidr: PodCidr,
-    mtu: tokio::sync::Mutex<Option<u32>>,
+    /// The pods' network: the config's, the default, or the cluster's lease (which may
+    /// arrive while the engine runs, see [`Engine::set_pod_cidr`]).
+    pod_cidr: std::sync::RwLock<PodCidr>,
+    /// The bridge once made: for which CIDR, and the MTU pods get.
+    bridge: tokio::sync::Mutex<Option<(PodCidr, u32)>>,
     cgroups: CgroupTree,
     inherited: InheritedPipes,
     log_limits: LogLimits,
@@ -151,8 +154,8 @@ impl Engine {
             logs: paths.logs,
             sandboxes: paths.sandboxes,
             volumes: paths.volumes,
-            pod_cidr: PodCidr::default(),
-            mtu: tokio::sync::Mutex::new(None),
+            pod_cidr: std::sync::RwLock::new(PodCidr::default()),
+            bridge: tokio::sync::Mutex::new(None),
             cgroups: CgroupTree::new(paths.cgroup_root),
             inherited,
             log_limits: LogLimits::default(),
@@ -226,7 +229,7 @@ impl Engine {
             })?;
             let mtu = self.bridge().await.map_err(&error)?;
             let node_end = podnet::node_end_name(pod.metadata.uid.as_deref().unwrap_or_default());
-            podnet::attach(namespace, &node_end, address, &self.pod_cidr, mtu)
+            podnet::attach(namespace, &node_end, address, &self.pod_cidr(), mtu)
                 .await
                 .map_err(|reason| {
                     error(format!("cannot connect the pod to keelson0: {reason:#}"))
@@ -235,16 +238,24 @@ impl Engine {
         Ok(shared)
     }
 
-    /// The pods' bridge, made once per agent; the MTU pods get.
+    /// The pods' bridge, made once per agent (and given the new gateway once the pod
+    /// CIDR changed); the MTU pods get.
     async fn bridge(&self) -> Result<u32, String> {
-        let mut mtu = self.mtu.lock().await;
-        if let Some(mtu) = *mtu {
-            return Ok(mtu);
+        let cidr = self.pod_cidr();
+        let mut bridge = self.bridge.lock().await;
+        match *bridge {
+            Some((made_for, mtu)) if made_for == cidr => return Ok(mtu),
+            Some((old, _)) => podnet::remove_bridge_address(&old)
+                .await
+                .map_err(|reason| {
+                    format!("cannot take the old pod CIDR {old:?} off keelson0: {reason:#}")
+                })?,
+            None => {}
         }
-        let made = podnet::ensure_bridge(&self.pod_cidr)
+        let made = podnet::ensure_bridge(&cidr)
             .await
             .map_err(|reason| format!("cannot make the pods' bridge keelson0: {reason:#}"))?;
-        *mtu = Some(made);
+        *bridge = Some((cidr, made));
         Ok(made)
     }
 
@@ -293,13 +304,27 @@ impl Engine {
 
     /// The node's pod CIDR.
     pub fn pod_cidr(&self) -> PodCidr {
-        self.pod_cidr
+        // A poisoned lock still holds a whole value (a copy is written at once).
+        *self
+            .pod_cidr
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Gives pods addresses of `cidr` rather than of the default one.
-    pub fn with_pod_cidr(mut self, cidr: PodCidr) -> Engine {
-        self.pod_cidr = cidr;
+    pub fn with_pod_cidr(self, cidr: PodCidr) -> Engine {
+        self.set_pod_cidr(cidr);
         self
+    }
+
+    /// Pods attached from now on get addresses of `cidr`, and the bridge its gateway. The
+    /// caller makes sure no pod holds an address of the old one
+    /// ([`crate::pods::Kubelet::adopt_pod_cidr`]).
+    pub fn set_pod_cidr(&self, cidr: PodCidr) {
+        *self
+            .pod_cidr
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cidr;
     }
 
     /// Starts run number `run` of the pod's container `name` in the pod's `shared`

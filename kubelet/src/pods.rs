@@ -271,6 +271,33 @@ impl Kubelet {
         ipam
     }
 
+    /// Moves the pods' network to `cidr` (the cluster leased it to this node) while no pod
+    /// holds an address of the current one; returns whether it moved. With pods holding
+    /// addresses, nothing changes now and the reason is returned: the next start moves
+    /// them (see [`Kubelet::start`]).
+    pub fn adopt_pod_cidr(&self, cidr: PodCidr) -> Result<bool, String> {
+        let mut addresses = self
+            .addresses
+            .lock()
+            .map_err(|_| "the address book is unusable".to_string())?;
+        let current = addresses.cidr();
+        if current == cidr {
+            return Ok(false);
+        }
+        if addresses.held() > 0 {
+            return Err(format!(
+                "{} pod(s) hold addresses of {current}; they move to {cidr} at the next \
+                 agent start",
+                addresses.held()
+            ));
+        }
+        *addresses = Ipam::new(cidr);
+        self.engine.set_pod_cidr(cidr);
+        drop(addresses);
+        self.refresh_nat();
+        Ok(true)
+    }
+
     /// Puts the pods' NAT in force: masquerade, and every pod's hostPorts (when they
     /// differ from what is in force).
     fn refresh_nat(&self) {

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -247,6 +248,39 @@ pub async fn attach(
         .execute()
         .await
         .context("cannot give the pod its default route")?;
+    Ok(())
+}
+
+/// Takes an old pod CIDR's gateway address (and so its route) off the bridge, once the
+/// node's pods moved to another CIDR; an address that is not there is skipped.
+pub async fn remove_bridge_address(cidr: &PodCidr) -> anyhow::Result<()> {
+    let handle = connect()?;
+    let Some(index) = link_index(&handle, BRIDGE).await? else {
+        return Ok(());
+    };
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let gateway = IpAddr::V4(cidr.gateway());
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .context("cannot list keelson0's addresses")?
+    {
+        let holds = message.attributes.iter().any(|attribute| {
+            matches!(attribute, AddressAttribute::Address(address) if *address == gateway)
+        });
+        if holds {
+            handle
+                .address()
+                .del(message)
+                .execute()
+                .await
+                .with_context(|| format!("cannot remove {gateway} from keelson0"))?;
+        }
+    }
     Ok(())
 }
 

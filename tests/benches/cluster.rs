@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use keelson_api::cluster::cluster_client::ClusterClient;
-use keelson_api::cluster::{DeleteNodeRequest, StatusRequest, StatusResponse};
+use keelson_api::cluster::{DeleteNodeRequest, NodesRequest, StatusRequest, StatusResponse};
 use keelson_cluster::membership::{GossipConfig, MemberState};
 use keelson_cluster::sim::{Network, Simulation};
 use keelson_qemu::cluster::{ClusterSpec, LocalCluster};
@@ -114,6 +114,22 @@ fn failover() -> anyhow::Result<Duration> {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Every node registered, so that the dead leader's object is there to delete.
+    loop {
+        let registered = runtime.block_on(async {
+            let channel = keelson_api::client::connect(&endpoint("bench-1")?, &tls).await?;
+            let nodes = ClusterClient::new(channel).nodes(NodesRequest {}).await?;
+            anyhow::Ok(nodes.into_inner().nodes.len())
+        });
+        if registered.as_ref().is_ok_and(|count| *count == 3) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the nodes never registered: {registered:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let survivors: Vec<String> = ["bench-1", "bench-2", "bench-3"]
         .into_iter()
         .filter(|name| *name != leader)

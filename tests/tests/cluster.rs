@@ -303,6 +303,67 @@ fn three_nodes_form_a_cluster_keep_it_through_a_power_cut_and_a_partition() {
             "the InternalIP is the segment address: {node}"
         );
     }
+    // The kubelet takes its node's lease at once (no pod held an address yet): a pod on a
+    // node leased another block than the default one gets its address from that block.
+    if keelson_testkit::oci::ready_for(
+        "cluster: a pod's address comes from its node's lease",
+        false,
+    ) {
+        let (node, lease) = leases
+            .iter()
+            .find(|(_, lease)| lease.as_str() != "10.244.0.0/24")
+            .expect("three nodes, three blocks");
+        let work = tempfile::tempdir().unwrap();
+        keelson_testkit::oci::busybox_layout(work.path()).unwrap();
+        let archive = keelson_testkit::oci::archive(
+            work.path(),
+            keelson_testkit::oci::ArchiveKind::Oci,
+            "image.tar",
+            "example/busybox:1",
+        )
+        .unwrap();
+        keelctl(
+            &cluster,
+            node,
+            &["image", "import", archive.to_str().unwrap()],
+        )
+        .unwrap();
+        keelctl(
+            &cluster,
+            node,
+            &[
+                "run",
+                "leased",
+                "--image",
+                "example/busybox:1",
+                "--",
+                "sleep",
+                "3600",
+            ],
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let address = loop {
+            let pod: Value = keelctl(&cluster, node, &["get", "pod", "leased", "-o", "json"])
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_default();
+            if let Some(address) = pod["status"]["podIP"].as_str() {
+                break address.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pod never got an address: {pod}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        let block = lease.trim_end_matches("0/24");
+        assert!(
+            address.starts_with(block),
+            "{address} is not in {node}'s lease {lease}"
+        );
+        keelctl(&cluster, node, &["delete", "pod", "leased", "--now"]).unwrap();
+    }
     let wide = keelctl(&cluster, "e2e-1", &["get", "nodes", "-o", "wide"]).unwrap();
     assert_eq!(
         wide.lines().filter(|line| line.contains(" Ready ")).count(),

@@ -88,6 +88,8 @@ pub struct ControlPlane {
     formation_inbox: mpsc::Sender<(String, Message)>,
     /// What formation is doing, for `cluster status`.
     formation_state: Arc<Mutex<String>>,
+    /// The pod CIDR the cluster leased to this node, once known (for the kubelet).
+    lease: tokio::sync::watch::Sender<Option<String>>,
     /// The leader's read-modify-write decisions (leases, the reboot lock) run one at a time,
     /// so that two nodes never get one block or one slot.
     serial: tokio::sync::Mutex<()>,
@@ -139,6 +141,7 @@ pub async fn start(
         formation_inbox,
         formation_state: Arc::default(),
         serial: tokio::sync::Mutex::new(()),
+        lease: tokio::sync::watch::Sender::new(None),
     });
     if control.local.is_some() {
         let record_path = state_dir.join("cluster/formation.json");
@@ -202,6 +205,11 @@ async fn start_raft(
 }
 
 impl ControlPlane {
+    /// The pod CIDR the cluster leased to this node: `None` until it registered.
+    pub fn lease(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.lease.subscribe()
+    }
+
     /// Takes a formation message from another node.
     pub fn formation_message(&self, from: String, message: &[u8]) -> Result<(), String> {
         let message: Message = serde_json::from_slice(message)

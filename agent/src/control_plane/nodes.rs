@@ -89,6 +89,7 @@ pub(super) async fn register_self(control: Arc<ControlPlane>, state_dir: PathBuf
 
 /// Keeps the lease on STATE and tells gossip.
 pub(super) async fn keep_lease(control: &ControlPlane, state_dir: &Path, cidr: &str) {
+    control.lease.send_replace(Some(cidr.to_owned()));
     let path = leased_pod_cidr_path(state_dir);
     let kept = std::fs::create_dir_all(state_dir.join("cluster"))
         .map_err(|error| error.to_string())
