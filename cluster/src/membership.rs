@@ -532,6 +532,33 @@ impl Membership {
             })
     }
 
+    /// How this node sees every member, by name (its newest identity): one pass, for
+    /// looking at many members at once.
+    pub fn states(&self) -> HashMap<String, (NodeId, MemberState)> {
+        let mut states: HashMap<String, (NodeId, MemberState)> = HashMap::new();
+        for member in self.foca.iter_membership_state() {
+            if member.id().is_seed() {
+                continue;
+            }
+            let state = match member.state() {
+                State::Alive => MemberState::Alive,
+                State::Suspect => MemberState::Suspect,
+                State::Down => MemberState::Down,
+            };
+            let newer = states
+                .get(&member.id().name)
+                .is_none_or(|(known, _)| member.id().generation > known.generation);
+            if newer {
+                states.insert(member.id().name.clone(), (member.id().clone(), state));
+            }
+        }
+        states.insert(
+            self.identity().name.clone(),
+            (self.identity().clone(), MemberState::Alive),
+        );
+        states
+    }
+
     /// The generation of the information this node holds about `name`, if any.
     pub fn info_generation(&self, name: &str) -> Option<u64> {
         if self.identity().name == name {

@@ -315,12 +315,14 @@ impl Simulation {
             .collect();
         running.iter().all(|observer| {
             let core = self.nodes[*observer].core.as_ref().expect("running");
+            let states = core.states();
             running.iter().all(|node| {
                 // A node renews its identity when it learns it was declared down, so its
                 // generation is the core's, not the one it started with.
                 let identity = self.nodes[*node].core.as_ref().expect("running").identity();
-                core.state_of(&identity.name)
-                    .is_some_and(|(id, state)| id == *identity && state == MemberState::Alive)
+                states
+                    .get(&identity.name)
+                    .is_some_and(|(id, state)| id == identity && *state == MemberState::Alive)
                     && core.info_generation(&identity.name) == Some(identity.generation)
             })
         })
