@@ -760,7 +760,7 @@ impl UpdateEngine {
             }
             (Err(error), _) => {
                 warn!(
-                    "update: cannot conclude the trial of slot {}: {error}",
+                    "update: cannot conclude the trial of slot {}: {error:#}",
                     self.running
                 );
                 false

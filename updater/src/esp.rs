@@ -73,14 +73,28 @@ impl Esp {
 
     fn mounted<T>(&self, work: impl FnOnce(&EspTree) -> anyhow::Result<T>) -> anyhow::Result<T> {
         std::fs::create_dir_all(&self.mount_point)?;
-        nix::mount::mount(
-            Some(&self.device),
-            &self.mount_point,
-            Some("vfat"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("umask=0077,shortname=mixed"),
-        )
-        .with_context(|| {
+        let mount = || {
+            nix::mount::mount(
+                Some(&self.device),
+                &self.mount_point,
+                Some("vfat"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("umask=0077,shortname=mixed"),
+            )
+        };
+        // A mount left behind at our mount point (an unmount that failed earlier) or a
+        // device busy for a moment is not a reason to leave a trial undecided: detach what
+        // is there and try again, a few times.
+        let mut mounted = mount();
+        for _ in 0..3 {
+            if mounted != Err(nix::errno::Errno::EBUSY) {
+                break;
+            }
+            let _ = nix::mount::umount2(&self.mount_point, nix::mount::MntFlags::MNT_DETACH);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            mounted = mount();
+        }
+        mounted.with_context(|| {
             format!(
                 "mounting the ESP {} at {}",
                 self.device.display(),
