@@ -252,6 +252,7 @@ async fn watch(
     mut pods: Vec<(String, Value)>,
 ) -> anyhow::Result<bool> {
     use std::io::Write;
+    session.keep_connections();
     let mut changes = WatchedPods::new(session.format);
     let first = changes.changed(&pods);
     match session.format {
@@ -367,10 +368,10 @@ async fn fetch(
     let (answers, all_good) = match &arguments.name {
         Some(name) => {
             let (answers, good) = on_each(session, |mut client| {
-                let request = GetRequest {
+                let request = with_deadline(GetRequest {
                     namespace: namespace.clone(),
                     name: name.clone(),
-                };
+                });
                 async move {
                     client
                         .get(request)
@@ -383,9 +384,9 @@ async fn fetch(
         }
         None => {
             let (answers, good) = on_each(session, |mut client| {
-                let request = ListRequest {
+                let request = with_deadline(ListRequest {
                     namespace: namespace.clone(),
-                };
+                });
                 async move {
                     let list = client.list(request).await?.into_inner();
                     let list: Value = serde_json::from_str(&list.pod_list_json)
@@ -410,6 +411,14 @@ async fn fetch(
         }
     }
     Ok((pods, all_good, namespace))
+}
+
+/// A read that has not been answered within 20 s fails (and a watch polls again) rather
+/// than waiting on a connection that died without a word.
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(std::time::Duration::from_secs(20));
+    request
 }
 
 /// The namespace a listing asks for: "" (every one) with `-A`, else the one named, else

@@ -78,6 +78,8 @@ pub struct Session {
     token: Option<String>,
     /// How answers are printed.
     pub format: Format,
+    /// The channels kept for reuse, once [`Session::keep_connections`] asked for it.
+    kept: std::sync::Mutex<Option<std::collections::HashMap<String, Channel>>>,
 }
 
 impl Session {
@@ -131,14 +133,38 @@ impl Session {
             nodes,
             token,
             format,
+            kept: Default::default(),
         })
+    }
+
+    /// From now on, a node's channel is made once and reused (it reconnects by itself
+    /// after a failure). For commands that call the same nodes again and again, such as
+    /// `get -w`, which would otherwise make a TCP connection and a TLS handshake per poll.
+    pub fn keep_connections(&self) {
+        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.get_or_insert_with(Default::default);
     }
 
     /// A channel to `node`, or why it cannot be had.
     pub async fn channel(&self, node: &str) -> Result<Channel, String> {
-        client::connect(node, &self.tls)
+        if let Some(channel) = self.kept_channel(node, None) {
+            return Ok(channel);
+        }
+        let channel = client::connect(node, &self.tls)
             .await
-            .map_err(|error| describe_connect(&error))
+            .map_err(|error| describe_connect(&error))?;
+        Ok(self.kept_channel(node, Some(channel.clone())).unwrap_or(channel))
+    }
+
+    /// The kept channel to `node`, after keeping `new` for it when there is none yet
+    /// (and connections are kept at all).
+    fn kept_channel(&self, node: &str, new: Option<Channel>) -> Option<Channel> {
+        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let kept = kept.as_mut()?;
+        if let Some(new) = new {
+            kept.entry(node.to_owned()).or_insert(new);
+        }
+        kept.get(node).cloned()
     }
 
     /// A request carrying the maintenance token, when there is one.

@@ -840,6 +840,14 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    table_watch.wait_until("a row with 2 restarts", |printed| {
+        printed
+            .lines()
+            .any(|row| row.split_whitespace().nth(3) == Some("2"))
+    });
+    json_watch.wait_until("restartCount 2", |printed| {
+        printed.contains("\"restartCount\": 2")
+    });
     check_watch(&table_watch.stop());
     check_json_watch(&json_watch.stop());
     let (first_wait, second_wait) = (runs[1].0 - runs[0].1, runs[2].0 - runs[1].1);
@@ -1212,10 +1220,11 @@ fn pods_run_report_restart_survive_the_agent_and_come_back_after_a_reboot() {
     eprintln!("powered off {:?} after the power button", pressed.elapsed());
 }
 
-/// A `keelctl get … -w` running beside the test, its output gathered until it is stopped.
+/// A `keelctl get … -w` running beside the test, its output gathered as it comes.
 struct Watch {
     child: std::process::Child,
-    output: std::thread::JoinHandle<String>,
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Watch {
@@ -1227,19 +1236,43 @@ impl Watch {
             .spawn()
             .unwrap();
         let mut stdout = child.stdout.take().unwrap();
-        let output = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
-            text
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = printed.clone();
+        let reader = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(read @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..read]));
+            }
         });
-        Watch { child, output }
+        Watch {
+            child,
+            printed,
+            reader,
+        }
+    }
+
+    /// Waits (up to 30 s) until what the watch printed satisfies `done`: a watch polls,
+    /// so it may show a change a moment after the test saw it by other means.
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(&self.printed.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "the watch did not show {what} within 30 s:\n{}",
+                self.printed.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Interrupts the watch; what it printed.
     fn stop(mut self) -> String {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.output.join().unwrap()
+        self.reader.join().unwrap();
+        std::mem::take(&mut self.printed.lock().unwrap())
     }
 }
 
