@@ -106,4 +106,9 @@ KEELSON_BENCH_RUNS=1 cargo bench -q --profile dev --workspace --bench update
 step "runtime and pods benchmarks, one VM, one run (prints figures; never fails on speed)"
 KEELSON_STATIC_DIR="$PWD/$static_dir" cargo bench -q --profile dev --workspace --bench pods
 
+step "gossip benchmark, 100 simulated nodes (prints figures; never fails on speed)"
+# The thousand-node run and the failover VMs are for `cargo bench --bench cluster` by
+# hand: in the dev profile a thousand nodes would take half an hour.
+KEELSON_GOSSIP_NODES=100 KEELSON_BENCH_FAILOVER=0 cargo bench -q --profile dev --workspace --bench cluster
+
 step "test suite finished"

@@ -8,8 +8,9 @@
 //!   counted and dropped.
 //! - [`member`]: the identity SWIM tracks (name, address, generation) and the node
 //!   information that travels beside it.
-//! - [`membership`]: the sans-I/O core, foca behind the seal, which the agent's UDP shell
-//!   drives.
+//! - [`suspicion`]: Lifeguard's suspicion times, shortened by independent confirmations.
+//! - [`membership`]: the sans-I/O core, foca behind the seal with those confirmations on
+//!   top, which the agent's UDP shell drives.
 //! - [`sim`]: a deterministic network of those cores, for tests and the gossip benchmark.
 //! - [`shell`]: the thin tokio shell that runs one core on a UDP socket for the agent.
 //!
@@ -20,6 +21,7 @@ pub mod membership;
 pub mod seal;
 pub mod shell;
 pub mod sim;
+pub mod suspicion;
 
 pub use member::{NodeId, NodeInfo};
 pub use membership::{Event, GossipConfig, MemberState, MemberView, Membership, Output};

@@ -11,10 +11,22 @@
 //! - `INFO`: one node's [`NodeInfo`], sent to a member that asked for it;
 //! - `INFO_REQUEST`: "send me your information", sent to a member that is alive but whose
 //!   information is missing or older than its identity;
+//! - `ALIVE`: "I am alive at this incarnation", sent by a suspect straight to each member
+//!   whose notice it hears, so that those who would declare it down hear its refutation
+//!   first;
 //! - `HELLO`: "I am here", sent to the segment's broadcast address when the config names no
 //!   seeds. A node that opens a hello from an address it does not know announces itself
 //!   there, and SWIM does the rest. Only a node with the cluster's key can open it, so the
 //!   segment may be shared with other clusters.
+//!
+//! Failure detection is SWIM's, with Lifeguard's confirmations on top
+//! ([`crate::suspicion`]): every member whose own probe of a suspect fails says so in a
+//! custom broadcast (a *suspicion notice*), and a few members that hear of a suspicion check
+//! the suspect directly (an `INFO_REQUEST`, which any version answers) and confirm it when
+//! no answer comes. Each member times the suspicion itself, from memberlist's length when it
+//! stands alone down to two probe periods once three others have confirmed it, and declares
+//! the suspect down when its time is up. A suspect that is alive answers the checks and
+//! refutes as SWIM has it.
 //!
 //! Node information spreads two ways: a change is a foca custom broadcast, which rides on
 //! the protocol's own packets until it has been passed on enough times; and any node that
@@ -24,21 +36,24 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foca::{BroadcastHandler, Foca, Invalidates, Member, Notification, PostcardCodec, State};
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use crate::member::{NodeId, NodeInfo};
 use crate::seal::{self, Keyring, Refusal, Seal};
+use crate::suspicion::{Incarnation, Noted, SuspicionTimes, Suspicions};
 
 const SWIM: u8 = 0;
 const INFO: u8 = 1;
 const INFO_REQUEST: u8 = 2;
 const HELLO: u8 = 3;
+const ALIVE: u8 = 4;
 
 /// How often a node with discovery on says hello on its segment while it knows no live
 /// member.
@@ -53,6 +68,18 @@ pub const MAX_DATAGRAM: usize = 1400;
 /// The UDP port nodes gossip on.
 pub const GOSSIP_PORT: u16 = 7946;
 
+/// How often the core looks at its open suspicions and checks while any is open: the
+/// resolution of its suspicion clock.
+const SUSPICION_TICK: Duration = Duration::from_millis(250);
+
+/// How many members, on average, check a suspect directly when they hear of it: twice the
+/// confirmations wanted, so that enough answer even when some checks are lost.
+const CHECKERS_PER_SUSPICION: f64 = 6.0;
+
+/// The first byte of a custom broadcast that is a suspicion notice. Node information
+/// (postcard, led by the name's length, at most 63) never starts with it.
+const NOTICE_TAG: u8 = 0xff;
+
 /// A timer the shell arms for the core and hands back when it fires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timer(TimerKind);
@@ -61,6 +88,10 @@ pub struct Timer(TimerKind);
 enum TimerKind {
     Swim(foca::Timer<NodeId>),
     Hello,
+    /// Announce again to the seeds, if this node is still alone.
+    Announce,
+    /// The suspicion clock's tick, armed while suspicions or checks are open.
+    Suspicion,
 }
 
 /// What the shell does for the core.
@@ -173,8 +204,10 @@ pub struct GossipCounters {
 /// Timings of the protocol.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
-    /// SWIM's own settings.
+    /// SWIM's own settings. Its `suspect_to_down_after` is the longest a suspicion lasts.
     pub foca: foca::Config,
+    /// How confirmations shorten a suspicion.
+    pub suspicion: SuspicionTimes,
 }
 
 impl GossipConfig {
@@ -186,20 +219,35 @@ impl GossipConfig {
             foca::Config::new_lan(NonZeroU32::new(expected_nodes.max(1)).expect("max(1)"));
         foca.max_packet_size =
             NonZeroUsize::new(MAX_DATAGRAM - seal::OVERHEAD - 1).expect("positive");
+        // Twice foca's (memberlist's) 4·log10(n+1) transmissions per update: when a whole
+        // fleet joins at once, the backlog of join updates is large and the epidemic's
+        // tail left a few members unknown to a few others until round-robin probing met
+        // them (up to n probe periods: 510 s of a thousand-node simulation). Twice as many
+        // form that cluster in 15 s; a steady cluster has no updates to pay for.
+        let transmissions = (8.0 * f64::from(expected_nodes.max(1).saturating_add(1)).log10())
+            .clamp(1.0, 255.0) as u8;
+        foca.max_transmissions = NonZeroU8::new(transmissions).expect("clamped to 1 or more");
         foca.periodic_announce_to_down_members = Some(foca::PeriodicParams {
             frequency: Duration::from_secs(10),
             num_members: NonZeroUsize::new(2).expect("positive"),
         });
-        GossipConfig { foca }
+        let suspicion = SuspicionTimes::lan(foca.suspect_to_down_after, foca.probe_period);
+        GossipConfig { foca, suspicion }
     }
 }
 
-/// Node information as this node knows it, shared with the broadcast handler that foca owns.
+/// Node information as this node knows it, and the suspicion notices it has heard, shared
+/// with the broadcast handler that foca owns.
 #[derive(Default)]
 struct InfoBook {
     infos: HashMap<String, NodeInfo>,
     /// Infos that arrived since the core last reported them.
     fresh: Vec<NodeInfo>,
+    /// The notices heard, by suspect, while its suspicion is open: the ones to pass on
+    /// are those not heard before.
+    notices: HashMap<NodeId, std::collections::HashSet<(Incarnation, String)>>,
+    /// Notices that arrived since the core last looked.
+    fresh_notices: Vec<Notice>,
 }
 
 impl InfoBook {
@@ -215,6 +263,19 @@ impl InfoBook {
         }
         newer
     }
+
+    /// Keeps `notice` if it was not heard before; says whether it was new.
+    fn offer_notice(&mut self, notice: &Notice) -> bool {
+        let new = self
+            .notices
+            .entry(notice.suspect.clone())
+            .or_default()
+            .insert((notice.incarnation, notice.by.name.clone()));
+        if new {
+            self.fresh_notices.push(notice.clone());
+        }
+        new
+    }
 }
 
 type SharedBook = Arc<Mutex<InfoBook>>;
@@ -225,47 +286,83 @@ fn lock(book: &SharedBook) -> std::sync::MutexGuard<'_, InfoBook> {
     book.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// foca's side of node information: which broadcasts are news and worth passing on.
-struct InfoBroadcasts(SharedBook);
+/// foca's side of the custom broadcasts (node information and suspicion notices): which
+/// are news and worth passing on.
+struct Broadcasts(SharedBook);
 
-/// A broadcast's identity: whose information, and how new.
-struct InfoKey {
-    name: String,
-    version: (u64, u64),
+/// "`by` found `suspect`, at `incarnation`, unreachable": a member's own suspicion or its
+/// confirmation of another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Notice {
+    suspect: NodeId,
+    incarnation: Incarnation,
+    by: NodeId,
 }
 
-impl Invalidates for InfoKey {
-    fn invalidates(&self, other: &InfoKey) -> bool {
-        self.name == other.name && self.version >= other.version
+impl Notice {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![NOTICE_TAG];
+        bytes.extend(postcard::to_allocvec(self).expect("a notice always serializes"));
+        bytes
+    }
+}
+
+/// A broadcast's identity: whose information and how new, or which notice.
+enum BroadcastKey {
+    Info { name: String, version: (u64, u64) },
+    Notice(Notice),
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &BroadcastKey) -> bool {
+        match (self, other) {
+            (
+                BroadcastKey::Info { name, version },
+                BroadcastKey::Info {
+                    name: other_name,
+                    version: other_version,
+                },
+            ) => name == other_name && version >= other_version,
+            (BroadcastKey::Notice(notice), BroadcastKey::Notice(other)) => {
+                notice.suspect == other.suspect
+                    && notice.by == other.by
+                    && notice.incarnation >= other.incarnation
+            }
+            _ => false,
+        }
     }
 }
 
 #[derive(Debug)]
-struct UndecodableInfo(postcard::Error);
+struct UndecodableBroadcast(&'static str, postcard::Error);
 
-impl std::fmt::Display for UndecodableInfo {
+impl std::fmt::Display for UndecodableBroadcast {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            formatter,
-            "node information that does not decode: {}",
-            self.0
-        )
+        write!(formatter, "{} that does not decode: {}", self.0, self.1)
     }
 }
 
-impl std::error::Error for UndecodableInfo {}
+impl std::error::Error for UndecodableBroadcast {}
 
-impl BroadcastHandler<NodeId> for InfoBroadcasts {
-    type Key = InfoKey;
-    type Error = UndecodableInfo;
+impl BroadcastHandler<NodeId> for Broadcasts {
+    type Key = BroadcastKey;
+    type Error = UndecodableBroadcast;
 
     fn receive_item(
         &mut self,
         data: &[u8],
         _sender: Option<&NodeId>,
-    ) -> Result<Option<InfoKey>, UndecodableInfo> {
-        let info = NodeInfo::decode(data).map_err(UndecodableInfo)?;
-        let key = InfoKey {
+    ) -> Result<Option<BroadcastKey>, UndecodableBroadcast> {
+        if let Some(notice) = data.strip_prefix(&[NOTICE_TAG]) {
+            let notice: Notice = postcard::from_bytes(notice)
+                .map_err(|error| UndecodableBroadcast("a suspicion notice", error))?;
+            return Ok(lock(&self.0)
+                .offer_notice(&notice)
+                .then_some(BroadcastKey::Notice(notice)));
+        }
+        let info = NodeInfo::decode(data)
+            .map_err(|error| UndecodableBroadcast("node information", error))?;
+        let key = BroadcastKey::Info {
             name: info.name.clone(),
             version: info.version(),
         };
@@ -285,7 +382,13 @@ struct Outbox {
 
 impl foca::Runtime<NodeId> for Outbox {
     fn notify(&mut self, notification: Notification<'_, NodeId>) {
-        self.notifications.push(notification.to_owned());
+        // Every datagram is announced too; the core has no use for those.
+        if !matches!(
+            notification,
+            Notification::DataSent(_) | Notification::DataReceived(_)
+        ) {
+            self.notifications.push(notification.to_owned());
+        }
     }
 
     fn send_to(&mut self, to: NodeId, data: &[u8]) {
@@ -302,7 +405,7 @@ impl foca::Runtime<NodeId> for Outbox {
 
 /// One node's membership.
 pub struct Membership {
-    foca: Foca<NodeId, PostcardCodec, SmallRng, InfoBroadcasts>,
+    foca: Foca<NodeId, PostcardCodec, SmallRng, Broadcasts>,
     book: SharedBook,
     seal: Seal,
     me: NodeInfo,
@@ -310,12 +413,33 @@ pub struct Membership {
     counters: GossipCounters,
     /// The broadcast address hellos go to, once discovery is on.
     hello_to: Option<SocketAddr>,
+    /// The seeds joined through: announced to again while this node knows no live member.
+    seeds: Vec<NodeId>,
     /// Probe rounds so far: the core's only clock.
     probe_rounds: u64,
     /// The round in which each current suspect was first seen suspect.
     suspected_since: HashMap<NodeId, u64>,
     /// Rounds after which a suspicion that never ended is declared down by this node.
     suspicion_rounds: u64,
+    /// The suspicions this node times, with their confirmations.
+    suspicions: Suspicions,
+    /// The suspicion clock: advanced by [`SUSPICION_TICK`] per tick while the tick runs.
+    suspicion_clock: Duration,
+    /// Whether the suspicion tick is armed.
+    ticking: bool,
+    /// The direct checks of suspects awaiting an answer, by the suspect's address.
+    checks: HashMap<SocketAddr, Check>,
+    /// How long a check waits for an answer: SWIM's probe round trip.
+    check_wait: Duration,
+    /// Draws which suspicions this node checks.
+    rng: SmallRng,
+}
+
+/// A direct check of a suspect: any sealed datagram from its address answers it.
+struct Check {
+    suspect: NodeId,
+    incarnation: Incarnation,
+    started: Duration,
 }
 
 impl Membership {
@@ -335,7 +459,7 @@ impl Membership {
             config.foca.clone(),
             SmallRng::seed_from_u64(seed),
             PostcardCodec,
-            InfoBroadcasts(book.clone()),
+            Broadcasts(book.clone()),
         );
         let mut membership = Membership {
             foca,
@@ -345,9 +469,18 @@ impl Membership {
             outbox: Outbox::default(),
             counters: GossipCounters::default(),
             hello_to: None,
+            seeds: Vec::new(),
             probe_rounds: 0,
             suspected_since: HashMap::new(),
             suspicion_rounds: suspicion_rounds(&config.foca),
+            suspicions: Suspicions::new(config.suspicion),
+            suspicion_clock: Duration::ZERO,
+            ticking: false,
+            checks: HashMap::new(),
+            check_wait: config.foca.probe_rtt,
+            // Its own stream, apart from foca's, so that checking does not shift SWIM's
+            // choices.
+            rng: SmallRng::seed_from_u64(seed ^ 0x5eed_c4ec),
         };
         membership.publish(me);
         membership
@@ -373,11 +506,27 @@ impl Membership {
             &mut self.outbox,
         );
         self.note(result);
-        for seed in seeds {
-            let result = self.foca.announce(seed, &mut self.outbox);
-            self.note(result);
-        }
+        self.seeds = seeds;
+        self.announce_while_alone();
         self.flush()
+    }
+
+    /// Announces to the seeds while this node knows no live member: a lost announcement,
+    /// or seeds that were not up yet, only delay the join. foca itself announces only once
+    /// it is connected.
+    fn announce_while_alone(&mut self) {
+        if self.seeds.is_empty() {
+            return;
+        }
+        if self.foca.num_members() == 0 {
+            for seed in self.seeds.clone() {
+                let result = self.foca.announce(seed, &mut self.outbox);
+                self.note(result);
+            }
+        }
+        self.outbox
+            .timers
+            .push((HELLO_WHILE_ALONE, TimerKind::Announce));
     }
 
     /// Finds members on the local segment: says hello to `broadcast` now and then on, more
@@ -418,6 +567,8 @@ impl Membership {
                 return outputs;
             }
         };
+        // Any datagram that opens proves its sender alive: it answers a check of it.
+        self.checks.remove(&from);
         match message.split_first() {
             Some((&SWIM, body)) => {
                 let result = self.foca.handle_data(body, &mut self.outbox);
@@ -429,6 +580,7 @@ impl Membership {
                 }
                 Err(error) => self.unusable(from, format!("node information: {error}")),
             },
+            Some((&ALIVE, body)) => self.hear_alive(from, body),
             Some((&INFO_REQUEST, _)) => {
                 let info = self.me.encode();
                 self.send_message(from, INFO, &info);
@@ -453,6 +605,8 @@ impl Membership {
     pub fn fire(&mut self, timer: Timer) -> Vec<Output> {
         match timer.0 {
             TimerKind::Hello => self.say_hello(),
+            TimerKind::Announce => self.announce_while_alone(),
+            TimerKind::Suspicion => self.tick_suspicions(),
             TimerKind::Swim(timer) => {
                 let probing = matches!(timer, foca::Timer::ProbeRandomMember(_));
                 let result = self.foca.handle_timer(timer, &mut self.outbox);
@@ -495,11 +649,7 @@ impl Membership {
             .filter(|member| !member.id().is_seed())
             .map(|member| MemberView {
                 id: member.id().clone(),
-                state: match member.state() {
-                    State::Alive => MemberState::Alive,
-                    State::Suspect => MemberState::Suspect,
-                    State::Down => MemberState::Down,
-                },
+                state: member_state(member.state()),
                 info: book.infos.get(&member.id().name).cloned(),
             })
             .collect();
@@ -523,11 +673,7 @@ impl Membership {
             .filter(|member| !member.id().is_seed() && member.id().name == name)
             .max_by_key(|member| member.id().generation)
             .map(|member| {
-                let state = match member.state() {
-                    State::Alive => MemberState::Alive,
-                    State::Suspect => MemberState::Suspect,
-                    State::Down => MemberState::Down,
-                };
+                let state = member_state(member.state());
                 (member.id().clone(), state)
             })
     }
@@ -540,11 +686,7 @@ impl Membership {
             if member.id().is_seed() {
                 continue;
             }
-            let state = match member.state() {
-                State::Alive => MemberState::Alive,
-                State::Suspect => MemberState::Suspect,
-                State::Down => MemberState::Down,
-            };
+            let state = member_state(member.state());
             let newer = states
                 .get(&member.id().name)
                 .is_none_or(|(known, _)| member.id().generation > known.generation);
@@ -557,6 +699,18 @@ impl Membership {
             (self.identity().clone(), MemberState::Alive),
         );
         states
+    }
+
+    /// How many other members this node holds alive or suspect (seeds aside once they are
+    /// known by name).
+    pub fn live_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    /// Updates and custom broadcasts this node still has to pass on: none once the
+    /// cluster has settled.
+    pub fn backlog(&self) -> usize {
+        self.foca.updates_backlog() + self.foca.custom_broadcast_backlog()
     }
 
     /// The generation of the information this node holds about `name`, if any.
@@ -626,6 +780,217 @@ impl Membership {
         }
     }
 
+    /// Takes in what foca and the broadcast handler learned of suspicions during the last
+    /// call: this node's own failed probes, and the notices that arrived.
+    fn take_suspicion_news(&mut self) {
+        let mut failed = Vec::new();
+        self.outbox
+            .notifications
+            .retain(|notification| match notification {
+                foca::OwnedNotification::ProbeFailed(_, suspect) => {
+                    failed.push(suspect.clone());
+                    false
+                }
+                _ => true,
+            });
+        for suspect in failed {
+            if let Some((incarnation, _)) = self.foca_view(&suspect) {
+                self.suspect(suspect, incarnation);
+            }
+        }
+        let notices = std::mem::take(&mut lock(&self.book).fresh_notices);
+        for notice in notices {
+            self.hear(notice);
+        }
+    }
+
+    /// This node found `suspect` unreachable (its probe, or its check, went unanswered):
+    /// it counts itself and tells the cluster, once per suspect and incarnation.
+    fn suspect(&mut self, suspect: NodeId, incarnation: Incarnation) {
+        let me = self.identity().clone();
+        if self.suspicions.counted(&suspect, incarnation, &me.name) {
+            return;
+        }
+        let notice = Notice {
+            suspect,
+            incarnation,
+            by: me,
+        };
+        self.hear(notice.clone());
+        let result = self.foca.add_broadcast(&notice.encode());
+        self.note(result.map(|_| ()));
+        // The handler heard it too; it is not news to this node.
+        lock(&self.book)
+            .fresh_notices
+            .retain(|fresh| *fresh != notice);
+    }
+
+    /// A notice: counted against its suspect unless the suspect has moved past it (it
+    /// refuted, or is down already). A suspicion new to this node is checked directly,
+    /// by a few members chosen at random.
+    fn hear(&mut self, notice: Notice) {
+        if notice.suspect == *self.identity() {
+            self.refute(notice);
+            return;
+        }
+        let current = self
+            .foca_view(&notice.suspect)
+            .is_some_and(|(incarnation, state)| {
+                state != State::Down && incarnation <= notice.incarnation
+            });
+        if !current {
+            return;
+        }
+        let noted = self.suspicions.note(
+            &notice.suspect,
+            notice.incarnation,
+            &notice.by.name,
+            self.suspicion_clock,
+        );
+        if noted == Noted::Opened && notice.by != *self.identity() {
+            let members = self.foca.num_members().max(1) as f64;
+            if self
+                .rng
+                .random_bool((CHECKERS_PER_SUSPICION / members).min(1.0))
+            {
+                self.send_message(notice.suspect.addr, INFO_REQUEST, &[]);
+                self.checks.insert(
+                    notice.suspect.addr,
+                    Check {
+                        suspect: notice.suspect,
+                        incarnation: notice.incarnation,
+                        started: self.suspicion_clock,
+                    },
+                );
+            }
+        }
+        self.keep_ticking();
+    }
+
+    /// A notice suspects this node: refute (foca raises the incarnation past the one
+    /// suspected, and spreads it) and tell the suspecter directly, since it is the one that
+    /// would declare this node down.
+    fn refute(&mut self, notice: Notice) {
+        let me = self.identity().clone();
+        let result = self.foca.apply_many(
+            std::iter::once(Member::new(me.clone(), notice.incarnation, State::Suspect)),
+            true,
+            &mut self.outbox,
+        );
+        self.note(result);
+        // foca's incarnation is now past the suspected one (foca keeps it to itself): say
+        // the lowest that refutes, never more than the real one.
+        let Some(refuting) = notice.incarnation.checked_add(1) else {
+            return;
+        };
+        let alive = postcard::to_allocvec(&(me, refuting)).expect("an identity always serializes");
+        self.send_message(notice.by.addr, ALIVE, &alive);
+    }
+
+    /// A member says it is alive at an incarnation: believed only from its own address.
+    fn hear_alive(&mut self, from: SocketAddr, body: &[u8]) {
+        match postcard::from_bytes::<(NodeId, Incarnation)>(body) {
+            Ok((id, incarnation)) if id.addr == from && id != *self.identity() => {
+                let result = self.foca.apply_many(
+                    std::iter::once(Member::new(id, incarnation, State::Alive)),
+                    true,
+                    &mut self.outbox,
+                );
+                self.note(result);
+            }
+            Ok(_) => self.unusable(from, "an alive message about another member".into()),
+            Err(error) => self.unusable(from, format!("an alive message: {error}")),
+        }
+    }
+
+    /// Arms the suspicion tick unless it is armed already.
+    fn keep_ticking(&mut self) {
+        if !self.ticking {
+            self.ticking = true;
+            self.outbox
+                .timers
+                .push((SUSPICION_TICK, TimerKind::Suspicion));
+        }
+    }
+
+    /// The suspicion clock's tick: unanswered checks become confirmations, suspicions the
+    /// suspect moved past are dropped, and the ones whose time is up are declared down.
+    fn tick_suspicions(&mut self) {
+        self.ticking = false;
+        self.suspicion_clock += SUSPICION_TICK;
+        let now = self.suspicion_clock;
+        let wait = self.check_wait;
+        let unanswered: Vec<SocketAddr> = self
+            .checks
+            .iter()
+            .filter(|(_, check)| now.saturating_sub(check.started) >= wait)
+            .map(|(addr, _)| *addr)
+            .collect();
+        for addr in unanswered {
+            if let Some(check) = self.checks.remove(&addr) {
+                self.suspect(check.suspect, check.incarnation);
+            }
+        }
+        let views: HashMap<NodeId, (Incarnation, State)> = self
+            .foca
+            .iter_membership_state()
+            .map(|member| (member.id().clone(), (member.incarnation(), member.state())))
+            .collect();
+        let mut ended = Vec::new();
+        self.suspicions.retain(|suspect, incarnation| {
+            let live = views
+                .get(suspect)
+                .is_some_and(|(known, state)| *state != State::Down && *known <= incarnation);
+            if !live {
+                ended.push(suspect.clone());
+            }
+            live
+        });
+        // Only members that failed to reach the suspect themselves declare it down: one
+        // that merely heard of the suspicion, and missed the suspect's refutation, must not
+        // take a live member down for everyone.
+        let me = self.identity().name.clone();
+        let due: Vec<(NodeId, Incarnation)> = self
+            .suspicions
+            .due(now)
+            .into_iter()
+            .filter(|(suspect, incarnation)| self.suspicions.counted(suspect, *incarnation, &me))
+            .collect();
+        let down: Vec<Member<NodeId>> = due
+            .iter()
+            .map(|(suspect, incarnation)| Member::new(suspect.clone(), *incarnation, State::Down))
+            .collect();
+        for (suspect, _) in due {
+            self.suspicions.close(&suspect);
+            ended.push(suspect);
+        }
+        let leftover_after = self.suspicions.times().max * 2;
+        ended.extend(self.suspicions.forget_older_than(now, leftover_after));
+        if !down.is_empty() {
+            let result = self
+                .foca
+                .apply_many(down.into_iter(), true, &mut self.outbox);
+            self.note(result);
+        }
+        if !ended.is_empty() {
+            let mut book = lock(&self.book);
+            for suspect in &ended {
+                book.notices.remove(suspect);
+            }
+        }
+        if !self.suspicions.is_empty() || !self.checks.is_empty() {
+            self.keep_ticking();
+        }
+    }
+
+    /// foca's incarnation and state of exactly this identity, if it knows it.
+    fn foca_view(&self, id: &NodeId) -> Option<(Incarnation, State)> {
+        self.foca
+            .iter_membership_state()
+            .find(|member| member.id() == id)
+            .map(|member| (member.incarnation(), member.state()))
+    }
+
     /// Asks each live member whose information is missing, or older than its identity, for
     /// its information.
     fn ask_for_missing_info(&mut self) {
@@ -675,6 +1040,7 @@ impl Membership {
 
     /// Seals what foca and the core asked to send, and turns the rest into outputs.
     fn flush(&mut self) -> Vec<Output> {
+        self.take_suspicion_news();
         let outbox = std::mem::take(&mut self.outbox);
         let mut outputs = Vec::new();
         for notification in outbox.notifications {
@@ -735,6 +1101,15 @@ impl Membership {
 fn suspicion_rounds(config: &foca::Config) -> u64 {
     let period = config.probe_period.as_millis().max(1);
     (config.suspect_to_down_after.as_millis().div_ceil(period) + 2) as u64
+}
+
+/// foca's state of a member as the cluster reports it.
+fn member_state(state: State) -> MemberState {
+    match state {
+        State::Alive => MemberState::Alive,
+        State::Suspect => MemberState::Suspect,
+        State::Down => MemberState::Down,
+    }
 }
 
 /// Whether a live member's information is missing, or older than its identity.

@@ -313,19 +313,25 @@ impl Simulation {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|n| self.is_running(*n))
             .collect();
-        running.iter().all(|observer| {
+        // A cheap necessary condition first: every node counts enough live members.
+        let enough = running.iter().all(|observer| {
             let core = self.nodes[*observer].core.as_ref().expect("running");
-            let states = core.states();
-            running.iter().all(|node| {
-                // A node renews its identity when it learns it was declared down, so its
-                // generation is the core's, not the one it started with.
-                let identity = self.nodes[*node].core.as_ref().expect("running").identity();
-                states
-                    .get(&identity.name)
-                    .is_some_and(|(id, state)| id == identity && *state == MemberState::Alive)
-                    && core.info_generation(&identity.name) == Some(identity.generation)
+            core.live_members() + 1 >= running.len()
+        });
+        enough
+            && running.iter().all(|observer| {
+                let core = self.nodes[*observer].core.as_ref().expect("running");
+                let states = core.states();
+                running.iter().all(|node| {
+                    // A node renews its identity when it learns it was declared down, so its
+                    // generation is the core's, not the one it started with.
+                    let identity = self.nodes[*node].core.as_ref().expect("running").identity();
+                    states
+                        .get(&identity.name)
+                        .is_some_and(|(id, state)| id == identity && *state == MemberState::Alive)
+                        && core.info_generation(&identity.name) == Some(identity.generation)
+                })
             })
-        })
     }
 
     /// Handles the next happening if it is due before `deadline`.

@@ -56,6 +56,24 @@ fn nodes_that_know_one_seed_form_one_cluster_and_know_each_others_information() 
     );
 }
 
+/// Nodes booted before their seed keep announcing to it, and join once it is up.
+#[test]
+fn nodes_that_start_before_their_seed_join_once_it_is_up() {
+    let mut cluster = Simulation::new(4, 5, Network::default(), GossipConfig::lan(4));
+    for node in 1..4 {
+        cluster.start(node, &[0]);
+    }
+    cluster.run_for(MINUTE);
+    assert_eq!(cluster.view(1).len(), 1, "alone while the seed is down");
+    cluster.start(0, &[]);
+    let took = cluster.run_until(MINUTE, Simulation::converged);
+    assert!(
+        took.is_some_and(|took| took < Duration::from_secs(5)),
+        "joined after {took:?}; node-2 sees {:?}",
+        cluster.view(1)
+    );
+}
+
 #[test]
 fn nodes_with_no_seeds_find_each_other_on_their_segment() {
     let mut cluster = Simulation::new(4, 11, Network::default(), GossipConfig::lan(4));
@@ -100,6 +118,47 @@ fn a_node_that_loses_power_is_declared_down_by_every_member() {
         .iter()
         .any(|(_, event)| matches!(event, Event::Down(id) if id.name == node_name(3)));
     assert!(reported, "node-1 reports node-4 down");
+}
+
+/// Lifeguard's confirmations at work: through a lossy network, suspicions of live members
+/// come and go without one of them being declared down; a member that lost power is down
+/// everywhere before an unconfirmed suspicion (memberlist's and foca's fixed time) would
+/// even have run out.
+#[test]
+fn confirmed_suspicions_end_sooner_and_lossy_links_take_no_live_member_down() {
+    let nodes = 40;
+    let lossy = Network {
+        loss: 0.02,
+        ..Network::default()
+    };
+    let mut cluster = formed(nodes, 7, lossy);
+    cluster.run_for(3 * MINUTE);
+    let false_downs: Vec<String> = (0..nodes)
+        .flat_map(|observer| {
+            cluster
+                .events(observer)
+                .iter()
+                .filter_map(move |(at, event)| match event {
+                    Event::Down(id) => Some(format!("{} at {at:?}: {id:?}", node_name(observer))),
+                    _ => None,
+                })
+        })
+        .collect();
+    assert!(
+        false_downs.is_empty(),
+        "live members declared down: {false_downs:?}"
+    );
+    let unconfirmed = GossipConfig::lan(nodes as u32).foca.suspect_to_down_after;
+    cluster.kill(17);
+    let took = cluster
+        .run_until(MINUTE, |cluster| {
+            everyone_else_sees(cluster, 17, MemberState::Down)
+        })
+        .expect("node-18 is down everywhere within a minute");
+    assert!(
+        took < unconfirmed,
+        "down everywhere after {took:?}: no sooner than an unconfirmed suspicion ({unconfirmed:?})"
+    );
 }
 
 #[test]

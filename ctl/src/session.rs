@@ -141,7 +141,10 @@ impl Session {
     /// after a failure). For commands that call the same nodes again and again, such as
     /// `get -w`, which would otherwise make a TCP connection and a TLS handshake per poll.
     pub fn keep_connections(&self) {
-        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         kept.get_or_insert_with(Default::default);
     }
 
@@ -153,13 +156,18 @@ impl Session {
         let channel = client::connect(node, &self.tls)
             .await
             .map_err(|error| describe_connect(&error))?;
-        Ok(self.kept_channel(node, Some(channel.clone())).unwrap_or(channel))
+        Ok(self
+            .kept_channel(node, Some(channel.clone()))
+            .unwrap_or(channel))
     }
 
     /// The kept channel to `node`, after keeping `new` for it when there is none yet
     /// (and connections are kept at all).
     fn kept_channel(&self, node: &str, new: Option<Channel>) -> Option<Channel> {
-        let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let kept = kept.as_mut()?;
         if let Some(new) = new {
             kept.entry(node.to_owned()).or_insert(new);

@@ -133,14 +133,8 @@ impl ControlPlane {
 
 /// The reboot lock as the leader's store holds it, every committed change applied.
 pub(super) async fn read_reboot_lock(local: &LocalRaft) -> Result<RebootLock, Status> {
-    local
-        .raft
-        .ensure_linearizable()
-        .await
-        .map_err(|error| Status::unavailable(format!("not the leader any more: {error}")))?;
     let groups: Vec<(String, Vec<String>)> = local
-        .machine
-        .read(|store| {
+        .read_current(|store| {
             store
                 .list(&reboot_lock_kind(), None)
                 .filter_map(|group| {
@@ -154,7 +148,7 @@ pub(super) async fn read_reboot_lock(local: &LocalRaft) -> Result<RebootLock, St
                 })
                 .collect()
         })
-        .await;
+        .await?;
     Ok(RebootLock::restore(groups))
 }
 

@@ -114,6 +114,22 @@ struct LocalRaft {
     machine: Machine,
 }
 
+impl LocalRaft {
+    /// Reads the store once it holds every change committed before the call (the leader
+    /// confirms it still leads first): what a decision or an answer that must not be stale
+    /// reads.
+    async fn read_current<T>(
+        &self,
+        read: impl FnOnce(&keelson_store::Store) -> T,
+    ) -> Result<T, Status> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|error| Status::unavailable(format!("not the leader any more: {error}")))?;
+        Ok(self.machine.read(read).await)
+    }
+}
+
 /// Phase: start this node's part in the control plane (after gossip runs).
 pub async fn start(
     config: &MachineConfig,
@@ -269,15 +285,22 @@ impl ControlPlane {
         local
     }
 
-    async fn ask_status(&self, name: &str) -> Result<StatusResponse, String> {
+    /// A client for the API of the member called `name`, at the address gossip gives for
+    /// it; with that address.
+    async fn client_for(&self, name: &str) -> Result<(String, ClusterClient<Channel>), String> {
         let endpoint = self
             .endpoint_of(name)
             .ok_or_else(|| format!("gossip has no API address for {name}"))?;
-        let mut client = self
+        let client = self
             .peers
             .client(&endpoint)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|error| error.to_string())?;
+        Ok((endpoint, client))
+    }
+
+    async fn ask_status(&self, name: &str) -> Result<StatusResponse, String> {
+        let (endpoint, mut client) = self.client_for(name).await?;
         let mut request = tonic::Request::new(StatusRequest {});
         request
             .metadata_mut()
@@ -319,13 +342,11 @@ impl ControlPlane {
                 "the cluster has no leader (an election, or no majority of voters in reach); try again",
             ));
         }
-        let endpoint = self.endpoint_of(&leader).ok_or_else(|| {
-            Status::unavailable(format!("gossip has no API address for the leader {leader}"))
-        })?;
-        self.peers
-            .client(&endpoint)
+        let (_, client) = self
+            .client_for(&leader)
             .await
-            .map_err(|error| Status::unavailable(error.to_string()))
+            .map_err(|error| Status::unavailable(format!("the leader {leader}: {error}")))?;
+        Ok(client)
     }
 
     /// Commits one store command: here when this node leads, else through the leader.

@@ -141,17 +141,11 @@ impl ControlPlane {
             .ok_or_else(|| Status::invalid_argument("the node object has no metadata.name"))?
             .to_owned();
         let _one_at_a_time = self.serial.lock().await;
-        // The store must hold every committed lease before a free block is picked.
-        local
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(|error| Status::unavailable(format!("not the leader any more: {error}")))?;
         let network = PodNetwork::of_cluster(&self.cluster).map_err(Status::failed_precondition)?;
         let mut leases = Leases::new(network);
+        // The store must hold every committed lease before a free block is picked.
         let held: Vec<(String, u32)> = local
-            .machine
-            .read(|store| {
+            .read_current(|store| {
                 store
                     .list(&lease_kind(), None)
                     .filter_map(|lease| {
@@ -161,7 +155,7 @@ impl ControlPlane {
                     })
                     .collect()
             })
-            .await;
+            .await?;
         for (holder, block) in held {
             if !leases.hold(&holder, block) {
                 warn!("cluster: the lease of {holder} (block {block}) is outside cluster.podCIDR or taken; ignored");
@@ -221,20 +215,14 @@ impl ControlPlane {
             let mut client = self.leader_client().await?;
             return Ok(client.nodes(NodesRequest {}).await?.into_inner());
         };
-        local
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(|error| Status::unavailable(format!("not the leader any more: {error}")))?;
         let nodes = local
-            .machine
-            .read(|store| {
+            .read_current(|store| {
                 store
                     .list(&node_kind(), None)
                     .map(Value::to_string)
                     .collect()
             })
-            .await;
+            .await?;
         Ok(NodesResponse {
             nodes,
             answered_by: self.me.clone(),
