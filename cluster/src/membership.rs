@@ -24,9 +24,10 @@
 //! custom broadcast (a *suspicion notice*), and a few members that hear of a suspicion check
 //! the suspect directly (an `INFO_REQUEST`, which any version answers) and confirm it when
 //! no answer comes. Each member times the suspicion itself, from memberlist's length when it
-//! stands alone down to two probe periods once three others have confirmed it, and declares
-//! the suspect down when its time is up. A suspect that is alive answers the checks and
-//! refutes as SWIM has it.
+//! stands alone down to two probe periods once three others have confirmed it; those that
+//! failed to reach the suspect themselves declare it down when its time is up. A suspect
+//! that is alive answers the checks, refutes as SWIM has it, and sends `ALIVE` to each
+//! suspecter.
 //!
 //! Node information spreads two ways: a change is a foca custom broadcast, which rides on
 //! the protocol's own packets until it has been passed on enough times; and any node that
@@ -931,31 +932,17 @@ impl Membership {
                 self.suspect(check.suspect, check.incarnation);
             }
         }
-        let views: HashMap<NodeId, (Incarnation, State)> = self
-            .foca
-            .iter_membership_state()
-            .map(|member| (member.id().clone(), (member.incarnation(), member.state())))
-            .collect();
         let mut ended = Vec::new();
+        let foca = &self.foca;
         self.suspicions.retain(|suspect, incarnation| {
-            let live = views
-                .get(suspect)
-                .is_some_and(|(known, state)| *state != State::Down && *known <= incarnation);
+            let live = view_of(foca, suspect)
+                .is_some_and(|(known, state)| state != State::Down && known <= incarnation);
             if !live {
                 ended.push(suspect.clone());
             }
             live
         });
-        // Only members that failed to reach the suspect themselves declare it down: one
-        // that merely heard of the suspicion, and missed the suspect's refutation, must not
-        // take a live member down for everyone.
-        let me = self.identity().name.clone();
-        let due: Vec<(NodeId, Incarnation)> = self
-            .suspicions
-            .due(now)
-            .into_iter()
-            .filter(|(suspect, incarnation)| self.suspicions.counted(suspect, *incarnation, &me))
-            .collect();
+        let due = self.suspicions.due(now, &self.identity().name);
         let down: Vec<Member<NodeId>> = due
             .iter()
             .map(|(suspect, incarnation)| Member::new(suspect.clone(), *incarnation, State::Down))
@@ -985,10 +972,7 @@ impl Membership {
 
     /// foca's incarnation and state of exactly this identity, if it knows it.
     fn foca_view(&self, id: &NodeId) -> Option<(Incarnation, State)> {
-        self.foca
-            .iter_membership_state()
-            .find(|member| member.id() == id)
-            .map(|member| (member.incarnation(), member.state()))
+        view_of(&self.foca, id)
     }
 
     /// Asks each live member whose information is missing, or older than its identity, for
@@ -1101,6 +1085,19 @@ impl Membership {
 fn suspicion_rounds(config: &foca::Config) -> u64 {
     let period = config.probe_period.as_millis().max(1);
     (config.suspect_to_down_after.as_millis().div_ceil(period) + 2) as u64
+}
+
+/// foca's incarnation and state of exactly the identity `id`, if it knows it.
+fn view_of<B>(
+    foca: &Foca<NodeId, PostcardCodec, SmallRng, B>,
+    id: &NodeId,
+) -> Option<(Incarnation, State)>
+where
+    B: BroadcastHandler<NodeId>,
+{
+    foca.iter_membership_state()
+        .find(|member| member.id() == id)
+        .map(|member| (member.incarnation(), member.state()))
 }
 
 /// foca's state of a member as the cluster reports it.

@@ -150,13 +150,17 @@ impl Suspicions {
         Some(u32::try_from(open.suspecters.len()).unwrap_or(u32::MAX) - 1)
     }
 
-    /// The suspicions whose time is up at `now`, with the incarnation each was about.
-    /// They stay open until [`Suspicions::close`]: the core closes each once the suspect
-    /// is down (or has refuted).
-    pub fn due(&self, now: Duration) -> Vec<(NodeId, Incarnation)> {
+    /// The suspicions whose time is up at `now` and that `decider` (this node) counts
+    /// among its suspecters, with the incarnation each was about. Only a member that failed
+    /// to reach the suspect itself declares it down: SWIM lets a down of any incarnation
+    /// win, so one that merely heard of the suspicion, and missed the suspect's refutation,
+    /// must not take a live member down for everyone. They stay open until
+    /// [`Suspicions::close`].
+    pub fn due(&self, now: Duration, decider: &str) -> Vec<(NodeId, Incarnation)> {
         let mut due: Vec<(NodeId, Incarnation)> = self
             .open
             .iter()
+            .filter(|(_, open)| open.suspecters.contains(decider))
             .filter(|(_, open)| {
                 let confirmations = u32::try_from(open.suspecters.len()).unwrap_or(u32::MAX) - 1;
                 now.saturating_sub(open.since) >= self.times.length(confirmations)
@@ -244,21 +248,29 @@ mod tests {
         let suspect = node("n9");
         let at = Duration::from_secs;
         assert_eq!(suspicions.note(&suspect, 4, "n1", at(100)), Noted::Opened);
-        assert!(suspicions.due(at(111)).is_empty(), "alone: 12 s");
-        assert_eq!(suspicions.due(at(112)), vec![(suspect.clone(), 4)]);
+        assert!(suspicions.due(at(111), "n1").is_empty(), "alone: 12 s");
+        assert_eq!(suspicions.due(at(112), "n1"), vec![(suspect.clone(), 4)]);
+        assert!(
+            suspicions.due(at(112), "n2").is_empty(),
+            "a member that only heard of it does not decide"
+        );
         assert_eq!(suspicions.note(&suspect, 4, "n1", at(101)), Noted::Known);
         assert_eq!(
             suspicions.note(&suspect, 4, "n2", at(101)),
             Noted::Confirmed
         );
         assert_eq!(suspicions.confirmations(&suspect), Some(1));
-        assert!(suspicions.due(at(106)).is_empty());
-        assert_eq!(suspicions.due(at(107)).len(), 1, "one confirmation: 7 s");
+        assert!(suspicions.due(at(106), "n1").is_empty());
+        assert_eq!(
+            suspicions.due(at(107), "n1").len(),
+            1,
+            "one confirmation: 7 s"
+        );
         suspicions.note(&suspect, 4, "n3", at(101));
         suspicions.note(&suspect, 4, "n4", at(101));
-        assert!(suspicions.due(at(101)).is_empty(), "never before min");
+        assert!(suspicions.due(at(101), "n1").is_empty(), "never before min");
         assert_eq!(
-            suspicions.due(at(102)).len(),
+            suspicions.due(at(102), "n1").len(),
             1,
             "three: min, from the opening"
         );
@@ -277,7 +289,10 @@ mod tests {
         assert_eq!(suspicions.note(&suspect, 3, "n5", at(1)), Noted::Known);
         assert_eq!(suspicions.note(&suspect, 5, "n4", at(10)), Noted::Opened);
         assert_eq!(suspicions.confirmations(&suspect), Some(0));
-        assert!(suspicions.due(at(21)).is_empty(), "timed from the new one");
+        assert!(
+            suspicions.due(at(21), "n4").is_empty(),
+            "timed from the new one"
+        );
         suspicions.retain(|_, incarnation| incarnation > 5);
         assert!(suspicions.is_empty());
         suspicions.note(&suspect, 6, "n1", at(30));
